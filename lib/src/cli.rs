@@ -1,0 +1,278 @@
+//! Layer 7 (part two): the command line, and the entry point every binary
+//! built on gaidaros shares.
+//!
+//! [`run`] parses the flags (argh), layers them over the conf file and the
+//! environment, starts the server and maps failures to exit codes:
+//! 0 after a clean shutdown, 2 for a usage or conf error, 1 when the server
+//! cannot start or fails.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use argh::FromArgs;
+use tracing::Level;
+
+use crate::config::{ConfError, Layers, Origin, Settings, LISTENER_KEYS, SERVER_KEYS};
+use crate::handler::Registry;
+use crate::server::Server;
+use crate::sys;
+
+/// gaidaros: an async socket server. Without -c, the flags describe one
+/// listener; with -c, the conf file's [listener.NAME] sections do. Values
+/// are taken, lowest first, from built-in defaults, the conf file,
+/// GAIDAROS_<SECTION>__<KEY> environment variables, then these flags.
+#[derive(FromArgs, Debug, Default)]
+pub struct Args {
+    /// conf file (INI); see etc/gaidaros.conf for every key (default: none)
+    #[argh(option, short = 'c')]
+    pub conf: Option<PathBuf>,
+
+    /// handler serving the listener (default: echo); see --list-handlers
+    #[argh(option)]
+    pub handler: Option<String>,
+
+    /// address to bind (default: 127.0.0.1; ::1 with ip_version 6)
+    #[argh(option)]
+    pub host: Option<String>,
+
+    /// TCP port, 0 = any free port (default: 8080)
+    #[argh(option)]
+    pub port: Option<u16>,
+
+    /// server type: blocking (one loop in the main thread) or thread
+    /// (-N loop threads) (default: thread)
+    #[argh(option, short = 'S')]
+    pub server_type: Option<String>,
+
+    /// loop threads for -S thread, 0 = one per core (default: 0)
+    #[argh(option, short = 'N')]
+    pub loops: Option<usize>,
+
+    /// poll backend: edge (epoll edge-triggered) (default: edge)
+    #[argh(option, short = 'T')]
+    pub poll: Option<String>,
+
+    /// set TCP_CORK on connections; partial frames are pushed when the
+    /// output queue drains (default: off)
+    #[argh(switch, short = 'k')]
+    pub cork: bool,
+
+    /// no write coalescing: write each response as soon as it exists
+    /// (default: pipelined responses gathered into one write)
+    #[argh(switch, short = 'K')]
+    pub no_coalesce: bool,
+
+    /// disable Nagle's algorithm: set TCP_NODELAY (default: Nagle on)
+    #[argh(switch, short = 'A')]
+    pub nodelay: bool,
+
+    /// more log output; give it twice for the most (default: level info)
+    #[argh(switch, short = 'v')]
+    pub verbose: u8,
+
+    /// set an option of the handler as KEY=VALUE, e.g. -o
+    /// upstream=127.0.0.1:9000; repeatable (default: none)
+    #[argh(option, short = 'o')]
+    pub option: Vec<String>,
+
+    /// list the handlers and their options, then exit
+    #[argh(switch)]
+    pub list_handlers: bool,
+
+    /// print the version and exit
+    #[argh(switch)]
+    pub version: bool,
+}
+
+impl Args {
+    /// Layer these flags over `layers`.
+    pub fn apply(&self, layers: &mut Layers) -> Result<(), ConfError> {
+        let cli = |flag: &str| Origin::Cli(flag.to_string());
+        if let Some(t) = &self.server_type {
+            layers.set("server", "type", t, cli("-S"));
+        }
+        if let Some(n) = self.loops {
+            layers.set("server", "loops", &n.to_string(), cli("-N"));
+        }
+        if let Some(p) = &self.poll {
+            layers.set("server", "poll", p, cli("-T"));
+        }
+        let mut names = layers.listener_names();
+        if names.is_empty() {
+            names.push("main".to_string());
+        }
+        let single = [
+            (self.handler.is_some(), "--handler"),
+            (self.host.is_some(), "--host"),
+            (self.port.is_some(), "--port"),
+            (!self.option.is_empty(), "-o"),
+        ];
+        if names.len() > 1 {
+            if let Some((_, flag)) = single.iter().find(|(given, _)| *given) {
+                return Err(ConfError::Conflict(format!(
+                    "{flag} describes a single listener, but the conf defines {} ({}): set it in a [listener.NAME] section instead",
+                    names.len(),
+                    names.join(", ")
+                )));
+            }
+        }
+        for name in &names {
+            let section = format!("listener.{name}");
+            if let Some(h) = &self.handler {
+                layers.set(&section, "handler", h, cli("--handler"));
+            }
+            if let Some(h) = &self.host {
+                layers.set(&section, "host", h, cli("--host"));
+            }
+            if let Some(p) = self.port {
+                layers.set(&section, "port", &p.to_string(), cli("--port"));
+            }
+            if self.cork {
+                layers.set(&section, "cork", "true", cli("-k"));
+            }
+            if self.nodelay {
+                layers.set(&section, "nodelay", "true", cli("-A"));
+            }
+            if self.no_coalesce {
+                layers.set(&section, "coalesce", "false", cli("-K"));
+            }
+            for kv in &self.option {
+                let Some((k, v)) = kv.split_once('=') else {
+                    return Err(ConfError::BadValue {
+                        origin: cli("-o"),
+                        section,
+                        key: kv.clone(),
+                        value: kv.clone(),
+                        expected: "KEY=VALUE".into(),
+                    });
+                };
+                let key = k.trim();
+                if LISTENER_KEYS.iter().any(|s| s.name == key) {
+                    return Err(ConfError::Conflict(format!(
+                        "command line -o {kv}: '{key}' is a listener key, not a handler option; set it in the conf or GAIDAROS_LISTENER_{}__{}",
+                        name.to_ascii_uppercase(),
+                        key.to_ascii_uppercase()
+                    )));
+                }
+                layers.set(&section, key, v.trim(), cli("-o"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Settings from the conf file named by `args`, the environment `env` and
+/// the flags themselves.
+pub fn settings(
+    args: &Args,
+    env: impl IntoIterator<Item = (String, String)>,
+    registry: &Registry,
+) -> Result<Settings, ConfError> {
+    let mut layers = Layers::default();
+    if let Some(path) = &args.conf {
+        layers.load_file(path)?;
+    }
+    layers.load_env(env)?;
+    args.apply(&mut layers)?;
+    Settings::from_layers(&layers, registry)
+}
+
+fn list_handlers(registry: &Registry) -> String {
+    let mut out = String::from("handlers (--handler NAME, options with -o KEY=VALUE):\n");
+    for spec in registry.specs() {
+        out.push_str(&format!("  {:<12} {}\n", spec.name, spec.about));
+        for o in spec.options {
+            let default = o.default.map_or("required".to_string(), |d| format!("default: {d}"));
+            out.push_str(&format!("      {:<16} {} ({default})\n", o.name, o.help));
+        }
+    }
+    out
+}
+
+fn raise(level: Level, steps: u8) -> Level {
+    let order = [Level::ERROR, Level::WARN, Level::INFO, Level::DEBUG, Level::TRACE];
+    let at = order.iter().position(|l| *l == level).unwrap_or(2);
+    order[(at + steps as usize).min(order.len() - 1)]
+}
+
+/// The entry point of the `gaidaros` binary, for any registry of handlers:
+/// parses `std::env::args`, reads the conf, serves until SIGINT/SIGTERM.
+pub fn run(registry: Registry) -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    run_with_args(registry, &args)
+}
+
+/// [`run`] with explicit arguments (the first is the program name).
+pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
+    let program = argv.first().map_or("gaidaros", String::as_str);
+    let rest: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    let args = match Args::from_args(&[program], &rest) {
+        Ok(a) => a,
+        Err(early) => {
+            return match early.status {
+                Ok(()) => {
+                    println!("{}", early.output);
+                    ExitCode::SUCCESS
+                }
+                Err(()) => {
+                    eprintln!("{}\nRun {program} --help for usage.", early.output.trim_end());
+                    ExitCode::from(2)
+                }
+            };
+        }
+    };
+    if args.version {
+        println!("gaidaros {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if args.list_handlers {
+        print!("{}", list_handlers(&registry));
+        return ExitCode::SUCCESS;
+    }
+    let settings = match settings(&args, std::env::vars(), &registry) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gaidaros: conf error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let level = raise(settings.server.log_level, args.verbose);
+    // A second init (a test calling run twice) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    match sys::raise_nofile_limit() {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
+    let server = match Server::bind(&settings, &registry) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gaidaros: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.run(true) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gaidaros: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `[server]` and `[listener.NAME]` keys with their defaults, as the
+/// shipped conf documents them.
+pub fn documented_keys() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+    let mut out = Vec::new();
+    for k in SERVER_KEYS {
+        out.push(("server", k.name, k.default, k.help));
+    }
+    for k in LISTENER_KEYS {
+        out.push(("listener.NAME", k.name, k.default, k.help));
+    }
+    out
+}

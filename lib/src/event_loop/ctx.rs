@@ -1,0 +1,168 @@
+//! The command side of the protocol API: what a session may ask the loop.
+
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Conn, Core, SessionKey};
+use crate::protocol::{ConnId, TimerId};
+use crate::event_loop::timer::Due;
+
+/// Handed to every [`crate::Protocol`] callback. Records what the session
+/// asks for; the loop carries it out when the callback returns. Requests
+/// about a connection that is closed or belongs to another session are
+/// ignored (queries answer as for a closed connection).
+pub struct Ctx<'a> {
+    pub(super) core: &'a mut Core,
+    pub(super) session: SessionKey,
+}
+
+impl Ctx<'_> {
+    fn conn(&self, id: ConnId) -> Option<&Conn> {
+        self.core
+            .conns
+            .get(id.slot as usize)
+            .filter(|c| c.generation == id.generation && c.session == Some(self.session))
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let session = self.session;
+        self.core
+            .conns
+            .get_mut(id.slot as usize)
+            .filter(|c| c.generation == id.generation && c.session == Some(session))
+    }
+
+    /// The loop's clock, read once per loop iteration.
+    pub fn now(&self) -> Instant {
+        self.core.now
+    }
+
+    /// Queue `data` for `conn`. Returns `false` once the pending output
+    /// reaches the output cap: stop producing for `conn` (pause the source)
+    /// until [`crate::Protocol::on_writable`]. Bytes are always queued, even
+    /// past the cap, and are never dropped.
+    pub fn write(&mut self, conn: ConnId, data: &[u8]) -> bool {
+        let slot = conn.slot as usize;
+        let core = &mut *self.core;
+        let Some(c) = core
+            .conns
+            .get_mut(slot)
+            .filter(|c| c.generation == conn.generation && c.session == Some(self.session))
+        else {
+            return false;
+        };
+        if c.closing || c.wr_shut || c.shut_wr_pending {
+            return false;
+        }
+        c.out.push_bytes(data, &mut core.pool);
+        let under = core.note_output(slot);
+        core.mark_dirty(slot);
+        under
+    }
+
+    /// Queue `len` bytes of `file` from `offset` for `conn`, sent with
+    /// sendfile (zero-copy). Same return value as [`Ctx::write`].
+    pub fn send_file(&mut self, conn: ConnId, file: Arc<File>, offset: u64, len: u64) -> bool {
+        let slot = conn.slot as usize;
+        let Some(c) = self.conn_mut(conn) else {
+            return false;
+        };
+        if c.closing || c.wr_shut || c.shut_wr_pending {
+            return false;
+        }
+        c.out.push_file(file, offset, len);
+        let under = self.core.note_output(slot);
+        self.core.mark_dirty(slot);
+        under
+    }
+
+    /// Bytes queued for `conn` and not yet written (0 when closed).
+    pub fn pending(&self, conn: ConnId) -> usize {
+        self.conn(conn).map_or(0, |c| c.out.len())
+    }
+
+    /// The output cap of `conn`'s listener.
+    pub fn output_cap(&self, conn: ConnId) -> usize {
+        self.conn(conn)
+            .map_or(0, |c| self.core.setups[c.listener].limits.output_cap)
+    }
+
+    /// Is `conn` open?
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.conn(conn).is_some()
+    }
+
+    /// The peer address of `conn`.
+    pub fn peer_addr(&self, conn: ConnId) -> Option<SocketAddr> {
+        self.conn(conn).and_then(|c| c.peer)
+    }
+
+    /// Open an outbound TCP connection owned by this session. The result
+    /// arrives in [`crate::Protocol::on_connect`]; bytes written before that
+    /// are queued. Errors that happen at once (no descriptors left, an
+    /// address of the wrong kind) are returned here.
+    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId> {
+        let session = self.session;
+        self.core.connect(session, addr)
+    }
+
+    /// Stop reading from `conn` (its peer's bytes wait in the kernel).
+    pub fn pause_read(&mut self, conn: ConnId) {
+        if let Some(c) = self.conn_mut(conn) {
+            c.read_paused = true;
+        }
+    }
+
+    /// Resume reading from `conn`.
+    pub fn resume_read(&mut self, conn: ConnId) {
+        if let Some(c) = self.conn_mut(conn) {
+            if c.read_paused {
+                c.read_paused = false;
+                self.core.ready.push_back(conn);
+            }
+        }
+    }
+
+    /// Arm a one-shot timer; [`crate::Protocol::on_timer`] gets its id.
+    pub fn set_timer(&mut self, after: Duration) -> TimerId {
+        let id = self.core.timers.next_id();
+        let at = self.core.now + after;
+        self.core.timers.arm(
+            at,
+            Due::Session {
+                slot: self.session.slot,
+                generation: self.session.generation,
+                timer: id,
+            },
+        );
+        id
+    }
+
+    /// Disarm a timer that has not fired yet.
+    pub fn cancel_timer(&mut self, timer: TimerId) {
+        self.core.cancelled.insert(timer);
+    }
+
+    /// Send FIN on `conn` once its pending output is written; reading goes on.
+    pub fn shutdown_write(&mut self, conn: ConnId) {
+        let slot = conn.slot as usize;
+        if let Some(c) = self.conn_mut(conn) {
+            if !c.wr_shut {
+                c.shut_wr_pending = true;
+                self.core.mark_dirty(slot);
+            }
+        }
+    }
+
+    /// Close `conn` once its pending output is written.
+    pub fn close(&mut self, conn: ConnId) {
+        let slot = conn.slot as usize;
+        if let Some(c) = self.conn_mut(conn) {
+            c.closing = true;
+            self.core.mark_dirty(slot);
+        }
+    }
+}

@@ -1,0 +1,1167 @@
+//! Layer 3: the event loop.
+//!
+//! One loop owns its listeners' accept path, its connections, their buffers,
+//! the timer table and the write path. It reads into its own buffers and
+//! hands bytes to handlers; it carries out the writes, file sends, connects,
+//! pauses and timers that handlers ask for. Handlers never make syscalls.
+//!
+//! ```text
+//!  poll (edge) ──► accept ──► Conn ──read──► scratch ──┬─► Service framing ─► handle ─┐
+//!                                                      └─► Protocol::on_data ─────────┤
+//!                                                                                     ▼
+//!  socket ◄── writev / sendfile ◄── OutQueue ◄────────────── response bytes / file ranges
+//! ```
+//!
+//! Bounds, all from the listener's [`Limits`]:
+//! - reads go into one loop-wide scratch buffer; only an incomplete request
+//!   is copied into the connection (at most `max_request` + one read);
+//! - output above `output_cap` pauses reading from that connection (services)
+//!   or makes [`Ctx::write`] return `false` (protocols) until it drains to
+//!   half the cap;
+//! - every connection has an idle deadline; outbound connects a connect
+//!   deadline; closes after an error reply a lingering deadline;
+//! - a readiness event reads at most [`READ_BUDGET`] times before the
+//!   connection goes to the back of the ready queue, so one fast peer cannot
+//!   starve the others.
+
+mod ctx;
+pub(crate) mod output;
+pub(crate) mod timer;
+
+use std::collections::{HashSet, VecDeque};
+use std::io::{self, Read};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use slab::Slab;
+use tracing::{debug, trace, warn};
+
+pub use ctx::Ctx;
+
+use crate::handler::Handler;
+use crate::net::{self, ConnOptions};
+use crate::protocol::{CloseReason, ConnId, Protocol, TimerId};
+use crate::service::{Keep, Service, ServiceError};
+use crate::sys;
+use output::{BufPool, OutQueue};
+use timer::{Due, Timers};
+
+/// Reads per readiness event before a connection yields to the others.
+pub const READ_BUDGET: usize = 16;
+/// How long a listener stops accepting after EMFILE/ENFILE or at
+/// `max_connections`.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+const WAKER: Token = Token(usize::MAX);
+const LISTENER_BASE: usize = usize::MAX / 2;
+
+/// The limits of one listener. Each is a conf key of `[listener.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request (services) or unconsumed input (protocols), bytes.
+    pub max_request: usize,
+    /// Pending output per connection above which reading pauses, bytes.
+    pub output_cap: usize,
+    /// Close connections with no read or write progress for this long.
+    pub idle_timeout: Option<Duration>,
+    /// Open connections of this listener across all loops of the process.
+    pub max_connections: usize,
+    /// Deadline for outbound connects made by protocols.
+    pub connect_timeout: Duration,
+    /// After an error reply, how long to wait for the peer's FIN while
+    /// discarding its input, so the reply is not destroyed by a reset.
+    pub linger_timeout: Duration,
+    /// Bytes asked for per read(2).
+    pub recv_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_request: 64 * 1024,
+            output_cap: 1024 * 1024,
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_connections: 10_000,
+            connect_timeout: Duration::from_secs(10),
+            linger_timeout: Duration::from_secs(2),
+            recv_size: 64 * 1024,
+        }
+    }
+}
+
+/// Everything a loop needs to know about one listener.
+pub struct ListenerSetup {
+    /// The listener's name (`[listener.NAME]`), for logs.
+    pub name: String,
+    /// What serves its connections.
+    pub handler: Handler,
+    /// Socket options applied to every connection.
+    pub conn_options: ConnOptions,
+    /// Gather responses into one write per read batch (off with `-K`).
+    pub coalesce: bool,
+    /// Its limits.
+    pub limits: Limits,
+    /// Connections open across all loops (for `max_connections`).
+    pub(crate) active: AtomicUsize,
+}
+
+impl ListenerSetup {
+    /// A setup with no open connections.
+    pub fn new(
+        name: impl Into<String>,
+        handler: Handler,
+        conn_options: ConnOptions,
+        coalesce: bool,
+        limits: Limits,
+    ) -> Self {
+        ListenerSetup {
+            name: name.into(),
+            handler,
+            conn_options,
+            coalesce,
+            limits,
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    /// Connections open right now across all loops.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Tells a running loop to stop: stop accepting, let pending output drain
+/// (at most the drain timeout), then return from [`Loop::run`].
+#[derive(Clone)]
+pub struct LoopHandle {
+    waker: Arc<Waker>,
+    stop: Arc<AtomicBool>,
+}
+
+impl LoopHandle {
+    /// Ask the loop to shut down gracefully.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            warn!("cannot wake loop for shutdown: {e}");
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionKey {
+    slot: usize,
+    generation: u64,
+}
+
+struct Session {
+    generation: u64,
+    /// Taken out while one of its callbacks runs.
+    proto: Option<Box<dyn Protocol>>,
+    /// Connections it owns that have not closed yet.
+    live: usize,
+}
+
+pub(crate) struct Conn {
+    sock: TcpStream,
+    generation: u32,
+    listener: usize,
+    session: Option<SessionKey>,
+    accepted: bool,
+    peer: Option<SocketAddr>,
+    input: Vec<u8>,
+    out: OutQueue,
+    last_active: Instant,
+    /// Instant of the heap entry that will re-check this connection.
+    armed: Option<Instant>,
+    connect_deadline: Option<Instant>,
+    linger_deadline: Option<Instant>,
+    read_paused: bool,
+    over_cap: bool,
+    read_eof: bool,
+    closing: bool,
+    close_reason: Option<CloseReason>,
+    shut_wr_pending: bool,
+    wr_shut: bool,
+    writable_interest: bool,
+    dirty: bool,
+}
+
+impl Conn {
+    fn new(sock: TcpStream, generation: u32, listener: usize, now: Instant) -> Self {
+        Conn {
+            sock,
+            generation,
+            listener,
+            session: None,
+            accepted: true,
+            peer: None,
+            input: Vec::new(),
+            out: OutQueue::default(),
+            last_active: now,
+            armed: None,
+            connect_deadline: None,
+            linger_deadline: None,
+            read_paused: false,
+            over_cap: false,
+            read_eof: false,
+            closing: false,
+            close_reason: None,
+            shut_wr_pending: false,
+            wr_shut: false,
+            writable_interest: false,
+            dirty: false,
+        }
+    }
+
+    fn id(&self, slot: usize) -> ConnId {
+        ConnId {
+            slot: slot as u32,
+            generation: self.generation,
+        }
+    }
+
+    fn reading_blocked(&self) -> bool {
+        self.read_paused
+            || (self.over_cap && self.session.is_none())
+            || self.read_eof
+            || (self.closing && self.linger_deadline.is_none())
+            || self.connect_deadline.is_some()
+    }
+
+    /// The earliest deadline of this connection and what happens then.
+    fn deadline(&self, limits: &Limits) -> Option<(Instant, Expiry)> {
+        let mut best: Option<(Instant, Expiry)> = None;
+        let mut consider = |at: Option<Instant>, what: Expiry| {
+            if let Some(at) = at {
+                if best.is_none_or(|(b, _)| at < b) {
+                    best = Some((at, what));
+                }
+            }
+        };
+        consider(self.connect_deadline, Expiry::Connect);
+        consider(self.linger_deadline, Expiry::Linger);
+        consider(
+            limits.idle_timeout.map(|d| self.last_active + d),
+            Expiry::Idle,
+        );
+        best
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Expiry {
+    Connect,
+    Linger,
+    Idle,
+}
+
+enum Deferred {
+    Connected(SessionKey, ConnId, io::Result<()>),
+    Writable(SessionKey, ConnId),
+    Closed(SessionKey, ConnId, CloseReason),
+}
+
+/// The loop's state that handler callbacks may touch through [`Ctx`].
+pub(crate) struct Core {
+    conns: Slab<Conn>,
+    sessions: Slab<Session>,
+    next_generation: u64,
+    setups: Vec<Arc<ListenerSetup>>,
+    registry: Registry,
+    timers: Timers,
+    cancelled: HashSet<TimerId>,
+    pool: BufPool,
+    dirty: Vec<usize>,
+    ready: VecDeque<ConnId>,
+    deferred: VecDeque<Deferred>,
+    now: Instant,
+    stopping: bool,
+}
+
+struct ListenerSlot {
+    sock: Option<TcpListener>,
+    paused: bool,
+    last_warning: Option<Instant>,
+}
+
+/// Settings of a loop that are not per listener.
+#[derive(Debug, Clone)]
+pub struct LoopSettings {
+    /// After a stop request, how long pending output may take to drain.
+    pub drain_timeout: Duration,
+}
+
+impl Default for LoopSettings {
+    fn default() -> Self {
+        LoopSettings {
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One event loop: a poll instance, its listeners and connections.
+pub struct Loop {
+    poll: Poll,
+    events: Events,
+    core: Core,
+    listeners: Vec<ListenerSlot>,
+    scratch: Vec<u8>,
+    stop: Arc<AtomicBool>,
+    settings: LoopSettings,
+}
+
+impl Loop {
+    /// A loop serving `listeners`, each a bound listening socket with its
+    /// setup. Returns the loop and the handle that stops it.
+    pub fn new(
+        listeners: Vec<(std::net::TcpListener, Arc<ListenerSetup>)>,
+        settings: LoopSettings,
+    ) -> io::Result<(Loop, LoopHandle)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let registry = poll.registry().try_clone()?;
+        let mut slots = Vec::new();
+        let mut setups = Vec::new();
+        let mut scratch_len = 0;
+        for (i, (std_listener, setup)) in listeners.into_iter().enumerate() {
+            std_listener.set_nonblocking(true)?;
+            let mut sock = TcpListener::from_std(std_listener);
+            registry.register(&mut sock, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            scratch_len = scratch_len.max(setup.limits.recv_size.max(1));
+            slots.push(ListenerSlot {
+                sock: Some(sock),
+                paused: false,
+                last_warning: None,
+            });
+            setups.push(setup);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = LoopHandle {
+            waker,
+            stop: stop.clone(),
+        };
+        let core = Core {
+            conns: Slab::new(),
+            sessions: Slab::new(),
+            next_generation: 0,
+            setups,
+            registry,
+            timers: Timers::default(),
+            cancelled: HashSet::new(),
+            pool: BufPool::new(),
+            dirty: Vec::new(),
+            ready: VecDeque::new(),
+            deferred: VecDeque::new(),
+            now: Instant::now(),
+            stopping: false,
+        };
+        let lp = Loop {
+            poll,
+            events: Events::with_capacity(1024),
+            core,
+            listeners: slots,
+            scratch: vec![0; scratch_len],
+            stop,
+            settings,
+        };
+        Ok((lp, handle))
+    }
+
+    /// Run until stopped through the [`LoopHandle`] and drained.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let timeout = if !self.core.ready.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                let next = match (self.core.timers.next(), drain_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                next.map(|t| t.saturating_duration_since(Instant::now()))
+            };
+            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.core.now = Instant::now();
+            let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                    Token(slot) => self.conn_event(slot, ev),
+                }
+            }
+            self.events = events;
+            self.run_ready();
+            self.run_timers();
+            self.settle();
+            if drain_deadline.is_none() && self.stop.load(Ordering::SeqCst) {
+                drain_deadline = Some(self.core.now + self.settings.drain_timeout);
+                self.begin_shutdown();
+                self.settle();
+            }
+            if let Some(deadline) = drain_deadline {
+                if self.core.conns.is_empty() {
+                    return Ok(());
+                }
+                if self.core.now >= deadline {
+                    warn!(
+                        connections = self.core.conns.len(),
+                        "drain timeout reached: closing connections with output still pending"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        self.core.stopping = true;
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if let Some(mut sock) = l.sock.take() {
+                if let Err(e) = self.core.registry.deregister(&mut sock) {
+                    debug!("deregister listener {i}: {e}");
+                }
+            }
+        }
+        let slots: Vec<usize> = self.core.conns.iter().map(|(k, _)| k).collect();
+        for slot in slots {
+            if let Some(c) = self.core.conns.get_mut(slot) {
+                c.closing = true;
+                c.close_reason.get_or_insert(CloseReason::Shutdown);
+                c.linger_deadline = None;
+            }
+            self.core.mark_dirty(slot);
+        }
+    }
+
+    fn pause_listener(&mut self, li: usize, why: &str) {
+        let now = self.core.now;
+        let l = &mut self.listeners[li];
+        l.paused = true;
+        if l
+            .last_warning
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            l.last_warning = Some(now);
+            warn!(
+                listener = %self.core.setups[li].name,
+                "not accepting for {} ms: {why}",
+                ACCEPT_BACKOFF.as_millis()
+            );
+        }
+        self.core.timers.arm(now + ACCEPT_BACKOFF, Due::Listener(li));
+    }
+
+    fn accept(&mut self, li: usize) {
+        let setup = self.core.setups[li].clone();
+        loop {
+            let slot = &self.listeners[li];
+            if slot.paused {
+                return;
+            }
+            let Some(listener) = slot.sock.as_ref() else {
+                return;
+            };
+            if setup.active() >= setup.limits.max_connections {
+                let why = format!("max_connections ({}) reached", setup.limits.max_connections);
+                self.pause_listener(li, &why);
+                return;
+            }
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if let Err(e) = net::configure(&stream, setup.conn_options) {
+                        warn!(listener = %setup.name, %peer, "cannot set socket options: {e}");
+                        continue;
+                    }
+                    match self.core.add_conn(stream, li, Interest::READABLE) {
+                        Ok(slot) => {
+                            setup.active.fetch_add(1, Ordering::Relaxed);
+                            let conn = &mut self.core.conns[slot];
+                            conn.peer = Some(peer);
+                            let id = conn.id(slot);
+                            trace!(listener = %setup.name, %peer, %id, "accepted");
+                            if let Handler::Protocol(factory) = &setup.handler {
+                                let key = self.core.add_session(factory.open());
+                                self.core.sessions[key.slot].live = 1;
+                                self.core.conns[slot].session = Some(key);
+                                self.core.call(key, |p, ctx| p.on_open(ctx, id));
+                            }
+                            self.core.ensure_armed(slot);
+                        }
+                        Err(e) => warn!(listener = %setup.name, "cannot register connection: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if sys::is_resource_exhaustion(&e) => {
+                    self.pause_listener(li, &format!("accept: {e}"));
+                    return;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(e) => {
+                    self.pause_listener(li, &format!("accept: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn conn_event(&mut self, slot: usize, ev: &mio::event::Event) {
+        let Some(conn) = self.core.conns.get(slot) else {
+            return;
+        };
+        if conn.connect_deadline.is_some() {
+            if ev.is_writable() || ev.is_error() || ev.is_write_closed() {
+                self.core.finish_connect(slot);
+            }
+            if !self.core.conns.contains(slot) {
+                self.settle();
+                return;
+            }
+        }
+        if ev.is_writable() {
+            self.core.mark_dirty(slot);
+        }
+        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+            self.read(slot);
+        }
+        self.settle();
+    }
+
+    fn run_ready(&mut self) {
+        let n = self.core.ready.len();
+        for _ in 0..n {
+            let Some(id) = self.core.ready.pop_front() else {
+                break;
+            };
+            if self.core.get(id).is_some() {
+                self.read(id.slot as usize);
+                self.settle();
+            }
+        }
+    }
+
+    fn read(&mut self, slot: usize) {
+        let Some(conn) = self.core.conns.get(slot) else {
+            return;
+        };
+        if conn.linger_deadline.is_some() {
+            self.discard_input(slot);
+        } else if let Some(key) = conn.session {
+            self.read_protocol(slot, key);
+        } else {
+            self.read_service(slot);
+        }
+    }
+
+    /// Lingering close: read and drop whatever the peer still sends until its
+    /// FIN or the linger deadline.
+    fn discard_input(&mut self, slot: usize) {
+        let core = &mut self.core;
+        for _ in 0..READ_BUDGET {
+            let Some(conn) = core.conns.get_mut(slot) else {
+                return;
+            };
+            match conn.sock.read(&mut self.scratch) {
+                Ok(0) => {
+                    core.close(slot, None);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    core.close(slot, None);
+                    return;
+                }
+            }
+        }
+        let id = core.conns[slot].id(slot);
+        core.ready.push_back(id);
+    }
+
+    fn read_service(&mut self, slot: usize) {
+        let core = &mut self.core;
+        let setup = core.setups[core.conns[slot].listener].clone();
+        let Handler::Service(service) = &setup.handler else {
+            return;
+        };
+        let service = &**service;
+        let recv = setup.limits.recv_size.min(self.scratch.len());
+        // Input left over while output was over the cap comes first.
+        if !core.conns[slot].input.is_empty() && !core.conns[slot].over_cap {
+            core.feed_service(slot, service, &setup, &[]);
+        }
+        let mut budget = READ_BUDGET;
+        loop {
+            let conn = &mut core.conns[slot];
+            if conn.reading_blocked() {
+                break;
+            }
+            if budget == 0 {
+                let id = conn.id(slot);
+                core.ready.push_back(id);
+                break;
+            }
+            budget -= 1;
+            match conn.sock.read(&mut self.scratch[..recv]) {
+                Ok(0) => {
+                    conn.read_eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    conn.last_active = core.now;
+                    core.feed_service(slot, service, &setup, &self.scratch[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    core.abort(slot, CloseReason::Io(e.kind()));
+                    return;
+                }
+            }
+        }
+        let conn = &mut core.conns[slot];
+        if conn.read_eof && !conn.over_cap {
+            // Everything complete was answered; an incomplete tail can never
+            // complete now.
+            conn.closing = true;
+            conn.close_reason.get_or_insert(CloseReason::Local);
+        }
+        core.mark_dirty(slot);
+    }
+
+    fn read_protocol(&mut self, slot: usize, key: SessionKey) {
+        let core = &mut self.core;
+        let listener = core.conns[slot].listener;
+        let limits = core.setups[listener].limits.clone();
+        let recv = limits.recv_size.min(self.scratch.len());
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(conn) = core.conns.get_mut(slot) else {
+                return;
+            };
+            if conn.reading_blocked() {
+                break;
+            }
+            let id = conn.id(slot);
+            if budget == 0 {
+                core.ready.push_back(id);
+                break;
+            }
+            budget -= 1;
+            match conn.sock.read(&mut self.scratch[..recv]) {
+                Ok(0) => {
+                    conn.read_eof = true;
+                    core.call(key, |p, ctx| p.on_read_closed(ctx, id));
+                    break;
+                }
+                Ok(n) => {
+                    conn.last_active = core.now;
+                    let data = &self.scratch[..n];
+                    if conn.input.is_empty() {
+                        let mut used = 0;
+                        core.call(key, |p, ctx| used = p.on_data(ctx, id, data));
+                        let used = used.min(n);
+                        if used < n {
+                            let conn = &mut core.conns[slot];
+                            conn.input = core.pool.take();
+                            conn.input.extend_from_slice(&data[used..]);
+                        }
+                    } else {
+                        conn.input.extend_from_slice(data);
+                        let input = std::mem::take(&mut conn.input);
+                        let mut used = 0;
+                        core.call(key, |p, ctx| used = p.on_data(ctx, id, &input));
+                        let mut input = input;
+                        input.drain(..used.min(input.len()));
+                        if input.is_empty() {
+                            core.pool.give(input);
+                        } else {
+                            core.conns[slot].input = input;
+                        }
+                    }
+                    if core.conns[slot].input.len() > limits.max_request {
+                        core.abort(slot, CloseReason::TooLarge);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    core.abort(slot, CloseReason::Io(e.kind()));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn run_timers(&mut self) {
+        let now = self.core.now;
+        while let Some((at, due)) = self.core.timers.pop_due(now) {
+            match due {
+                Due::Conn(id) => self.core.conn_due(id, at),
+                Due::Session {
+                    slot,
+                    generation,
+                    timer,
+                } => {
+                    if self.core.cancelled.remove(&timer) {
+                        continue;
+                    }
+                    let key = SessionKey { slot, generation };
+                    self.core.call(key, |p, ctx| p.on_timer(ctx, timer));
+                }
+                Due::Listener(li) => {
+                    self.listeners[li].paused = false;
+                    self.accept(li);
+                }
+            }
+            self.settle();
+        }
+    }
+
+    /// Carry out what handlers asked for until nothing is left: flush dirty
+    /// connections, deliver deferred events.
+    fn settle(&mut self) {
+        self.core.settle();
+    }
+}
+
+impl Core {
+    fn get(&self, id: ConnId) -> Option<&Conn> {
+        self.conns
+            .get(id.slot as usize)
+            .filter(|c| c.generation == id.generation)
+    }
+
+    fn add_conn(&mut self, mut sock: TcpStream, listener: usize, interest: Interest) -> io::Result<usize> {
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        self.registry.register(&mut sock, Token(slot), interest)?;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let conn = Conn::new(sock, self.next_generation as u32, listener, self.now);
+        entry.insert(conn);
+        Ok(slot)
+    }
+
+    fn add_session(&mut self, proto: Box<dyn Protocol>) -> SessionKey {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let generation = self.next_generation;
+        let slot = self.sessions.insert(Session {
+            generation,
+            proto: Some(proto),
+            live: 0,
+        });
+        SessionKey { slot, generation }
+    }
+
+    /// Run one callback of a session with a [`Ctx`] on this core.
+    fn call(&mut self, key: SessionKey, f: impl FnOnce(&mut dyn Protocol, &mut Ctx<'_>)) {
+        let Some(session) = self.sessions.get_mut(key.slot) else {
+            return;
+        };
+        if session.generation != key.generation {
+            return;
+        }
+        let Some(mut proto) = session.proto.take() else {
+            return;
+        };
+        {
+            let mut ctx = Ctx {
+                core: self,
+                session: key,
+            };
+            f(&mut *proto, &mut ctx);
+        }
+        if let Some(session) = self.sessions.get_mut(key.slot) {
+            if session.generation == key.generation {
+                session.proto = Some(proto);
+            }
+        }
+    }
+
+    fn mark_dirty(&mut self, slot: usize) {
+        if let Some(c) = self.conns.get_mut(slot) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// After output was queued on `slot`: note whether it is over the cap.
+    /// Returns `true` while under it.
+    fn note_output(&mut self, slot: usize) -> bool {
+        let cap = self.setups[self.conns[slot].listener].limits.output_cap;
+        let conn = &mut self.conns[slot];
+        if conn.out.len() >= cap {
+            conn.over_cap = true;
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Arm the deadline entry of `slot` if none is armed as early.
+    fn ensure_armed(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        let limits = &self.setups[conn.listener].limits;
+        if let Some((at, _)) = conn.deadline(limits) {
+            if conn.armed.is_none_or(|armed| at < armed) {
+                conn.armed = Some(at);
+                let id = conn.id(slot);
+                self.timers.arm(at, Due::Conn(id));
+            }
+        }
+    }
+
+    fn conn_due(&mut self, id: ConnId, at: Instant) {
+        let slot = id.slot as usize;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.generation != id.generation || conn.armed != Some(at) {
+            return;
+        }
+        conn.armed = None;
+        let limits = &self.setups[conn.listener].limits;
+        match conn.deadline(limits) {
+            None => {}
+            Some((real, _)) if real > self.now => {
+                conn.armed = Some(real);
+                self.timers.arm(real, Due::Conn(id));
+            }
+            Some((_, Expiry::Connect)) => {
+                self.connect_failed(slot, io::ErrorKind::TimedOut);
+            }
+            Some((_, Expiry::Linger)) => self.close(slot, None),
+            Some((_, Expiry::Idle)) => {
+                debug!(%id, "idle timeout");
+                self.abort(slot, CloseReason::Idle);
+            }
+        }
+    }
+
+    /// Feed bytes read from a service connection through framing and the
+    /// service. `data` empty means: process what the connection holds.
+    fn feed_service(&mut self, slot: usize, service: &dyn Service, setup: &ListenerSetup, data: &[u8]) {
+        let conn = &mut self.conns[slot];
+        if conn.input.is_empty() {
+            let used = serve(conn, &mut self.pool, service, setup, data);
+            if used < data.len() && !conn.closing {
+                conn.input = self.pool.take();
+                conn.input.extend_from_slice(&data[used..]);
+            }
+        } else {
+            conn.input.extend_from_slice(data);
+            let mut input = std::mem::take(&mut conn.input);
+            let used = serve(conn, &mut self.pool, service, setup, &input);
+            input.drain(..used);
+            if input.is_empty() || conn.closing {
+                self.pool.give(input);
+            } else {
+                conn.input = input;
+            }
+        }
+        conn.out.trim(&mut self.pool);
+    }
+
+    /// Write what `slot` has pending and act on its state: interest changes,
+    /// half-close, close, lingering, and leaving the over-cap state.
+    fn flush(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.connect_deadline.is_some() {
+            return;
+        }
+        if !conn.out.is_empty() {
+            match conn.out.flush(&mut conn.sock, &mut self.pool) {
+                Ok(_) => conn.last_active = self.now,
+                Err(e) => {
+                    self.abort(slot, CloseReason::Io(e.kind()));
+                    return;
+                }
+            }
+        }
+        let cap = self.setups[conn.listener].limits.output_cap;
+        let cork = self.setups[conn.listener].conn_options.cork;
+        let id = conn.id(slot);
+        if conn.out.is_empty() {
+            if cork {
+                // Push out the last partial frame; failing here only delays it.
+                if let Err(e) = net::push_corked(&conn.sock) {
+                    debug!(%id, "uncork: {e}");
+                }
+            }
+            if conn.writable_interest {
+                conn.writable_interest = false;
+                if let Err(e) = self.registry.reregister(&mut conn.sock, Token(slot), Interest::READABLE) {
+                    self.abort(slot, CloseReason::Io(e.kind()));
+                    return;
+                }
+            }
+            if conn.shut_wr_pending {
+                conn.shut_wr_pending = false;
+                conn.wr_shut = true;
+                if let Err(e) = conn.sock.shutdown(Shutdown::Write) {
+                    debug!(%id, "shutdown(write): {e}");
+                }
+            }
+            if conn.closing && conn.linger_deadline.is_none() {
+                let reason = conn.close_reason.clone();
+                let lingering = !conn.read_eof && !self.stopping && conn.session.is_none();
+                if lingering {
+                    // Give the last reply time to arrive: closing over unread
+                    // input would reset the connection and destroy it.
+                    if let Err(e) = conn.sock.shutdown(Shutdown::Write) {
+                        debug!(%id, "shutdown(write): {e}");
+                    }
+                    let linger = self.setups[conn.listener].limits.linger_timeout;
+                    conn.linger_deadline = Some(self.now + linger);
+                    self.ensure_armed(slot);
+                    self.ready.push_back(id);
+                } else {
+                    self.close(slot, reason);
+                }
+                return;
+            }
+        } else if !conn.writable_interest {
+            conn.writable_interest = true;
+            if let Err(e) = self.registry.reregister(
+                &mut conn.sock,
+                Token(slot),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                self.abort(slot, CloseReason::Io(e.kind()));
+                return;
+            }
+        }
+        if conn.over_cap && conn.out.len() <= cap / 2 {
+            conn.over_cap = false;
+            match conn.session {
+                // Services: answer what is buffered, then read again.
+                None => self.ready.push_back(id),
+                Some(key) => self.deferred.push_back(Deferred::Writable(key, id)),
+            }
+        }
+    }
+
+    fn settle(&mut self) {
+        loop {
+            while let Some(slot) = self.dirty.pop() {
+                if let Some(c) = self.conns.get_mut(slot) {
+                    c.dirty = false;
+                    self.flush(slot);
+                }
+            }
+            match self.deferred.pop_front() {
+                None => return,
+                Some(Deferred::Connected(key, id, result)) => {
+                    self.call(key, |p, ctx| p.on_connect(ctx, id, result));
+                }
+                Some(Deferred::Writable(key, id)) => {
+                    self.call(key, |p, ctx| p.on_writable(ctx, id));
+                }
+                Some(Deferred::Closed(key, id, reason)) => {
+                    self.call(key, |p, ctx| p.on_close(ctx, id, reason));
+                    if let Some(s) = self.sessions.get(key.slot) {
+                        if s.generation == key.generation && s.live == 0 {
+                            self.sessions.remove(key.slot);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Close at once, dropping pending output.
+    fn abort(&mut self, slot: usize, reason: CloseReason) {
+        debug!(slot, %reason, "closing connection");
+        self.close(slot, Some(reason));
+    }
+
+    /// Remove a connection and tell its session.
+    fn close(&mut self, slot: usize, reason: Option<CloseReason>) {
+        if !self.conns.contains(slot) {
+            return;
+        }
+        // Dropping the socket closes it, which also removes it from the poll
+        // set: no deregister syscall needed.
+        let mut conn = self.conns.remove(slot);
+        if conn.accepted {
+            self.setups[conn.listener]
+                .active
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        conn.out.clear(&mut self.pool);
+        self.pool.give(std::mem::take(&mut conn.input));
+        let id = conn.id(slot);
+        trace!(%id, "closed");
+        if let Some(key) = conn.session {
+            if let Some(s) = self.sessions.get_mut(key.slot) {
+                if s.generation == key.generation {
+                    s.live = s.live.saturating_sub(1);
+                    let reason = reason.unwrap_or(CloseReason::Local);
+                    self.deferred.push_back(Deferred::Closed(key, id, reason));
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, session: SessionKey, addr: SocketAddr) -> io::Result<ConnId> {
+        let sock = TcpStream::connect(addr)?;
+        // The listener of the session's first connection lends its limits.
+        let listener = self
+            .conns
+            .iter()
+            .find(|(_, c)| c.session == Some(session))
+            .map_or(0, |(_, c)| c.listener);
+        let slot = self.add_conn(sock, listener, Interest::READABLE | Interest::WRITABLE)?;
+        let timeout = self.setups[listener].limits.connect_timeout;
+        let conn = &mut self.conns[slot];
+        conn.accepted = false;
+        conn.session = Some(session);
+        conn.peer = Some(addr);
+        conn.writable_interest = true;
+        conn.connect_deadline = Some(self.now + timeout);
+        let id = conn.id(slot);
+        if let Some(s) = self.sessions.get_mut(session.slot) {
+            s.live += 1;
+        }
+        self.ensure_armed(slot);
+        Ok(id)
+    }
+
+    fn finish_connect(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        let failure = match conn.sock.take_error() {
+            Ok(Some(e)) => Some(e.kind()),
+            Err(e) => Some(e.kind()),
+            Ok(None) => match conn.sock.peer_addr() {
+                Ok(_) => None,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => Some(e.kind()),
+            },
+        };
+        if let Some(kind) = failure {
+            self.connect_failed(slot, kind);
+            return;
+        }
+        conn.connect_deadline = None;
+        let options = self.setups[conn.listener].conn_options;
+        if let Err(e) = net::configure(&conn.sock, options) {
+            debug!(slot, "socket options on outbound connection: {e}");
+        }
+        let id = conn.id(slot);
+        if let Some(key) = conn.session {
+            self.deferred.push_back(Deferred::Connected(key, id, Ok(())));
+        }
+        // Bytes queued before the connect completed go out now.
+        self.mark_dirty(slot);
+        self.ready.push_back(id);
+    }
+
+    fn connect_failed(&mut self, slot: usize, kind: io::ErrorKind) {
+        let conn = &self.conns[slot];
+        let id = conn.id(slot);
+        if let Some(key) = conn.session {
+            let err = io::Error::new(kind, format!("connect to {:?} failed: {kind}", conn.peer));
+            self.deferred.push_back(Deferred::Connected(key, id, Err(err)));
+        }
+        self.close(slot, Some(CloseReason::ConnectFailed(kind)));
+    }
+}
+
+/// Run complete requests at the front of `buf` through `service`, appending
+/// responses to the connection's output. Returns the bytes consumed.
+fn serve(
+    conn: &mut Conn,
+    pool: &mut BufPool,
+    service: &dyn Service,
+    setup: &ListenerSetup,
+    buf: &[u8],
+) -> usize {
+    let max = setup.limits.max_request;
+    let cap = setup.limits.output_cap;
+    let mut pos = 0;
+    while pos < buf.len() && !conn.closing && !conn.over_cap {
+        let rest = &buf[pos..];
+        let framed = match service.end_request(rest) {
+            Ok(Some(0)) => Err(ServiceError::Malformed("empty frame".into())),
+            Ok(Some(len)) if len > max => Err(ServiceError::TooLarge { limit: max }),
+            Ok(Some(len)) => Ok(Some(len.min(rest.len()))),
+            Ok(None) if rest.len() >= max => Err(ServiceError::TooLarge { limit: max }),
+            other => other,
+        };
+        let len = match framed {
+            Ok(Some(len)) => len,
+            Ok(None) => break,
+            Err(e) => {
+                fail(conn, pool, service, &e);
+                return buf.len();
+            }
+        };
+        let request = service.split_request(&rest[..len]);
+        pos += len;
+        let out = conn.out.tail(pool);
+        let start = out.len();
+        let result = service
+            .decode(request)
+            .and_then(|req| service.handle(&req, out));
+        match result {
+            Ok(keep) => {
+                service.encode(out, start);
+                if keep == Keep::Close {
+                    conn.closing = true;
+                    conn.close_reason = Some(CloseReason::Local);
+                }
+            }
+            Err(e) => {
+                out.truncate(start);
+                fail(conn, pool, service, &e);
+                return buf.len();
+            }
+        }
+        if !setup.coalesce {
+            // -K: every response leaves as soon as it exists.
+            if let Err(e) = conn.out.flush(&mut conn.sock, pool) {
+                conn.closing = true;
+                conn.close_reason = Some(CloseReason::Io(e.kind()));
+                conn.out.clear(pool);
+                return buf.len();
+            }
+        }
+        if conn.out.len() >= cap {
+            conn.over_cap = true;
+        }
+    }
+    pos
+}
+
+/// Send the service's error reply and close after it.
+fn fail(conn: &mut Conn, pool: &mut BufPool, service: &dyn Service, error: &ServiceError) {
+    debug!(peer = ?conn.peer, "request error: {error}");
+    let out = conn.out.tail(pool);
+    service.error_reply(error, out);
+    conn.closing = true;
+    conn.close_reason = Some(match error {
+        ServiceError::TooLarge { .. } => CloseReason::TooLarge,
+        _ => CloseReason::Io(io::ErrorKind::InvalidData),
+    });
+}

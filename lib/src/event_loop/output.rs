@@ -1,0 +1,322 @@
+//! The per-connection output queue and the loop's buffer pool.
+//!
+//! Responses are appended to the last byte chunk of the queue, so pipelined
+//! responses produced from one read gather into one buffer and leave in one
+//! vectored write. File ranges queue as their own chunks and leave through
+//! sendfile. An empty queue holds no memory: its buffer goes back to the
+//! pool, which is what keeps idle connections small.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
+
+use crate::sys;
+
+/// Buffers kept for reuse by one loop.
+pub(crate) struct BufPool {
+    free: Vec<Vec<u8>>,
+}
+
+/// Buffers larger than this are freed instead of pooled.
+const POOL_MAX_CAPACITY: usize = 256 * 1024;
+/// At most this many buffers wait in the pool.
+const POOL_MAX_BUFFERS: usize = 256;
+/// Capacity of a fresh buffer.
+const FRESH_CAPACITY: usize = 4096;
+/// Largest sendfile(2) request in one call, so one file cannot hog the loop.
+const SENDFILE_STEP: usize = 1 << 20;
+/// Most chunks gathered into one writev(2).
+const MAX_IOVECS: usize = 64;
+
+impl BufPool {
+    pub(crate) fn new() -> Self {
+        BufPool { free: Vec::new() }
+    }
+
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        self.free
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(FRESH_CAPACITY))
+    }
+
+    pub(crate) fn give(&mut self, mut buf: Vec<u8>) {
+        if buf.capacity() == 0 {
+            return;
+        }
+        if buf.capacity() <= POOL_MAX_CAPACITY && self.free.len() < POOL_MAX_BUFFERS {
+            buf.clear();
+            self.free.push(buf);
+        }
+    }
+}
+
+enum Chunk {
+    Bytes(Vec<u8>),
+    File {
+        file: Arc<File>,
+        offset: u64,
+        remaining: u64,
+    },
+}
+
+/// Bytes and file ranges waiting to be written to one connection.
+#[derive(Default)]
+pub(crate) struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    head: usize,
+}
+
+/// How a flush ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Flushed {
+    /// Everything was written.
+    All,
+    /// The socket is full; wait for writability.
+    Blocked,
+}
+
+impl OutQueue {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// Pending bytes (file ranges count their remaining length).
+    pub(crate) fn len(&self) -> usize {
+        let total: u64 = self
+            .chunks
+            .iter()
+            .map(|c| match c {
+                Chunk::Bytes(b) => b.len() as u64,
+                Chunk::File { remaining, .. } => *remaining,
+            })
+            .sum();
+        (total as usize).saturating_sub(self.head)
+    }
+
+    /// The buffer new bytes are appended to.
+    pub(crate) fn tail(&mut self, pool: &mut BufPool) -> &mut Vec<u8> {
+        if !matches!(self.chunks.back(), Some(Chunk::Bytes(_))) {
+            self.chunks.push_back(Chunk::Bytes(pool.take()));
+        }
+        match self.chunks.back_mut() {
+            Some(Chunk::Bytes(b)) => b,
+            // The branch above just pushed a byte chunk.
+            _ => unreachable!("tail chunk is bytes"),
+        }
+    }
+
+    pub(crate) fn push_bytes(&mut self, data: &[u8], pool: &mut BufPool) {
+        if !data.is_empty() {
+            self.tail(pool).extend_from_slice(data);
+        }
+    }
+
+    pub(crate) fn push_file(&mut self, file: Arc<File>, offset: u64, len: u64) {
+        if len > 0 {
+            self.chunks.push_back(Chunk::File {
+                file,
+                offset,
+                remaining: len,
+            });
+        }
+    }
+
+    /// Drop a trailing empty byte chunk (left when a handler wrote nothing).
+    pub(crate) fn trim(&mut self, pool: &mut BufPool) {
+        if let Some(Chunk::Bytes(b)) = self.chunks.back() {
+            if b.is_empty() {
+                if let Some(Chunk::Bytes(b)) = self.chunks.pop_back() {
+                    pool.give(b);
+                }
+            }
+        }
+    }
+
+    /// Write as much as the socket takes.
+    pub(crate) fn flush<S>(&mut self, sock: &mut S, pool: &mut BufPool) -> io::Result<Flushed>
+    where
+        S: Write + std::os::fd::AsFd,
+    {
+        loop {
+            match self.chunks.front_mut() {
+                None => return Ok(Flushed::All),
+                Some(Chunk::File {
+                    file,
+                    offset,
+                    remaining,
+                }) => {
+                    let step = (*remaining).min(SENDFILE_STEP as u64) as usize;
+                    match sys::sendfile(&*sock, &**file, offset, step) {
+                        Ok(0) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "file shorter than the range queued for sending",
+                            ))
+                        }
+                        Ok(n) => {
+                            *remaining -= n as u64;
+                            if *remaining == 0 {
+                                self.chunks.pop_front();
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(Flushed::Blocked)
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Some(Chunk::Bytes(_)) => {
+                    let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
+                    let mut n_slices = 0;
+                    for (i, chunk) in self.chunks.iter().enumerate() {
+                        match chunk {
+                            Chunk::Bytes(b) if n_slices < MAX_IOVECS => {
+                                let start = if i == 0 { self.head } else { 0 };
+                                slices[n_slices] = IoSlice::new(&b[start..]);
+                                n_slices += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                    let result = if n_slices == 1 {
+                        sock.write(&slices[0])
+                    } else {
+                        sock.write_vectored(&slices[..n_slices])
+                    };
+                    match result {
+                        Ok(0) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                "socket accepted no bytes",
+                            ))
+                        }
+                        Ok(n) => self.advance(n, pool),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok(Flushed::Blocked)
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Mark `n` bytes of leading byte chunks written.
+    fn advance(&mut self, mut n: usize, pool: &mut BufPool) {
+        while n > 0 {
+            let Some(Chunk::Bytes(front)) = self.chunks.front() else {
+                return;
+            };
+            let left = front.len() - self.head;
+            if n < left {
+                self.head += n;
+                return;
+            }
+            n -= left;
+            self.head = 0;
+            if let Some(Chunk::Bytes(b)) = self.chunks.pop_front() {
+                pool.give(b);
+            }
+        }
+    }
+
+    /// Give every buffer back to the pool.
+    pub(crate) fn clear(&mut self, pool: &mut BufPool) {
+        for chunk in self.chunks.drain(..) {
+            if let Chunk::Bytes(b) = chunk {
+                pool.give(b);
+            }
+        }
+        self.head = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsFd, BorrowedFd};
+
+    /// A sink that accepts at most `room` bytes per call, then WouldBlock.
+    struct Sink {
+        got: Vec<u8>,
+        room: usize,
+        calls: usize,
+        file: File,
+    }
+
+    impl Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            let mut total = 0;
+            for b in bufs {
+                let n = b.len().min(self.room);
+                self.room -= n;
+                self.got.extend_from_slice(&b[..n]);
+                total += n;
+            }
+            if total == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(total)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl AsFd for Sink {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.file.as_fd()
+        }
+    }
+
+    fn sink(room: usize) -> Sink {
+        Sink {
+            got: Vec::new(),
+            room,
+            calls: 0,
+            file: File::open("/dev/null").unwrap(),
+        }
+    }
+
+    #[test]
+    fn pipelined_responses_leave_in_one_write() {
+        let mut pool = BufPool::new();
+        let mut q = OutQueue::default();
+        for i in 0..10 {
+            q.push_bytes(format!("resp {i}\n").as_bytes(), &mut pool);
+        }
+        let mut s = sink(usize::MAX);
+        assert_eq!(q.flush(&mut s, &mut pool).unwrap(), Flushed::All);
+        assert_eq!(s.calls, 1);
+        assert!(q.is_empty());
+        assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn partial_writes_resume_where_they_stopped() {
+        let mut pool = BufPool::new();
+        let mut q = OutQueue::default();
+        q.push_bytes(b"hello world\n", &mut pool);
+        let mut s = sink(5);
+        assert_eq!(q.flush(&mut s, &mut pool).unwrap(), Flushed::Blocked);
+        assert_eq!(q.len(), 7);
+        s.room = 100;
+        assert_eq!(q.flush(&mut s, &mut pool).unwrap(), Flushed::All);
+        assert_eq!(s.got, b"hello world\n");
+    }
+}

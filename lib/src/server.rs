@@ -1,0 +1,271 @@
+//! Layer 4: how loops are laid out over the OS (`-S`).
+//!
+//! - `blocking`: one loop on the main thread;
+//! - `thread`: `-N` loops, one thread each. With `reuseport = true` (the
+//!   default, see docs/ARCHITECTURE.md for the measurement) every loop binds
+//!   its own SO_REUSEPORT socket and the kernel spreads connections over
+//!   them; with `false` all loops poll one shared listening socket.
+//!
+//! SIGINT and SIGTERM stop every loop: listeners close at once, responses
+//! already queued are written (bounded by `drain_timeout`), then the process
+//! exits 0. A second signal exits at once with status 1.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing::{error, info, warn};
+
+use crate::config::Settings;
+use crate::event_loop::{ListenerSetup, Loop, LoopHandle, LoopSettings};
+use crate::handler::Registry;
+use crate::net::{self, BindSpec, ConnOptions};
+
+/// The server type (`-S`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerType {
+    /// One loop on the main thread.
+    Blocking,
+    /// `-N` loop threads.
+    Thread,
+}
+
+impl fmt::Display for ServerType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServerType::Blocking => "blocking",
+            ServerType::Thread => "thread",
+        })
+    }
+}
+
+/// Why the server could not start or failed while running.
+#[derive(Debug)]
+pub enum ServeError {
+    /// A handler rejected its options.
+    Handler {
+        /// The listener.
+        listener: String,
+        /// Why.
+        message: String,
+    },
+    /// A listener could not be bound.
+    Bind {
+        /// The listener.
+        listener: String,
+        /// The address.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Any other OS failure (poll creation, signal setup, thread spawn).
+    Io(String, io::Error),
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Handler { listener, message } => {
+                write!(f, "listener {listener}: handler: {message}")
+            }
+            ServeError::Bind {
+                listener,
+                addr,
+                source,
+            } => write!(f, "listener {listener}: cannot listen on {addr}: {source}"),
+            ServeError::Io(what, e) => write!(f, "{what}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// A bound, ready-to-run server: call [`Server::run`].
+pub struct Server {
+    loops: Vec<Loop>,
+    handles: Vec<LoopHandle>,
+    addrs: Vec<(String, SocketAddr)>,
+    server_type: ServerType,
+}
+
+impl Server {
+    /// Build handlers, bind every listener and create the loops.
+    pub fn bind(settings: &Settings, registry: &Registry) -> Result<Server, ServeError> {
+        let n_loops = match settings.server.server_type {
+            ServerType::Blocking => 1,
+            ServerType::Thread => settings.server.loops.max(1),
+        };
+        let mut per_loop: Vec<Vec<(std::net::TcpListener, Arc<ListenerSetup>)>> =
+            (0..n_loops).map(|_| Vec::new()).collect();
+        let mut addrs = Vec::new();
+        for l in &settings.listeners {
+            let handler =
+                registry
+                    .build(&l.handler, &l.options)
+                    .map_err(|e| ServeError::Handler {
+                        listener: l.name.clone(),
+                        message: e.to_string(),
+                    })?;
+            let setup = Arc::new(ListenerSetup::new(
+                l.name.clone(),
+                handler,
+                ConnOptions {
+                    nodelay: l.nodelay,
+                    cork: l.cork,
+                },
+                l.coalesce,
+                l.limits.clone(),
+            ));
+            let bind_err = |addr: String, source: io::Error| ServeError::Bind {
+                listener: l.name.clone(),
+                addr,
+                source,
+            };
+            let shown = format!("{}:{}", l.host, l.port);
+            let addr = net::resolve(&l.host, l.port, l.ip_version)
+                .map_err(|e| bind_err(shown.clone(), e))?;
+            let reuseport = settings.server.reuseport && n_loops > 1;
+            let mut spec = BindSpec {
+                addr,
+                version: l.ip_version,
+                backlog: l.backlog,
+                reuseport,
+            };
+            let first = net::bind(&spec).map_err(|e| bind_err(addr.to_string(), e))?;
+            let local = first
+                .local_addr()
+                .map_err(|e| bind_err(addr.to_string(), e))?;
+            // Port 0: every further socket binds the port the first one got.
+            spec.addr = local;
+            let mut sockets = vec![first];
+            for _ in 1..n_loops {
+                let sock = if reuseport {
+                    net::bind(&spec)
+                } else {
+                    sockets[0].try_clone()
+                }
+                .map_err(|e| bind_err(local.to_string(), e))?;
+                sockets.push(sock);
+            }
+            for (lp, sock) in per_loop.iter_mut().zip(sockets) {
+                lp.push((sock, setup.clone()));
+            }
+            info!(
+                listener = %l.name,
+                addr = %local,
+                handler = %l.handler,
+                "listening"
+            );
+            addrs.push((l.name.clone(), local));
+        }
+        let loop_settings = LoopSettings {
+            drain_timeout: settings.server.drain_timeout,
+        };
+        let mut loops = Vec::new();
+        let mut handles = Vec::new();
+        for listeners in per_loop {
+            let (lp, handle) = Loop::new(listeners, loop_settings.clone())
+                .map_err(|e| ServeError::Io("cannot create event loop".into(), e))?;
+            loops.push(lp);
+            handles.push(handle);
+        }
+        Ok(Server {
+            loops,
+            handles,
+            addrs,
+            server_type: settings.server.server_type,
+        })
+    }
+
+    /// The bound address of each listener, by name.
+    pub fn local_addrs(&self) -> &[(String, SocketAddr)] {
+        &self.addrs
+    }
+
+    /// Handles that stop the loops (the same as a SIGTERM).
+    pub fn handles(&self) -> Vec<LoopHandle> {
+        self.handles.clone()
+    }
+
+    /// Run until every loop has stopped. With `signals`, SIGINT and SIGTERM
+    /// stop the loops gracefully.
+    pub fn run(self, signals: bool) -> Result<(), ServeError> {
+        if signals {
+            watch_signals(self.handles.clone())?;
+        }
+        info!(
+            server = %self.server_type,
+            loops = self.loops.len(),
+            "serving"
+        );
+        let mut loops = self.loops;
+        let mut result = Ok(());
+        match self.server_type {
+            ServerType::Blocking => {
+                for lp in loops.drain(..) {
+                    if let Err(e) = lp.run() {
+                        result = Err(ServeError::Io("event loop".into(), e));
+                    }
+                }
+            }
+            ServerType::Thread => {
+                let mut threads = Vec::new();
+                for (i, lp) in loops.drain(..).enumerate() {
+                    let t = thread::Builder::new()
+                        .name(format!("gaidaros-loop-{i}"))
+                        .spawn(move || lp.run())
+                        .map_err(|e| ServeError::Io("cannot spawn loop thread".into(), e))?;
+                    threads.push(t);
+                }
+                for t in threads {
+                    match t.join() {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            error!("event loop failed: {e}");
+                            result = Err(ServeError::Io("event loop".into(), e));
+                        }
+                        Err(_) => {
+                            error!("event loop thread panicked");
+                            result = Err(ServeError::Io(
+                                "event loop".into(),
+                                io::Error::other("loop thread panicked"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        info!("stopped");
+        result
+    }
+}
+
+/// A thread that turns the first SIGINT/SIGTERM into a graceful stop and a
+/// second one into an immediate exit.
+fn watch_signals(handles: Vec<LoopHandle>) -> Result<(), ServeError> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| ServeError::Io("cannot install signal handlers".into(), e))?;
+    thread::Builder::new()
+        .name("gaidaros-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    info!(signal = sig, "shutting down: draining pending responses");
+                    for h in &handles {
+                        h.stop();
+                    }
+                } else {
+                    warn!(signal = sig, "second signal: exiting without draining");
+                    std::process::exit(1);
+                }
+            }
+        })
+        .map_err(|e| ServeError::Io("cannot spawn signal thread".into(), e))?;
+    Ok(())
+}
