@@ -6,6 +6,10 @@
 //! 0 after a clean shutdown, 2 for a usage or conf error, 1 when the server
 //! cannot start or fails.
 
+// Conf errors are built once, on the cold start-up path; their size is no
+// cost worth boxing for.
+#![allow(clippy::result_large_err)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,7 +18,7 @@ use tracing::Level;
 
 use crate::config::{ConfError, Layers, Origin, Settings, LISTENER_KEYS, SERVER_KEYS};
 use crate::handler::Registry;
-use crate::server::Server;
+use crate::server::{Server, SignalWatch};
 use crate::sys;
 
 /// gaidaros: an async socket server. Without -c, the flags describe one
@@ -182,7 +186,9 @@ fn list_handlers(registry: &Registry) -> String {
     for spec in registry.specs() {
         out.push_str(&format!("  {:<12} {}\n", spec.name, spec.about));
         for o in spec.options {
-            let default = o.default.map_or("required".to_string(), |d| format!("default: {d}"));
+            let default = o
+                .default
+                .map_or("required".to_string(), |d| format!("default: {d}"));
             out.push_str(&format!("      {:<16} {} ({default})\n", o.name, o.help));
         }
     }
@@ -190,7 +196,13 @@ fn list_handlers(registry: &Registry) -> String {
 }
 
 fn raise(level: Level, steps: u8) -> Level {
-    let order = [Level::ERROR, Level::WARN, Level::INFO, Level::DEBUG, Level::TRACE];
+    let order = [
+        Level::ERROR,
+        Level::WARN,
+        Level::INFO,
+        Level::DEBUG,
+        Level::TRACE,
+    ];
     let at = order.iter().position(|l| *l == level).unwrap_or(2);
     order[(at + steps as usize).min(order.len() - 1)]
 }
@@ -215,7 +227,10 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(()) => {
-                    eprintln!("{}\nRun {program} --help for usage.", early.output.trim_end());
+                    eprintln!(
+                        "{}\nRun {program} --help for usage.",
+                        early.output.trim_end()
+                    );
                     ExitCode::from(2)
                 }
             };
@@ -248,6 +263,13 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
         Ok(n) => tracing::debug!(limit = n, "open files limit"),
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
     }
+    let signals = match SignalWatch::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gaidaros: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let server = match Server::bind(&settings, &registry) {
         Ok(s) => s,
         Err(e) => {
@@ -255,7 +277,7 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match server.run(true) {
+    match server.run(Some(signals)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gaidaros: {e}");

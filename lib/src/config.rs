@@ -12,6 +12,10 @@
 //! Environment variables name a section and a key separated by a double
 //! underscore: `GAIDAROS_SERVER__LOOPS=2`, `GAIDAROS_LISTENER_MAIN__PORT=9000`.
 
+// Conf errors are built once, on the cold start-up path; their size is no
+// cost worth boxing for.
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -502,11 +506,9 @@ impl Settings {
             "a duration such as 10s or 500ms",
             parse_duration,
         )?;
-        let log_level = server.get(
-            "log_level",
-            "error, warn, info, debug or trace",
-            |s| s.parse::<tracing::Level>().ok(),
-        )?;
+        let log_level = server.get("log_level", "error, warn, info, debug or trace", |s| {
+            s.parse::<tracing::Level>().ok()
+        })?;
 
         let mut names = layers.listener_names();
         if names.is_empty() {
@@ -587,7 +589,11 @@ fn listener_settings(
         max_request: sec.get("max_request", size, positive_size)?,
         output_cap: sec.get("output_cap", size, positive_size)?,
         idle_timeout: {
-            let d = sec.get("idle_timeout", &format!("{duration} (0 = never)"), parse_duration)?;
+            let d = sec.get(
+                "idle_timeout",
+                &format!("{duration} (0 = never)"),
+                parse_duration,
+            )?;
             (!d.is_zero()).then_some(d)
         },
         max_connections: sec.get("max_connections", "a whole number > 0", |s| {
@@ -641,7 +647,10 @@ mod tests {
         let mut l = Layers::default();
         l.load_env(vec![
             ("GAIDAROS_SERVER__LOOPS".to_string(), "3".to_string()),
-            ("GAIDAROS_LISTENER_MY_ECHO__PORT".to_string(), "9".to_string()),
+            (
+                "GAIDAROS_LISTENER_MY_ECHO__PORT".to_string(),
+                "9".to_string(),
+            ),
             ("PATH".to_string(), "/bin".to_string()),
         ])
         .unwrap();

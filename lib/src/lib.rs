@@ -53,5 +53,10 @@ pub use cli::{run, run_with_args};
 pub use event_loop::{Ctx, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings};
 pub use handler::{Handler, HandlerSpec, OptionError, OptionSpec, Options, Registry};
 pub use protocol::{CloseReason, ConnId, Protocol, ProtocolFactory, TimerId};
-pub use server::{ServeError, Server, ServerType};
+pub use server::{ServeError, Server, ServerType, SignalWatch};
 pub use service::{line_end, Keep, Service, ServiceError};
+
+/// docs/handlers.md, compiled as a doctest so its example stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../docs/handlers.md")]
+pub struct HandlersGuide;

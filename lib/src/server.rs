@@ -191,11 +191,12 @@ impl Server {
         self.handles.clone()
     }
 
-    /// Run until every loop has stopped. With `signals`, SIGINT and SIGTERM
-    /// stop the loops gracefully.
-    pub fn run(self, signals: bool) -> Result<(), ServeError> {
-        if signals {
-            watch_signals(self.handles.clone())?;
+    /// Run until every loop has stopped. With `signals` (see
+    /// [`SignalWatch::install`]), SIGINT and SIGTERM stop the loops
+    /// gracefully.
+    pub fn run(self, signals: Option<SignalWatch>) -> Result<(), ServeError> {
+        if let Some(watch) = signals {
+            watch.spawn(self.handles.clone())?;
         }
         info!(
             server = %self.server_type,
@@ -244,28 +245,43 @@ impl Server {
     }
 }
 
-/// A thread that turns the first SIGINT/SIGTERM into a graceful stop and a
-/// second one into an immediate exit.
-fn watch_signals(handles: Vec<LoopHandle>) -> Result<(), ServeError> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| ServeError::Io("cannot install signal handlers".into(), e))?;
-    thread::Builder::new()
-        .name("gaidaros-signals".into())
-        .spawn(move || {
-            let mut seen = 0;
-            for sig in signals.forever() {
-                seen += 1;
-                if seen == 1 {
-                    info!(signal = sig, "shutting down: draining pending responses");
-                    for h in &handles {
-                        h.stop();
+/// SIGINT/SIGTERM handling, installed before the listeners are bound so a
+/// signal that arrives during start-up is never lost.
+pub struct SignalWatch {
+    signals: Signals,
+}
+
+impl SignalWatch {
+    /// Catch SIGINT and SIGTERM from now on (they queue until
+    /// [`Server::run`]).
+    pub fn install() -> Result<SignalWatch, ServeError> {
+        let signals = Signals::new([SIGINT, SIGTERM])
+            .map_err(|e| ServeError::Io("cannot install signal handlers".into(), e))?;
+        Ok(SignalWatch { signals })
+    }
+
+    /// A thread that turns the first signal into a graceful stop of
+    /// `handles` and a second one into an immediate exit.
+    fn spawn(self, handles: Vec<LoopHandle>) -> Result<(), ServeError> {
+        let mut signals = self.signals;
+        thread::Builder::new()
+            .name("gaidaros-signals".into())
+            .spawn(move || {
+                let mut seen = 0;
+                for sig in signals.forever() {
+                    seen += 1;
+                    if seen == 1 {
+                        info!(signal = sig, "shutting down: draining pending responses");
+                        for h in &handles {
+                            h.stop();
+                        }
+                    } else {
+                        warn!(signal = sig, "second signal: exiting without draining");
+                        std::process::exit(1);
                     }
-                } else {
-                    warn!(signal = sig, "second signal: exiting without draining");
-                    std::process::exit(1);
                 }
-            }
-        })
-        .map_err(|e| ServeError::Io("cannot spawn signal thread".into(), e))?;
-    Ok(())
+            })
+            .map_err(|e| ServeError::Io("cannot spawn signal thread".into(), e))?;
+        Ok(())
+    }
 }

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use gaidaros::{Handler, HandlerSpec, Keep, OptionError, OptionSpec, Options, Service, ServiceError};
+use gaidaros::{
+    Handler, HandlerSpec, Keep, OptionError, OptionSpec, Options, Service, ServiceError,
+};
 
 /// The hello service.
 #[derive(Debug, Clone)]

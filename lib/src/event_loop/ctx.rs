@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Conn, Core, SessionKey};
-use crate::protocol::{ConnId, TimerId};
 use crate::event_loop::timer::Due;
+use crate::protocol::{ConnId, TimerId};
 
 /// Handed to every [`crate::Protocol`] callback. Records what the session
 /// asks for; the loop carries it out when the callback returns. Requests

@@ -163,6 +163,9 @@ struct Session {
     proto: Option<Box<dyn Protocol>>,
     /// Connections it owns that have not closed yet.
     live: usize,
+    /// The listener that accepted its first connection: its limits and
+    /// options apply to the outbound connections too.
+    listener: usize,
 }
 
 pub(crate) struct Conn {
@@ -447,8 +450,7 @@ impl Loop {
         let now = self.core.now;
         let l = &mut self.listeners[li];
         l.paused = true;
-        if l
-            .last_warning
+        if l.last_warning
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
             l.last_warning = Some(now);
@@ -458,7 +460,9 @@ impl Loop {
                 ACCEPT_BACKOFF.as_millis()
             );
         }
-        self.core.timers.arm(now + ACCEPT_BACKOFF, Due::Listener(li));
+        self.core
+            .timers
+            .arm(now + ACCEPT_BACKOFF, Due::Listener(li));
     }
 
     fn accept(&mut self, li: usize) {
@@ -490,7 +494,7 @@ impl Loop {
                             let id = conn.id(slot);
                             trace!(listener = %setup.name, %peer, %id, "accepted");
                             if let Handler::Protocol(factory) = &setup.handler {
-                                let key = self.core.add_session(factory.open());
+                                let key = self.core.add_session(factory.open(), li);
                                 self.core.sessions[key.slot].live = 1;
                                 self.core.conns[slot].session = Some(key);
                                 self.core.call(key, |p, ctx| p.on_open(ctx, id));
@@ -749,7 +753,12 @@ impl Core {
             .filter(|c| c.generation == id.generation)
     }
 
-    fn add_conn(&mut self, mut sock: TcpStream, listener: usize, interest: Interest) -> io::Result<usize> {
+    fn add_conn(
+        &mut self,
+        mut sock: TcpStream,
+        listener: usize,
+        interest: Interest,
+    ) -> io::Result<usize> {
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         self.registry.register(&mut sock, Token(slot), interest)?;
@@ -759,13 +768,14 @@ impl Core {
         Ok(slot)
     }
 
-    fn add_session(&mut self, proto: Box<dyn Protocol>) -> SessionKey {
+    fn add_session(&mut self, proto: Box<dyn Protocol>, listener: usize) -> SessionKey {
         self.next_generation = self.next_generation.wrapping_add(1);
         let generation = self.next_generation;
         let slot = self.sessions.insert(Session {
             generation,
             proto: Some(proto),
             live: 0,
+            listener,
         });
         SessionKey { slot, generation }
     }
@@ -859,7 +869,13 @@ impl Core {
 
     /// Feed bytes read from a service connection through framing and the
     /// service. `data` empty means: process what the connection holds.
-    fn feed_service(&mut self, slot: usize, service: &dyn Service, setup: &ListenerSetup, data: &[u8]) {
+    fn feed_service(
+        &mut self,
+        slot: usize,
+        service: &dyn Service,
+        setup: &ListenerSetup,
+        data: &[u8],
+    ) {
         let conn = &mut self.conns[slot];
         if conn.input.is_empty() {
             let used = serve(conn, &mut self.pool, service, setup, data);
@@ -911,7 +927,10 @@ impl Core {
             }
             if conn.writable_interest {
                 conn.writable_interest = false;
-                if let Err(e) = self.registry.reregister(&mut conn.sock, Token(slot), Interest::READABLE) {
+                if let Err(e) =
+                    self.registry
+                        .reregister(&mut conn.sock, Token(slot), Interest::READABLE)
+                {
                     self.abort(slot, CloseReason::Io(e.kind()));
                     return;
                 }
@@ -1025,13 +1044,11 @@ impl Core {
     }
 
     fn connect(&mut self, session: SessionKey, addr: SocketAddr) -> io::Result<ConnId> {
+        let listener = match self.sessions.get(session.slot) {
+            Some(s) if s.generation == session.generation => s.listener,
+            _ => return Err(io::Error::other("session has ended")),
+        };
         let sock = TcpStream::connect(addr)?;
-        // The listener of the session's first connection lends its limits.
-        let listener = self
-            .conns
-            .iter()
-            .find(|(_, c)| c.session == Some(session))
-            .map_or(0, |(_, c)| c.listener);
         let slot = self.add_conn(sock, listener, Interest::READABLE | Interest::WRITABLE)?;
         let timeout = self.setups[listener].limits.connect_timeout;
         let conn = &mut self.conns[slot];
@@ -1070,7 +1087,8 @@ impl Core {
         }
         let id = conn.id(slot);
         if let Some(key) = conn.session {
-            self.deferred.push_back(Deferred::Connected(key, id, Ok(())));
+            self.deferred
+                .push_back(Deferred::Connected(key, id, Ok(())));
         }
         // Bytes queued before the connect completed go out now.
         self.mark_dirty(slot);
@@ -1082,7 +1100,8 @@ impl Core {
         let id = conn.id(slot);
         if let Some(key) = conn.session {
             let err = io::Error::new(kind, format!("connect to {:?} failed: {kind}", conn.peer));
-            self.deferred.push_back(Deferred::Connected(key, id, Err(err)));
+            self.deferred
+                .push_back(Deferred::Connected(key, id, Err(err)));
         }
         self.close(slot, Some(CloseReason::ConnectFailed(kind)));
     }

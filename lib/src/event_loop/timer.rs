@@ -18,7 +18,11 @@ pub(crate) enum Due {
     /// Re-check the deadline of a connection.
     Conn(ConnId),
     /// A handler timer of a session (slot, generation).
-    Session { slot: usize, generation: u64, timer: TimerId },
+    Session {
+        slot: usize,
+        generation: u64,
+        timer: TimerId,
+    },
     /// Retry accepting on a paused listener.
     Listener(usize),
 }

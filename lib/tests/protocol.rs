@@ -1,0 +1,339 @@
+//! The protocol API driven by a real loop on loopback sockets: file sends,
+//! timers, outbound connects, pause/resume, input limits and socket options.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use gaidaros::net::{self, BindSpec, ConnOptions, IpVersion};
+use gaidaros::{
+    CloseReason, ConnId, Ctx, Handler, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings,
+    Protocol, ProtocolFactory, TimerId,
+};
+
+/// Events a test protocol saw, in order.
+type Log = Arc<Mutex<Vec<String>>>;
+
+struct Running {
+    addr: SocketAddr,
+    handle: LoopHandle,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start(factory: impl ProtocolFactory, limits: Limits, options: ConnOptions) -> Running {
+    let addr = net::resolve("127.0.0.1", 0, IpVersion::V4).unwrap();
+    let listener = net::bind(&BindSpec {
+        addr,
+        version: IpVersion::V4,
+        backlog: 64,
+        reuseport: false,
+    })
+    .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let setup = Arc::new(ListenerSetup::new(
+        "test",
+        Handler::Protocol(Arc::new(factory)),
+        options,
+        true,
+        limits,
+    ));
+    let (lp, handle) = Loop::new(vec![(listener, setup)], LoopSettings::default()).unwrap();
+    let thread = thread::spawn(move || lp.run());
+    Running {
+        addr,
+        handle,
+        thread: Some(thread),
+    }
+}
+
+fn client(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+fn read_all(mut s: TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)
+        .expect("read until the server closes");
+    out
+}
+
+/// Build a factory from a closure creating sessions.
+struct Factory<F>(F);
+impl<F, P> ProtocolFactory for Factory<F>
+where
+    F: Fn() -> P + Send + Sync + 'static,
+    P: Protocol + 'static,
+{
+    fn open(&self) -> Box<dyn Protocol> {
+        Box::new((self.0)())
+    }
+}
+
+struct SendFile {
+    file: Arc<std::fs::File>,
+    len: u64,
+}
+
+impl Protocol for SendFile {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        ctx.write(conn, b"BEGIN\n");
+        ctx.send_file(conn, self.file.clone(), 0, self.len);
+        ctx.write(conn, b"END\n");
+        ctx.close(conn);
+    }
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: ConnId, data: &[u8]) -> usize {
+        data.len()
+    }
+}
+
+#[test]
+fn send_file_delivers_the_range_between_byte_writes() {
+    let dir = std::env::temp_dir().join(format!("gaidaros-sendfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("data.bin");
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &content).unwrap();
+    let file = Arc::new(std::fs::File::open(&path).unwrap());
+    let len = content.len() as u64;
+    let server = start(
+        Factory(move || SendFile {
+            file: file.clone(),
+            len,
+        }),
+        Limits::default(),
+        ConnOptions::default(),
+    );
+    let got = read_all(client(server.addr));
+    let mut want = b"BEGIN\n".to_vec();
+    want.extend_from_slice(&content);
+    want.extend_from_slice(b"END\n");
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "file bytes differ");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+struct Timers {
+    log: Log,
+    conn: Option<ConnId>,
+    cancelled: Option<TimerId>,
+}
+
+impl Protocol for Timers {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        self.conn = Some(conn);
+        let doomed = ctx.set_timer(Duration::from_millis(20));
+        ctx.set_timer(Duration::from_millis(60));
+        ctx.cancel_timer(doomed);
+        self.cancelled = Some(doomed);
+    }
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: ConnId, data: &[u8]) -> usize {
+        data.len()
+    }
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: TimerId) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("timer cancelled={}", Some(timer) == self.cancelled));
+        if let Some(c) = self.conn {
+            ctx.write(c, b"tick\n");
+            ctx.close(c);
+        }
+    }
+}
+
+#[test]
+fn timers_fire_once_and_cancelled_ones_never() {
+    let log: Log = Arc::default();
+    let l = log.clone();
+    let server = start(
+        Factory(move || Timers {
+            log: l.clone(),
+            conn: None,
+            cancelled: None,
+        }),
+        Limits::default(),
+        ConnOptions::default(),
+    );
+    assert_eq!(read_all(client(server.addr)), b"tick\n");
+    assert_eq!(*log.lock().unwrap(), vec!["timer cancelled=false"]);
+}
+
+struct Dialer {
+    target: SocketAddr,
+    log: Log,
+}
+
+impl Protocol for Dialer {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, _: ConnId) {
+        match ctx.connect(self.target) {
+            Ok(_) => self.log.lock().unwrap().push("connecting".into()),
+            Err(e) => self.log.lock().unwrap().push(format!("connect error {e}")),
+        }
+    }
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: ConnId, data: &[u8]) -> usize {
+        data.len()
+    }
+    fn on_connect(&mut self, _: &mut Ctx<'_>, _: ConnId, result: std::io::Result<()>) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("on_connect ok={}", result.is_ok()));
+    }
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, reason: CloseReason) {
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("on_close {reason:?}"));
+        let _ = (ctx, conn);
+    }
+}
+
+#[test]
+fn failed_outbound_connect_reports_then_closes() {
+    // A port that was just free: nothing listens there.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let log: Log = Arc::default();
+    let l = log.clone();
+    let server = start(
+        Factory(move || Dialer {
+            target: closed,
+            log: l.clone(),
+        }),
+        Limits::default(),
+        ConnOptions::default(),
+    );
+    let _c = client(server.addr);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen[0], "connecting");
+    assert_eq!(seen[1], "on_connect ok=false");
+    assert!(seen[2].starts_with("on_close ConnectFailed"), "{seen:?}");
+}
+
+/// Consumes nothing until it has a whole line; lines are answered.
+struct LineProto;
+impl Protocol for LineProto {
+    fn on_data(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, data: &[u8]) -> usize {
+        match data.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                ctx.write(conn, &data[..=i]);
+                i + 1
+            }
+            None => 0,
+        }
+    }
+}
+
+#[test]
+fn unconsumed_input_is_presented_again_and_bounded_by_max_request() {
+    let limits = Limits {
+        max_request: 1000,
+        ..Limits::default()
+    };
+    let server = start(Factory(|| LineProto), limits, ConnOptions::default());
+    // A line split over two writes is presented whole.
+    let mut c = client(server.addr);
+    c.write_all(b"hel").unwrap();
+    thread::sleep(Duration::from_millis(50));
+    c.write_all(b"lo\n").unwrap();
+    let mut buf = [0u8; 6];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello\n");
+    // More unconsumed input than max_request closes the connection.
+    let mut big = client(server.addr);
+    big.write_all(&[b'x'; 5000]).unwrap();
+    let mut rest = Vec::new();
+    match big.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "nothing is answered"),
+        // Closing over unread input resets: also a close, not a timeout.
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+}
+
+/// Echoes, pausing reads while the client's output is over the cap.
+struct PausingEcho {
+    paused: bool,
+}
+impl Protocol for PausingEcho {
+    fn on_data(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, data: &[u8]) -> usize {
+        if !ctx.write(conn, data) {
+            ctx.pause_read(conn);
+            self.paused = true;
+        }
+        data.len()
+    }
+    fn on_writable(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        if self.paused {
+            self.paused = false;
+            ctx.resume_read(conn);
+        }
+    }
+    fn on_read_closed(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        ctx.shutdown_write(conn);
+    }
+}
+
+#[test]
+fn pause_and_resume_keep_a_slow_reader_bounded_and_lossless() {
+    let limits = Limits {
+        output_cap: 64 * 1024,
+        ..Limits::default()
+    };
+    let server = start(
+        Factory(|| PausingEcho { paused: false }),
+        limits,
+        ConnOptions::default(),
+    );
+    let c = client(server.addr);
+    let mut reader = c.try_clone().unwrap();
+    let total = 16 * 1024 * 1024;
+    let writer = thread::spawn(move || {
+        let mut c = c;
+        let chunk: Vec<u8> = (0..65536u32).map(|i| (i % 253) as u8).collect();
+        let mut sent = 0;
+        while sent < total {
+            c.write_all(&chunk).unwrap();
+            sent += chunk.len();
+        }
+        c.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 4096];
+    let mut expect_pos = 0usize;
+    loop {
+        // Read slowly at first so the server hits its cap.
+        if got < 2 * 1024 * 1024 {
+            thread::sleep(Duration::from_micros(200));
+        }
+        let n = reader.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        for b in &buf[..n] {
+            assert_eq!(*b, ((expect_pos % 65536) % 253) as u8, "byte {expect_pos}");
+            expect_pos += 1;
+        }
+        got += n;
+    }
+    writer.join().unwrap();
+    assert_eq!(got, total);
+}
