@@ -162,7 +162,7 @@ pub const LISTENER_KEYS: &[KeySpec] = keys! {
     "handler" = "echo" : "the handler serving this listener (see --list-handlers)";
     "host" = "127.0.0.1" : "address to bind; default ::1 for ip_version 6 and :: for 0";
     "port" = "8080" : "TCP port (0 = any free port)";
-    "ip_version" = "4" : "4, 6, or 0 for dual stack (an IPv6 socket that accepts IPv4 too)";
+    "ip_version" = "4" : "4, 6, or 0 for dual stack (an IPv6 socket that accepts IPv4 too); an IPv6 host implies 6";
     "backlog" = "1024" : "listen(2) backlog";
     "recv_size" = "64KiB" : "bytes asked for per read(2)";
     "cork" = "false" : "TCP_CORK on connections; partial frames are pushed when output drains";
@@ -570,9 +570,20 @@ fn listener_settings(
             });
         }
     }
-    let ip_version = sec.get("ip_version", "4, 6 or 0 (dual stack)", |s| {
+    let mut ip_version = sec.get("ip_version", "4, 6 or 0 (dual stack)", |s| {
         s.parse::<u8>().ok().and_then(IpVersion::from_number)
     })?;
+    // An IPv6 literal host without an explicit ip_version means IPv6.
+    if sec.given("host") && !sec.given("ip_version") {
+        let host = sec.raw("host").0;
+        if host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok()
+        {
+            ip_version = IpVersion::V6;
+        }
+    }
     let host = if sec.given("host") {
         sec.raw("host").0
     } else {

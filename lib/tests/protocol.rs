@@ -337,3 +337,59 @@ fn pause_and_resume_keep_a_slow_reader_bounded_and_lossless() {
     writer.join().unwrap();
     assert_eq!(got, total);
 }
+
+/// The server side of `client`, found among this process's descriptors (the
+/// loop runs in-process).
+fn server_side_options(server: SocketAddr, client: &TcpStream) -> (bool, bool) {
+    use std::os::fd::BorrowedFd;
+    let me = client.local_addr().unwrap();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let Ok(fd) = entry.unwrap().file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: the descriptor is only borrowed for a few getsockopt calls
+        // while the loop that owns it is running (it stays open: the client
+        // connection is alive).
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let sock = socket2::SockRef::from(&borrowed);
+        let (Ok(local), Ok(peer)) = (sock.local_addr(), sock.peer_addr()) else {
+            continue;
+        };
+        if local.as_socket() == Some(server) && peer.as_socket() == Some(me) {
+            return (sock.nodelay().unwrap(), sock.cork().unwrap());
+        }
+    }
+    panic!("server side of {me} not found");
+}
+
+struct Quiet;
+impl Protocol for Quiet {
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: ConnId, data: &[u8]) -> usize {
+        data.len()
+    }
+}
+
+#[test]
+fn accepted_sockets_carry_the_listener_options() {
+    for (nodelay, cork) in [(false, false), (true, false), (false, true), (true, true)] {
+        let server = start(
+            Factory(|| Quiet),
+            Limits::default(),
+            ConnOptions { nodelay, cork },
+        );
+        let c = client(server.addr);
+        // Let the loop accept.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let got = loop {
+            let found = std::panic::catch_unwind(|| server_side_options(server.addr, &c));
+            match found {
+                Ok(v) => break v,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => std::panic::resume_unwind(e),
+            }
+        };
+        assert_eq!(got, (nodelay, cork), "TCP_NODELAY, TCP_CORK read back");
+    }
+}
