@@ -3,8 +3,9 @@
 //!
 //! [`run`] parses the flags (argh), layers them over the conf file and the
 //! environment, starts the server and maps failures to exit codes:
-//! 0 after a clean shutdown, 2 for a usage or conf error, 1 when the server
-//! cannot start or fails.
+//! 0 after a clean shutdown, 2 for a usage or conf error (including a
+//! handler option the handler rejects and an address that does not fit the
+//! ip_version), 1 when the server cannot start (a port in use) or fails.
 
 // Conf errors are built once, on the cold start-up path; their size is no
 // cost worth boxing for.
@@ -18,7 +19,7 @@ use tracing::Level;
 
 use crate::config::{ConfError, Layers, Origin, Settings, LISTENER_KEYS, SERVER_KEYS};
 use crate::handler::Registry;
-use crate::server::{Server, SignalWatch};
+use crate::server::{ServeError, Server, SignalWatch};
 use crate::sys;
 
 /// gaidaros: an async socket server. Without -c, the flags describe one
@@ -272,6 +273,11 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
     };
     let server = match Server::bind(&settings, &registry) {
         Ok(s) => s,
+        // A handler option or an address that cannot work is a conf error.
+        Err(e @ (ServeError::Handler { .. } | ServeError::Address { .. })) => {
+            eprintln!("gaidaros: conf error: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("gaidaros: {e}");
             return ExitCode::FAILURE;

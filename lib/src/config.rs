@@ -303,9 +303,22 @@ impl Layers {
                     self.ensure_section(&section);
                     self.add_table(&section, ltable, &origin)?;
                 }
-            } else {
+            } else if name == "server" {
                 self.ensure_section(&name);
                 self.add_table(&name, table, &origin)?;
+            } else {
+                // [listner.main] arrives as listner -> main: name the section
+                // as written.
+                let shown = match table.keys().next() {
+                    Some(sub) if table.values().all(|v| v.clone().into_table().is_ok()) => {
+                        format!("{name}.{sub}")
+                    }
+                    _ => name.clone(),
+                };
+                return Err(ConfError::UnknownSection {
+                    origin,
+                    section: shown,
+                });
             }
         }
         Ok(())

@@ -53,6 +53,13 @@ pub enum ServeError {
         /// Why.
         message: String,
     },
+    /// A listener's host does not resolve to an address of its ip_version.
+    Address {
+        /// The listener.
+        listener: String,
+        /// Why.
+        source: io::Error,
+    },
     /// A listener could not be bound.
     Bind {
         /// The listener.
@@ -77,6 +84,9 @@ impl fmt::Display for ServeError {
                 addr,
                 source,
             } => write!(f, "listener {listener}: cannot listen on {addr}: {source}"),
+            ServeError::Address { listener, source } => {
+                write!(f, "listener {listener}: {source}")
+            }
             ServeError::Io(what, e) => write!(f, "{what}: {e}"),
         }
     }
@@ -125,9 +135,12 @@ impl Server {
                 addr,
                 source,
             };
-            let shown = format!("{}:{}", l.host, l.port);
-            let addr = net::resolve(&l.host, l.port, l.ip_version)
-                .map_err(|e| bind_err(shown.clone(), e))?;
+            let addr = net::resolve(&l.host, l.port, l.ip_version).map_err(|source| {
+                ServeError::Address {
+                    listener: l.name.clone(),
+                    source,
+                }
+            })?;
             let reuseport = settings.server.reuseport && n_loops > 1;
             let mut spec = BindSpec {
                 addr,

@@ -440,7 +440,6 @@ impl Loop {
             if let Some(c) = self.core.conns.get_mut(slot) {
                 c.closing = true;
                 c.close_reason.get_or_insert(CloseReason::Shutdown);
-                c.linger_deadline = None;
             }
             self.core.mark_dirty(slot);
         }
@@ -944,8 +943,7 @@ impl Core {
             }
             if conn.closing && conn.linger_deadline.is_none() {
                 let reason = conn.close_reason.clone();
-                let lingering = !conn.read_eof && !self.stopping && conn.session.is_none();
-                if lingering {
+                if !conn.read_eof {
                     // Give the last reply time to arrive: closing over unread
                     // input would reset the connection and destroy it.
                     if let Err(e) = conn.sock.shutdown(Shutdown::Write) {
