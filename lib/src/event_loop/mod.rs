@@ -611,29 +611,13 @@ impl Loop {
         }
         let mut budget = READ_BUDGET;
         loop {
-            let conn = &mut core.conns[slot];
-            if conn.reading_blocked() {
-                break;
-            }
-            if budget == 0 {
-                let id = conn.id(slot);
-                core.ready.push_back(id);
-                break;
-            }
-            budget -= 1;
-            match conn.sock.read(&mut self.scratch[..recv]) {
-                Ok(0) => {
-                    conn.read_eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    conn.last_active = core.now;
+            match core.read_step(slot, &mut budget, &mut self.scratch[..recv]) {
+                ReadStep::Data(n) => {
                     core.feed_service(slot, service, &setup, &self.scratch[..n]);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    core.abort(slot, CloseReason::Io(e.kind()));
+                ReadStep::Eof | ReadStep::Stop => break,
+                ReadStep::Failed(kind) => {
+                    core.abort(slot, CloseReason::Io(kind));
                     return;
                 }
             }
@@ -650,31 +634,25 @@ impl Loop {
 
     fn read_protocol(&mut self, slot: usize, key: SessionKey) {
         let core = &mut self.core;
-        let listener = core.conns[slot].listener;
-        let limits = core.setups[listener].limits.clone();
-        let recv = limits.recv_size.min(self.scratch.len());
+        let limits = &core.setups[core.conns[slot].listener].limits;
+        let (max_request, recv) = (limits.max_request, limits.recv_size.min(self.scratch.len()));
         let mut budget = READ_BUDGET;
         loop {
-            let Some(conn) = core.conns.get_mut(slot) else {
+            let Some(id) = core.conns.get(slot).map(|c| c.id(slot)) else {
                 return;
             };
-            if conn.reading_blocked() {
-                break;
-            }
-            let id = conn.id(slot);
-            if budget == 0 {
-                core.ready.push_back(id);
-                break;
-            }
-            budget -= 1;
-            match conn.sock.read(&mut self.scratch[..recv]) {
-                Ok(0) => {
-                    conn.read_eof = true;
+            match core.read_step(slot, &mut budget, &mut self.scratch[..recv]) {
+                ReadStep::Eof => {
                     core.call(key, |p, ctx| p.on_read_closed(ctx, id));
                     break;
                 }
-                Ok(n) => {
-                    conn.last_active = core.now;
+                ReadStep::Stop => break,
+                ReadStep::Failed(kind) => {
+                    core.abort(slot, CloseReason::Io(kind));
+                    return;
+                }
+                ReadStep::Data(n) => {
+                    let conn = &mut core.conns[slot];
                     let data = &self.scratch[..n];
                     if conn.input.is_empty() {
                         let mut used = 0;
@@ -698,16 +676,10 @@ impl Loop {
                             core.conns[slot].input = input;
                         }
                     }
-                    if core.conns[slot].input.len() > limits.max_request {
+                    if core.conns[slot].input.len() > max_request {
                         core.abort(slot, CloseReason::TooLarge);
                         return;
                     }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    core.abort(slot, CloseReason::Io(e.kind()));
-                    return;
                 }
             }
         }
@@ -745,7 +717,51 @@ impl Loop {
     }
 }
 
+/// What one read attempt on a connection gave.
+enum ReadStep {
+    /// `n` bytes are in the buffer.
+    Data(usize),
+    /// The peer sent FIN.
+    Eof,
+    /// Nothing more now: would block, reading is blocked, or the budget is
+    /// spent (then the connection is queued to read again).
+    Stop,
+    /// A socket error.
+    Failed(io::ErrorKind),
+}
+
 impl Core {
+    /// One read(2) from `slot` into `buf`, within the event's `budget`.
+    fn read_step(&mut self, slot: usize, budget: &mut usize, buf: &mut [u8]) -> ReadStep {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return ReadStep::Stop;
+        };
+        if conn.reading_blocked() {
+            return ReadStep::Stop;
+        }
+        if *budget == 0 {
+            let id = conn.id(slot);
+            self.ready.push_back(id);
+            return ReadStep::Stop;
+        }
+        *budget -= 1;
+        loop {
+            match conn.sock.read(buf) {
+                Ok(0) => {
+                    conn.read_eof = true;
+                    return ReadStep::Eof;
+                }
+                Ok(n) => {
+                    conn.last_active = self.now;
+                    return ReadStep::Data(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadStep::Stop,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return ReadStep::Failed(e.kind()),
+            }
+        }
+    }
+
     fn get(&self, id: ConnId) -> Option<&Conn> {
         self.conns
             .get(id.slot as usize)
