@@ -1,1 +1,30 @@
+//! # gaidaros-benches
+//!
+//! The benchmark instrument: gaidaros is measured side by side with its
+//! peers in one run, never asserted fast in a timed test.
+//!
+//! ```text
+//!  runner ──spawns──► server under test (gaidaros, tokio-echo, ...)
+//!    │                  stderr: "listening ... addr=HOST:PORT"  ──► ServerProcess
+//!    │                       ▲
+//!    │                       │ LF-terminated lines, every echoed byte verified
+//!    └──spawns──► loadgen ───┘
+//!                   stdout (--json): one Report line
+//! ```
+//!
+//! - `src/bin/loadgen.rs`: the load generator (ping-pong with pipelining, or
+//!   idle connections held open); prints a [`Report`].
+//! - `src/bin/tokio-echo.rs`: the tokio peer, a line echo server on the
+//!   multi-thread runtime.
+//! - [`report`]: the [`Report`] a load generator run produces, as JSON.
+//! - [`server`]: spawn a server, learn its port from its log, read its CPU
+//!   time, stop it.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod report;
+pub mod server;
+
+pub use report::{Mode, Report};
+pub use server::{parse_listening_addr, ServerProcess, SpawnError};

@@ -20,7 +20,9 @@
 //!   half the cap;
 //! - every connection has an idle deadline; outbound connects a connect
 //!   deadline; closes after an error reply a lingering deadline;
-//! - a readiness event reads at most [`READ_BUDGET`] times before the
+//! - reads continue until the socket is drained (WouldBlock, or a short
+//!   read, which empties the queue just as surely: new bytes raise a new
+//!   edge); a readiness event reads at most [`READ_BUDGET`] times before the
 //!   connection goes to the back of the ready queue, so one fast peer cannot
 //!   starve the others.
 
@@ -191,6 +193,9 @@ pub(crate) struct Conn {
     wr_shut: bool,
     writable_interest: bool,
     dirty: bool,
+    /// The poller reported the peer's FIN or an error: read to the end
+    /// even after a short read (no new edge will come for it).
+    hup: bool,
 }
 
 impl Conn {
@@ -217,6 +222,7 @@ impl Conn {
             wr_shut: false,
             writable_interest: false,
             dirty: false,
+            hup: false,
         }
     }
 
@@ -539,6 +545,9 @@ impl Loop {
         if ev.is_writable() {
             self.core.mark_dirty(slot);
         }
+        if ev.is_read_closed() || ev.is_error() {
+            self.core.conns[slot].hup = true;
+        }
         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
             self.read(slot);
         }
@@ -614,6 +623,12 @@ impl Loop {
             match core.read_step(slot, &mut budget, &mut self.scratch[..recv]) {
                 ReadStep::Data(n) => {
                     core.feed_service(slot, service, &setup, &self.scratch[..n]);
+                    if n < recv && !core.conns[slot].hup {
+                        // A short read emptied the socket's queue; new bytes
+                        // raise a new edge. Saves the read that would only
+                        // return WouldBlock.
+                        break;
+                    }
                 }
                 ReadStep::Eof | ReadStep::Stop => break,
                 ReadStep::Failed(kind) => {
@@ -679,6 +694,10 @@ impl Loop {
                     if core.conns[slot].input.len() > max_request {
                         core.abort(slot, CloseReason::TooLarge);
                         return;
+                    }
+                    if n < recv && !core.conns[slot].hup {
+                        // Drained: see read_service.
+                        break;
                     }
                 }
             }
