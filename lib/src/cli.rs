@@ -22,11 +22,12 @@ use crate::handler::Registry;
 use crate::server::{ServeError, Server, SignalWatch};
 use crate::sys;
 
-/// gaidaros: an async socket server. Without -c, the flags describe one
-/// listener; with -c, the conf file's [listener.NAME] sections do. Values
-/// are taken, lowest first, from built-in defaults, the conf file,
-/// GAIDAROS_<SECTION>__<KEY> environment variables, then these flags.
+/// The command-line flags of `gaidaros` (and of every binary built on
+/// [`run`]).
 #[derive(FromArgs, Debug, Default)]
+#[argh(
+    description = "gaidaros: an async socket server. Without -c, the flags describe one listener; with -c, the conf file's [listener.NAME] sections do. Values are taken, lowest first, from built-in defaults, the conf file, GAIDAROS_<SECTION>__<KEY> environment variables, then these flags."
+)]
 pub struct Args {
     /// conf file (INI); see etc/gaidaros.conf for every key (default: none)
     #[argh(option, short = 'c')]
@@ -260,6 +261,9 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+    for w in &settings.warnings {
+        tracing::warn!("{w}");
+    }
     match sys::raise_nofile_limit() {
         Ok(n) => tracing::debug!(limit = n, "open files limit"),
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),

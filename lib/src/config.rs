@@ -234,6 +234,8 @@ pub struct Settings {
     pub server: ServerSettings,
     /// The listeners.
     pub listeners: Vec<ListenerSettings>,
+    /// Settings that are valid but have no effect, to be logged at start.
+    pub warnings: Vec<String>,
 }
 
 /// A layered map of `section -> key -> (value, origin)`.
@@ -504,6 +506,13 @@ impl Settings {
             "a whole number of loop threads (0 = one per core)",
             |s| s.parse::<usize>().ok().filter(|n| *n <= 1024),
         )?;
+        let mut warnings = Vec::new();
+        if server_type == ServerType::Blocking && server.given("loops") && loops > 1 {
+            let (_, origin) = server.raw("loops");
+            warnings.push(format!(
+                "{origin}: loops = {loops} has no effect with server type blocking (one loop); use -S thread"
+            ));
+        }
         let loops = match (server_type, loops) {
             (ServerType::Blocking, _) => 1,
             (ServerType::Thread, 0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -551,6 +560,7 @@ impl Settings {
                 log_level,
             },
             listeners,
+            warnings,
         })
     }
 }

@@ -19,9 +19,9 @@ pub(crate) struct BufPool {
 }
 
 /// Buffers larger than this are freed instead of pooled.
-const POOL_MAX_CAPACITY: usize = 256 * 1024;
+const POOL_MAX_CAPACITY: usize = 64 * 1024;
 /// At most this many buffers wait in the pool.
-const POOL_MAX_BUFFERS: usize = 256;
+const POOL_MAX_BUFFERS: usize = 64;
 /// Capacity of a fresh buffer.
 const FRESH_CAPACITY: usize = 4096;
 /// Largest sendfile(2) request in one call, so one file cannot hog the loop.
