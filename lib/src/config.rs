@@ -676,6 +676,22 @@ mod tests {
         assert_eq!(parse_duration("soon"), None);
     }
 
+    proptest::proptest! {
+        /// Conf values are operator input: parsing never panics.
+        #[test]
+        fn value_parsers_never_panic(s in "\\PC{0,30}") {
+            let _ = parse_size(&s);
+            let _ = parse_duration(&s);
+            let _ = parse_bool(&s);
+        }
+
+        #[test]
+        fn sizes_round_trip_with_units(n in 0usize..1_000_000, unit in 0usize..4) {
+            let (suffix, mult) = [("", 1), ("K", 1024), ("MiB", 1 << 20), ("g", 1 << 30)][unit];
+            proptest::prop_assert_eq!(parse_size(&format!("{n}{suffix}")), n.checked_mul(mult));
+        }
+    }
+
     #[test]
     fn env_names_a_section_and_a_key() {
         let mut l = Layers::default();

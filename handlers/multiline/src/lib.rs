@@ -54,11 +54,50 @@ pub fn spec() -> HandlerSpec {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Blocks joined back to back are split into exactly those blocks.
+        #[test]
+        fn pipelined_blocks_split_back_into_the_blocks(
+            blocks in proptest::collection::vec(
+                (proptest::collection::vec("[a-z ]{1,20}", 0..5), proptest::bool::ANY), 1..10),
+        ) {
+            let mut stream = Vec::new();
+            let mut want = Vec::new();
+            for (lines, crlf) in &blocks {
+                let eol = if *crlf { "\r\n" } else { "\n" };
+                let mut b = String::new();
+                for l in lines {
+                    b.push_str(l);
+                    b.push_str(eol);
+                }
+                b.push_str(eol);
+                stream.extend_from_slice(b.as_bytes());
+                want.push(b.into_bytes());
+            }
+            let mut got = Vec::new();
+            let mut rest = &stream[..];
+            while let Some(end) = block_end(rest) {
+                got.push(rest[..end].to_vec());
+                rest = &rest[end..];
+            }
+            proptest::prop_assert!(rest.is_empty());
+            proptest::prop_assert_eq!(got, want);
+        }
+
+        /// No input makes the framing panic, and a reported end is in bounds.
+        #[test]
+        fn framing_never_panics(bytes in proptest::collection::vec(0u8..=255, 0..400)) {
+            if let Some(end) = block_end(&bytes) {
+                proptest::prop_assert!(end >= 1 && end <= bytes.len());
+            }
+        }
+    }
+
     #[test]
     fn a_block_ends_at_an_empty_line() {
         assert_eq!(block_end(b"a\nb\n"), None);
         assert_eq!(block_end(b"a\nb\n\nrest"), Some(5));
-        assert_eq!(block_end(b"a\r\nb\r\n\r\nrest"), Some(9));
+        assert_eq!(block_end(b"a\r\nb\r\n\r\nrest"), Some(8));
         assert_eq!(block_end(b"\n"), Some(1));
         assert_eq!(block_end(b"a\n\r"), None);
     }

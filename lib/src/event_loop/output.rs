@@ -307,6 +307,32 @@ mod tests {
         assert_eq!(q.len(), 0);
     }
 
+    proptest::proptest! {
+        /// Whatever the mix of pushes, file-free chunking and partial writes,
+        /// the bytes leave complete and in order.
+        #[test]
+        fn bytes_leave_complete_and_in_order(
+            pushes in proptest::collection::vec(proptest::collection::vec(0u8..=255, 0..300), 0..40),
+            rooms in proptest::collection::vec(0usize..700, 1..60),
+        ) {
+            let mut pool = BufPool::new();
+            let mut q = OutQueue::default();
+            let mut want = Vec::new();
+            let mut s = sink(0);
+            let mut rooms = rooms.into_iter().cycle();
+            for p in &pushes {
+                q.push_bytes(p, &mut pool);
+                want.extend_from_slice(p);
+                s.room = rooms.next().unwrap_or(1);
+                q.flush(&mut s, &mut pool).unwrap();
+                proptest::prop_assert_eq!(q.len(), want.len() - s.got.len());
+            }
+            s.room = usize::MAX;
+            proptest::prop_assert_eq!(q.flush(&mut s, &mut pool).unwrap(), Flushed::All);
+            proptest::prop_assert_eq!(&s.got, &want);
+        }
+    }
+
     #[test]
     fn partial_writes_resume_where_they_stopped() {
         let mut pool = BufPool::new();
