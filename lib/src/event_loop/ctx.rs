@@ -103,7 +103,8 @@ impl Ctx<'_> {
     /// Open an outbound TCP connection owned by this session. The result
     /// arrives in [`crate::Protocol::on_connect`]; bytes written before that
     /// are queued. Errors that happen at once (no descriptors left, an
-    /// address of the wrong kind) are returned here.
+    /// address of the wrong kind, the server shutting down) are returned
+    /// here.
     pub fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId> {
         let session = self.session;
         self.core.connect(session, addr)

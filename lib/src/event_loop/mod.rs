@@ -288,6 +288,7 @@ pub(crate) struct Core {
     ready: VecDeque<ConnId>,
     deferred: VecDeque<Deferred>,
     now: Instant,
+    /// Shutting down: no new outbound connections.
     stopping: bool,
 }
 
@@ -1077,6 +1078,9 @@ impl Core {
     }
 
     fn connect(&mut self, session: SessionKey, addr: SocketAddr) -> io::Result<ConnId> {
+        if self.stopping {
+            return Err(io::Error::other("server is shutting down"));
+        }
         let listener = match self.sessions.get(session.slot) {
             Some(s) if s.generation == session.generation => s.listener,
             _ => return Err(io::Error::other("session has ended")),
