@@ -9,9 +9,9 @@ mod util;
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use util::{connect, expect_echo, gaidaros, Mode};
+use util::{connect, expect_echo, gaidaros, write_until_blocked, Blocked, Mode};
 
 /// Every line is this long, newline included.
 const LINE: usize = 1024;
@@ -57,33 +57,18 @@ fn client_that_never_reads_cannot_grow_server_memory(mode: Mode) {
     let mut hog = connect(addr);
     hog.set_write_timeout(Some(Duration::from_secs(1)))
         .expect("write timeout");
-    let mut written: u64 = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            written < GIVE_UP_BYTES,
-            "the server read {written} bytes from a client that reads nothing: output_cap is not enforced (RSS {} KiB, baseline {baseline} KiB)",
+    let written = match write_until_blocked(
+        &mut hog,
+        |at| stream(at, 64 * 1024),
+        GIVE_UP_BYTES,
+        Duration::from_secs(60),
+    ) {
+        Blocked::After(n) => n,
+        Blocked::NeverWithin(n) => panic!(
+            "the server read {n} bytes from a client that reads nothing: output_cap is not enforced (RSS {} KiB, baseline {baseline} KiB)",
             server.rss_kib()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "writes never blocked within 60 s ({written} bytes written)"
-        );
-        let chunk = stream(written, 64 * 1024);
-        match hog.write(&chunk) {
-            Ok(0) => panic!("write returned 0"),
-            Ok(n) => written += n as u64,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                break
-            }
-            Err(e) => panic!("hog write failed after {written} bytes: {e}"),
-        }
-    }
+        ),
+    };
     let grown = server.rss_kib().saturating_sub(baseline);
     println!("{mode:?}: writes blocked after {written} bytes; server RSS grew {grown} KiB over {baseline} KiB");
     assert!(
@@ -164,32 +149,18 @@ fn forward_to_a_client_that_never_reads_cannot_grow_server_memory(mode: Mode) {
     up.set_write_timeout(Some(Duration::from_secs(1)))
         .expect("write timeout");
     let chunk = vec![b'u'; 64 * 1024];
-    let mut written: u64 = 0;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(
-            written < GIVE_UP_BYTES,
-            "the forwarder read {written} bytes for a client that reads nothing: no backpressure (RSS {} KiB, baseline {baseline} KiB)",
+    let written = match write_until_blocked(
+        &mut up,
+        |_| chunk.clone(),
+        GIVE_UP_BYTES,
+        Duration::from_secs(60),
+    ) {
+        Blocked::After(n) => n,
+        Blocked::NeverWithin(n) => panic!(
+            "the forwarder read {n} bytes for a client that reads nothing: no backpressure (RSS {} KiB, baseline {baseline} KiB)",
             server.rss_kib()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "upstream writes never blocked within 60 s ({written} bytes written)"
-        );
-        match up.write(&chunk) {
-            Ok(0) => panic!("write returned 0"),
-            Ok(n) => written += n as u64,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                break
-            }
-            Err(e) => panic!("upstream write failed after {written} bytes: {e}"),
-        }
-    }
+        ),
+    };
     let grown = server.rss_kib().saturating_sub(baseline);
     println!("{mode:?}: upstream blocked after {written} bytes; server RSS grew {grown} KiB over {baseline} KiB");
     assert!(

@@ -655,3 +655,48 @@ pub fn tcp_queues(local: u16, remote: u16) -> Option<(u64, u64)> {
         ))
     })
 }
+
+/// How [`write_until_blocked`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Blocked {
+    /// A write made no progress within the socket's write timeout, after
+    /// this many bytes.
+    After(u64),
+    /// More than the byte limit was written without blocking.
+    NeverWithin(u64),
+}
+
+/// Write `chunk(written)` again and again until the peer stops taking bytes
+/// (a write times out: set a write timeout first), more than `limit` bytes
+/// went out, or `within` passed (a panic).
+pub fn write_until_blocked(
+    s: &mut TcpStream,
+    mut chunk: impl FnMut(u64) -> Vec<u8>,
+    limit: u64,
+    within: Duration,
+) -> Blocked {
+    let mut written: u64 = 0;
+    let deadline = Instant::now() + within;
+    loop {
+        if written >= limit {
+            return Blocked::NeverWithin(written);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes never blocked within {within:?} ({written} bytes written)"
+        );
+        match s.write(&chunk(written)) {
+            Ok(0) => panic!("write returned 0 after {written} bytes"),
+            Ok(n) => written += n as u64,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Blocked::After(written)
+            }
+            Err(e) => panic!("write failed after {written} bytes: {e}"),
+        }
+    }
+}
