@@ -393,3 +393,96 @@ fn accepted_sockets_carry_the_listener_options() {
         assert_eq!(got, (nodelay, cork), "TCP_NODELAY, TCP_CORK read back");
     }
 }
+
+/// Panics on a line saying "panic"; echoes other lines.
+struct Fragile;
+impl gaidaros::Service for Fragile {
+    fn handle(
+        &self,
+        request: &[u8],
+        response: &mut Vec<u8>,
+    ) -> Result<gaidaros::Keep, gaidaros::ServiceError> {
+        if request.starts_with(b"panic") {
+            panic!("test service told to panic");
+        }
+        response.extend_from_slice(request);
+        Ok(gaidaros::Keep::Alive)
+    }
+}
+
+#[test]
+fn a_panicking_service_fails_one_request_and_the_loop_serves_on() {
+    let addr = net::resolve("127.0.0.1", 0, IpVersion::V4).unwrap();
+    let listener = net::bind(&BindSpec {
+        addr,
+        version: IpVersion::V4,
+        backlog: 64,
+        reuseport: false,
+    })
+    .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let setup = Arc::new(ListenerSetup::new(
+        "fragile",
+        Handler::Service(Arc::new(Fragile)),
+        ConnOptions::default(),
+        true,
+        Limits::default(),
+    ));
+    let (lp, handle) = Loop::new(vec![(listener, setup)], LoopSettings::default()).unwrap();
+    let thread = thread::spawn(move || lp.run());
+    let server = Running {
+        addr,
+        handle,
+        thread: Some(thread),
+    };
+    let mut calm = client(server.addr);
+    calm.write_all(b"before\n").unwrap();
+    let mut buf = [0u8; 7];
+    calm.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"before\n");
+
+    let mut bad = client(server.addr);
+    bad.write_all(b"ok\npanic\nnever answered\n").unwrap();
+    let got = read_all(bad);
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        "ok\nERR internal error: handler panicked\n"
+    );
+
+    calm.write_all(b"after\n").unwrap();
+    let mut buf = [0u8; 6];
+    calm.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"after\n");
+}
+
+/// Panics when it sees data; the session's connections close.
+struct PanicOnData;
+impl Protocol for PanicOnData {
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: ConnId, data: &[u8]) -> usize {
+        if data.starts_with(b"boom") {
+            panic!("test protocol told to panic");
+        }
+        data.len()
+    }
+}
+
+#[test]
+fn a_panicking_protocol_loses_its_session_only() {
+    let server = start(
+        Factory(|| PanicOnData),
+        Limits::default(),
+        ConnOptions::default(),
+    );
+    let mut calm = client(server.addr);
+    let mut bad = client(server.addr);
+    bad.write_all(b"boom").unwrap();
+    let mut rest = Vec::new();
+    match bad.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty()),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+    }
+    // The loop is alive: the other session still gets its FIN handling.
+    calm.write_all(b"fine").unwrap();
+    calm.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(calm), b"");
+}

@@ -33,6 +33,7 @@ pub(crate) mod timer;
 use std::collections::{HashSet, VecDeque};
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,7 +41,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
-use tracing::{debug, trace, warn};
+use tracing::{debug, error, trace, warn};
 
 pub use ctx::Ctx;
 
@@ -672,7 +673,9 @@ impl Loop {
                     let data = &self.scratch[..n];
                     if conn.input.is_empty() {
                         let mut used = 0;
-                        core.call(key, |p, ctx| used = p.on_data(ctx, id, data));
+                        if !core.call(key, |p, ctx| used = p.on_data(ctx, id, data)) {
+                            return;
+                        }
                         let used = used.min(n);
                         if used < n {
                             let conn = &mut core.conns[slot];
@@ -683,7 +686,9 @@ impl Loop {
                         conn.input.extend_from_slice(data);
                         let input = std::mem::take(&mut conn.input);
                         let mut used = 0;
-                        core.call(key, |p, ctx| used = p.on_data(ctx, id, &input));
+                        if !core.call(key, |p, ctx| used = p.on_data(ctx, id, &input)) {
+                            return;
+                        }
                         let mut input = input;
                         input.drain(..used.min(input.len()));
                         if input.is_empty() {
@@ -815,28 +820,51 @@ impl Core {
         SessionKey { slot, generation }
     }
 
-    /// Run one callback of a session with a [`Ctx`] on this core.
-    fn call(&mut self, key: SessionKey, f: impl FnOnce(&mut dyn Protocol, &mut Ctx<'_>)) {
+    /// Run one callback of a session with a [`Ctx`] on this core. Returns
+    /// `false` when the session is gone (ended, or it panicked and was
+    /// closed): its connections may no longer exist.
+    fn call(&mut self, key: SessionKey, f: impl FnOnce(&mut dyn Protocol, &mut Ctx<'_>)) -> bool {
         let Some(session) = self.sessions.get_mut(key.slot) else {
-            return;
+            return false;
         };
         if session.generation != key.generation {
-            return;
+            return false;
         }
         let Some(mut proto) = session.proto.take() else {
-            return;
+            return false;
         };
-        {
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
             let mut ctx = Ctx {
-                core: self,
+                core: &mut *self,
                 session: key,
             };
             f(&mut *proto, &mut ctx);
-        }
-        if let Some(session) = self.sessions.get_mut(key.slot) {
-            if session.generation == key.generation {
-                session.proto = Some(proto);
+        }));
+        if outcome.is_err() {
+            // The session's state is unknown after a panic: drop it and
+            // close its connections; the rest of the loop goes on.
+            let owned: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.session == Some(key))
+                .map(|(slot, _)| slot)
+                .collect();
+            error!(
+                connections = owned.len(),
+                "protocol handler panicked: its session is closed"
+            );
+            self.sessions.remove(key.slot);
+            for slot in owned {
+                self.close(slot, Some(CloseReason::Io(io::ErrorKind::Other)));
             }
+            return false;
+        }
+        match self.sessions.get_mut(key.slot) {
+            Some(session) if session.generation == key.generation => {
+                session.proto = Some(proto);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -864,7 +892,9 @@ impl Core {
 
     /// Arm the deadline entry of `slot` if none is armed as early.
     fn ensure_armed(&mut self, slot: usize) {
-        let conn = &mut self.conns[slot];
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
         let limits = &self.setups[conn.listener].limits;
         if let Some((at, _)) = conn.deadline(limits) {
             if conn.armed.is_none_or(|armed| at < armed) {
@@ -1158,7 +1188,7 @@ fn serve(
     let mut pos = 0;
     while pos < buf.len() && !conn.closing && !conn.over_cap {
         let rest = &buf[pos..];
-        let framed = match service.end_request(rest) {
+        let framed = match guard(|| service.end_request(rest)) {
             Ok(Some(0)) => Err(ServiceError::Malformed("empty frame".into())),
             Ok(Some(len)) if len > max => Err(ServiceError::TooLarge { limit: max }),
             Ok(Some(len)) => Ok(Some(len.min(rest.len()))),
@@ -1177,12 +1207,15 @@ fn serve(
         pos += len;
         let out = conn.out.tail(pool);
         let start = out.len();
-        let result = service
-            .decode(request)
-            .and_then(|req| service.handle(&req, out));
+        let result = guard(|| {
+            let keep = service
+                .decode(request)
+                .and_then(|req| service.handle(&req, out))?;
+            service.encode(out, start);
+            Ok(keep)
+        });
         match result {
             Ok(keep) => {
-                service.encode(out, start);
                 if keep == Keep::Close {
                     conn.closing = true;
                     conn.close_reason = Some(CloseReason::Local);
@@ -1210,11 +1243,28 @@ fn serve(
     pos
 }
 
+/// Run service code; a panic becomes an internal error for this request
+/// (the panic message goes to stderr through the panic hook), so one bad
+/// request cannot take the loop and its other connections down.
+fn guard<T>(f: impl FnOnce() -> Result<T, ServiceError>) -> Result<T, ServiceError> {
+    panic::catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(ServiceError::Internal("handler panicked".into())))
+}
+
 /// Send the service's error reply and close after it.
 fn fail(conn: &mut Conn, pool: &mut BufPool, service: &dyn Service, error: &ServiceError) {
     debug!(peer = ?conn.peer, "request error: {error}");
     let out = conn.out.tail(pool);
-    service.error_reply(error, out);
+    let start = out.len();
+    if guard(|| {
+        service.error_reply(error, out);
+        Ok(())
+    })
+    .is_err()
+    {
+        // A panicking error reply: close without one.
+        out.truncate(start);
+    }
     conn.closing = true;
     conn.close_reason = Some(match error {
         ServiceError::TooLarge { .. } => CloseReason::TooLarge,
