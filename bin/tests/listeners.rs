@@ -277,3 +277,20 @@ fn version_prints_the_package_version() {
         format!("gaidaros {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn stacked_v_flags_raise_the_log_level() {
+    // -v -v and -vv both mean trace; debug lines appear either way.
+    for flags in [&["-v", "-v"][..], &["-vv"][..]] {
+        let mut args = vec!["--port", "0", "-S", "blocking"];
+        args.extend_from_slice(flags);
+        let server = gaidaros_bare().args(&args).start();
+        util::check_echo(server.addr(), "verbose");
+        let log = server.log();
+        assert!(
+            log.contains("DEBUG") && log.contains("open files limit"),
+            "{flags:?}: expected debug output, got:\n{log}"
+        );
+        server.stop();
+    }
+}

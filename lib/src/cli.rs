@@ -72,7 +72,7 @@ pub struct Args {
     #[argh(switch, short = 'A')]
     pub nodelay: bool,
 
-    /// more log output; give it twice for the most (default: level info)
+    /// more log output: -v debug, -vv trace (default: level info)
     #[argh(switch, short = 'v')]
     pub verbose: u8,
 
@@ -219,7 +219,16 @@ pub fn run(registry: Registry) -> ExitCode {
 /// [`run`] with explicit arguments (the first is the program name).
 pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
     let program = argv.first().map_or("gaidaros", String::as_str);
-    let rest: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    // argh takes one short flag per argument: spell -vv as -v -v.
+    let rest: Vec<&str> = argv
+        .iter()
+        .skip(1)
+        .flat_map(|a| {
+            let vs = a.len() > 2 && a.starts_with('-') && a[1..].bytes().all(|b| b == b'v');
+            let n = if vs { a.len() - 1 } else { 1 };
+            std::iter::repeat_n(if vs { "-v" } else { a.as_str() }, n)
+        })
+        .collect();
     let args = match Args::from_args(&[program], &rest) {
         Ok(a) => a,
         Err(early) => {
