@@ -32,6 +32,11 @@ impl Drop for Running {
 }
 
 fn start(factory: impl ProtocolFactory, limits: Limits, options: ConnOptions) -> Running {
+    start_handler(Handler::Protocol(Arc::new(factory)), limits, options)
+}
+
+/// A loop in a thread serving `handler` on 127.0.0.1:0.
+fn start_handler(handler: Handler, limits: Limits, options: ConnOptions) -> Running {
     let addr = net::resolve("127.0.0.1", 0, IpVersion::V4).unwrap();
     let listener = net::bind(&BindSpec {
         addr,
@@ -41,13 +46,7 @@ fn start(factory: impl ProtocolFactory, limits: Limits, options: ConnOptions) ->
     })
     .unwrap();
     let addr = listener.local_addr().unwrap();
-    let setup = Arc::new(ListenerSetup::new(
-        "test",
-        Handler::Protocol(Arc::new(factory)),
-        options,
-        true,
-        limits,
-    ));
+    let setup = Arc::new(ListenerSetup::new("test", handler, options, true, limits));
     let (lp, handle) = Loop::new(vec![(listener, setup)], LoopSettings::default()).unwrap();
     let thread = thread::spawn(move || lp.run());
     Running {
@@ -412,29 +411,11 @@ impl gaidaros::Service for Fragile {
 
 #[test]
 fn a_panicking_service_fails_one_request_and_the_loop_serves_on() {
-    let addr = net::resolve("127.0.0.1", 0, IpVersion::V4).unwrap();
-    let listener = net::bind(&BindSpec {
-        addr,
-        version: IpVersion::V4,
-        backlog: 64,
-        reuseport: false,
-    })
-    .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let setup = Arc::new(ListenerSetup::new(
-        "fragile",
+    let server = start_handler(
         Handler::Service(Arc::new(Fragile)),
-        ConnOptions::default(),
-        true,
         Limits::default(),
-    ));
-    let (lp, handle) = Loop::new(vec![(listener, setup)], LoopSettings::default()).unwrap();
-    let thread = thread::spawn(move || lp.run());
-    let server = Running {
-        addr,
-        handle,
-        thread: Some(thread),
-    };
+        ConnOptions::default(),
+    );
     let mut calm = client(server.addr);
     calm.write_all(b"before\n").unwrap();
     let mut buf = [0u8; 7];

@@ -462,6 +462,39 @@ struct Pool {
 }
 
 impl Pool {
+    /// Act on the events of the last poll: read and check echoes, top
+    /// connections up to `refill` requests in flight (if given), write what
+    /// is queued; a connection that fails is dropped and counted.
+    fn handle_events(
+        &mut self,
+        msgs: &Messages,
+        phase: Phase,
+        tally: &mut Tally,
+        refill: Option<u64>,
+    ) {
+        for ev in self.events.iter() {
+            let i = ev.token().0;
+            let Some(c) = self.conns[i].as_mut() else {
+                continue;
+            };
+            let mut step = Ok(());
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                step = c.drain(&mut self.buf, msgs, phase, tally);
+                if let (Ok(()), Some(depth)) = (&step, refill) {
+                    if c.in_flight() < depth {
+                        c.fill(depth, msgs, Instant::now());
+                    }
+                }
+            }
+            if step.is_ok() {
+                step = c.flush();
+            }
+            if let Err(why) = step {
+                lose(&mut self.conns, self.poll.registry(), i, why, tally);
+            }
+        }
+    }
+
     fn open(&self) -> usize {
         self.conns.iter().flatten().count()
     }
@@ -587,25 +620,7 @@ fn pingpong(plan: &Plan, msgs: &Messages, pool: &mut Pool, tally: &mut Tally) ->
         } else {
             Phase::Measure
         };
-        for ev in pool.events.iter() {
-            let i = ev.token().0;
-            let Some(c) = pool.conns[i].as_mut() else {
-                continue;
-            };
-            let mut step = Ok(());
-            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                step = c.drain(&mut pool.buf, msgs, phase, tally);
-                if step.is_ok() && c.in_flight() < plan.depth {
-                    c.fill(plan.depth, msgs, Instant::now());
-                }
-            }
-            if step.is_ok() {
-                step = c.flush();
-            }
-            if let Err(why) = step {
-                lose(&mut pool.conns, pool.poll.registry(), i, why, tally);
-            }
-        }
+        pool.handle_events(msgs, phase, tally, Some(plan.depth));
     }
     Ok(())
 }
@@ -614,17 +629,8 @@ fn hold(plan: &Plan, msgs: &Messages, pool: &mut Pool, tally: &mut Tally) -> io:
     let end = Instant::now() + plan.duration;
     // Idle: only watch for the server closing connections.
     while pool.poll_until(end)? {
-        for ev in pool.events.iter() {
-            let i = ev.token().0;
-            let Some(c) = pool.conns[i].as_mut() else {
-                continue;
-            };
-            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                if let Err(why) = c.drain(&mut pool.buf, msgs, Phase::Liveness, tally) {
-                    lose(&mut pool.conns, pool.poll.registry(), i, why, tally);
-                }
-            }
-        }
+        // Nothing is queued, so this only reads (and notices closes).
+        pool.handle_events(msgs, Phase::Liveness, tally, None);
     }
     // Then one request each: who still answers?
     let now = Instant::now();
@@ -639,22 +645,7 @@ fn hold(plan: &Plan, msgs: &Messages, pool: &mut Pool, tally: &mut Tally) -> io:
     }
     let deadline = Instant::now() + plan.timeout;
     while tally.alive < pool.open() && pool.poll_until(deadline)? {
-        for ev in pool.events.iter() {
-            let i = ev.token().0;
-            let Some(c) = pool.conns[i].as_mut() else {
-                continue;
-            };
-            let mut step = Ok(());
-            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                step = c.drain(&mut pool.buf, msgs, Phase::Liveness, tally);
-            }
-            if step.is_ok() {
-                step = c.flush();
-            }
-            if let Err(why) = step {
-                lose(&mut pool.conns, pool.poll.registry(), i, why, tally);
-            }
-        }
+        pool.handle_events(msgs, Phase::Liveness, tally, None);
     }
     Ok(())
 }
