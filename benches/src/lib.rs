@@ -23,8 +23,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod chart;
+pub mod measure;
 pub mod report;
 pub mod server;
+pub mod stats;
 
 pub use report::{Mode, Report};
-pub use server::{parse_listening_addr, ServerProcess, SpawnError};
+pub use server::{
+    parse_listening_addr, process_cpu_time, tree_cpu_time, ServerProcess, SpawnError,
+};
+pub use stats::Sample;

@@ -197,22 +197,69 @@ impl Drop for ServerProcess {
 
 /// User + system CPU time of process `pid` (all its threads).
 pub fn process_cpu_time(pid: u32) -> io::Result<Duration> {
+    let t = stat_times(pid)?;
+    Ok(ticks_to_duration(t[0] + t[1]))
+}
+
+/// CPU time of process `pid`, its live descendants (nginx workers, say)
+/// and the children it has reaped (socat's per-connection forks): all the
+/// CPU a forking server spent.
+pub fn tree_cpu_time(pid: u32) -> io::Result<Duration> {
+    fn walk(pid: u32, depth: usize) -> io::Result<u64> {
+        let t = stat_times(pid)?;
+        let mut total = t.iter().sum::<u64>();
+        if depth < 8 {
+            for kid in children(pid) {
+                // A child that exits meanwhile is in cutime/cstime by now.
+                total += walk(kid, depth + 1).unwrap_or(0);
+            }
+        }
+        Ok(total)
+    }
+    walk(pid, 0).map(ticks_to_duration)
+}
+
+/// Live children of `pid` (from `/proc/PID/task/*/children`).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|list| {
+            list.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+/// utime, stime, cutime, cstime of `pid`, in clock ticks.
+fn stat_times(pid: u32) -> io::Result<[u64; 4]> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc/PID/stat");
     // The command name, field 2, is in parentheses and may hold spaces.
     let after_comm = &stat[stat.rfind(')').ok_or_else(bad)? + 1..];
-    // Fields from 3 (state) on: utime is field 14, stime field 15.
+    // Fields from 3 (state) on: utime is field 14, stime 15, cutime 16,
+    // cstime 17.
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     let ticks = |i: usize| -> io::Result<u64> {
-        fields.get(i).and_then(|f| f.parse().ok()).ok_or_else(bad)
+        fields
+            .get(i - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(bad)
     };
-    let total = ticks(14 - 3)? + ticks(15 - 3)?;
+    Ok([ticks(14)?, ticks(15)?, ticks(16)?, ticks(17)?])
+}
+
+fn ticks_to_duration(ticks: u64) -> Duration {
     let per_s = sysconf(SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .filter(|&t| t > 0)
         .unwrap_or(100) as u64;
-    Ok(Duration::from_nanos(total * 1_000_000_000 / per_s))
+    Duration::from_nanos(ticks * 1_000_000_000 / per_s)
 }
 
 #[cfg(test)]
@@ -245,5 +292,9 @@ mod tests {
     #[test]
     fn own_cpu_time_is_readable() {
         assert!(process_cpu_time(std::process::id()).is_ok());
+        assert!(
+            tree_cpu_time(std::process::id()).unwrap()
+                >= process_cpu_time(std::process::id()).unwrap()
+        );
     }
 }

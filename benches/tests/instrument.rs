@@ -1,12 +1,14 @@
 //! The instrument checked against real sockets: loadgen against tokio-echo,
-//! against a server that corrupts or drops, and tokio-echo's line limit.
+//! against a server that corrupts or drops, and tokio-echo's line limit;
+//! hyper-hello with a raw HTTP/1.1 client; blast into sink and into servers
+//! that close early or miscount; the servers' clean exit on SIGTERM.
 //! Nothing here asserts speed; runs are a fraction of a second.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gaidaros_benches::{Mode, Report, ServerProcess};
 
@@ -171,4 +173,207 @@ fn a_server_that_never_listens_is_reported_with_its_log() {
     let err = ServerProcess::spawn(cmd, Duration::from_secs(10)).unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("exited") && msg.contains("--workers"), "{msg}");
+}
+
+fn hyper_hello() -> ServerProcess {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hyper-hello"));
+    cmd.args(["--workers", "1", "--port", "0"]);
+    ServerProcess::spawn(cmd, Duration::from_secs(10)).expect("hyper-hello starts")
+}
+
+fn sink() -> ServerProcess {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sink"));
+    cmd.args(["--port", "0"]);
+    ServerProcess::spawn(cmd, Duration::from_secs(10)).expect("sink starts")
+}
+
+/// A connection with reads and writes bounded in time.
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// One HTTP/1.1 response: its status line, its headers (names lowercased)
+/// and its body, which must have a Content-Length.
+fn read_response(r: &mut impl BufRead) -> (String, Vec<(String, String)>, String) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status = line.trim_end().to_owned();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let (name, value) = header.split_once(':').expect("a header line");
+        headers.push((name.to_ascii_lowercase(), value.trim().to_owned()));
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("a Content-Length");
+    let mut body = vec![0u8; length];
+    r.read_exact(&mut body).unwrap();
+    (status, headers, String::from_utf8(body).unwrap())
+}
+
+fn assert_hello(response: (String, Vec<(String, String)>, String)) {
+    let (status, headers, body) = response;
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        headers.contains(&("content-type".into(), "text/plain".into())),
+        "{headers:?}"
+    );
+    // HTTP/1.1 keeps the connection unless told otherwise.
+    let closes = |(n, v): &(String, String)| n == "connection" && v.eq_ignore_ascii_case("close");
+    assert!(!headers.iter().any(closes), "{headers:?}");
+    assert_eq!(body, "Hello, World!");
+}
+
+#[test]
+fn hyper_hello_answers_twice_on_one_keep_alive_connection() {
+    let server = hyper_hello();
+    let s = connect(server.addr());
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    w.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    assert_hello(read_response(&mut r));
+    w.write_all(b"GET /again?x=1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    assert_hello(read_response(&mut r));
+}
+
+#[test]
+fn hyper_hello_answers_pipelined_requests_each() {
+    let server = hyper_hello();
+    let s = connect(server.addr());
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let request = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    w.write_all(request.repeat(3).as_bytes()).unwrap();
+    for _ in 0..3 {
+        assert_hello(read_response(&mut r));
+    }
+}
+
+/// Run blast with `args` against `addr`: its stdout, stderr and exit code.
+fn blast(addr: SocketAddr, args: &[&str]) -> (String, String, Option<i32>) {
+    let out = Command::new(env!("CARGO_BIN_EXE_blast"))
+        .arg("--addr")
+        .arg(addr.to_string())
+        .args(["--timeout", "10"])
+        .args(args)
+        .output()
+        .expect("blast runs");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.code(),
+    )
+}
+
+#[test]
+fn blast_into_sink_is_counted_in_full() {
+    let server = sink();
+    let (stdout, stderr, code) = blast(server.addr(), &["--bytes", "64M", "--json"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["bytes"], 67108864, "{report}");
+    for field in ["seconds", "mib_per_s", "gbit_per_s"] {
+        let v = report[field].as_f64().expect(field);
+        assert!(v > 0.0 && v.is_finite(), "{report}");
+    }
+}
+
+#[test]
+fn blast_with_an_odd_chunk_sends_the_exact_count() {
+    // 1 MiB + 1 byte in 1000-byte writes: the last write is partial.
+    let server = sink();
+    let (stdout, stderr, code) = blast(server.addr(), &["--bytes", "1048577", "--chunk", "1000"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.starts_with("1048577 bytes in "), "{stdout}");
+}
+
+#[test]
+fn blast_fails_when_the_server_closes_without_answering() {
+    let addr = fake_server(drop);
+    let (stdout, stderr, code) = blast(addr, &["--bytes", "1M", "--json"]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert_eq!(stdout, "", "no result for a failed transfer");
+}
+
+#[test]
+fn blast_fails_when_the_server_miscounts() {
+    // Reads to EOF, then claims one byte arrived.
+    let addr = fake_server(|mut s| {
+        let _ = io_sink(&mut s);
+        let _ = s.write_all(b"1\n");
+    });
+    let (stdout, stderr, code) = blast(addr, &["--bytes", "64K"]);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("counted 1 bytes of 65536"), "{stderr}");
+}
+
+/// Read `s` to EOF.
+fn io_sink(s: &mut TcpStream) -> std::io::Result<u64> {
+    std::io::copy(s, &mut std::io::sink())
+}
+
+#[test]
+fn blast_refuses_bad_arguments_with_status_2() {
+    let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    for args in [
+        &["--bytes", "12X"][..],
+        &["--bytes", "0"],
+        &["--bytes", "1M", "--chunk", "0"],
+        &["--bytes", "1M", "--nonsense"],
+        &[],
+    ] {
+        let (_, stderr, code) = blast(addr, args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    }
+}
+
+/// SIGTERM `server` while `conn` is open; it must exit 0 within 3 s.
+fn assert_clean_exit_on_sigterm(server: ServerProcess, conn: TcpStream) {
+    let start = Instant::now();
+    let status = server.stop(Duration::from_secs(3)).unwrap();
+    assert!(status.success(), "{status}");
+    assert!(start.elapsed() < Duration::from_secs(3));
+    drop(conn);
+}
+
+#[test]
+fn tokio_echo_exits_0_on_sigterm_with_a_connection_open() {
+    let server = tokio_echo(&[]);
+    let mut s = connect(server.addr());
+    s.write_all(b"ping\n").unwrap();
+    let mut echo = [0u8; 5];
+    s.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"ping\n");
+    assert_clean_exit_on_sigterm(server, s);
+}
+
+#[test]
+fn hyper_hello_exits_0_on_sigterm_with_a_keep_alive_connection_open() {
+    let server = hyper_hello();
+    let mut s = connect(server.addr());
+    s.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    assert_hello(read_response(&mut BufReader::new(s.try_clone().unwrap())));
+    assert_clean_exit_on_sigterm(server, s);
+}
+
+#[test]
+fn sink_exits_0_on_sigterm_in_the_middle_of_a_transfer() {
+    let server = sink();
+    let mut s = connect(server.addr());
+    s.write_all(&[b'x'; 64 * 1024]).unwrap();
+    assert_clean_exit_on_sigterm(server, s);
 }

@@ -18,6 +18,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 
 /// What a service wants done with the connection after a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +108,72 @@ pub trait Service: Send + Sync + 'static {
 /// Length of the first LF-terminated line in `buf`, LF included.
 pub fn line_end(buf: &[u8]) -> Option<usize> {
     memchr::memchr(b'\n', buf).map(|i| i + 1)
+}
+
+/// Framing as the loop runs it: the length of the complete request at the
+/// front of `buf`, `Ok(None)` when more bytes are needed, or an error when
+/// the bytes can never become a request of at most `max_request` bytes (a
+/// zero-length frame is malformed). Panics in [`Service::end_request`] are
+/// contained and become [`ServiceError::Internal`].
+pub fn next_frame(
+    service: &dyn Service,
+    buf: &[u8],
+    max_request: usize,
+) -> Result<Option<usize>, ServiceError> {
+    match guard(|| service.end_request(buf)) {
+        Ok(Some(0)) => Err(ServiceError::Malformed("empty frame".into())),
+        Ok(Some(len)) if len > max_request => Err(ServiceError::TooLarge { limit: max_request }),
+        Ok(Some(len)) => Ok(Some(len.min(buf.len()))),
+        Ok(None) if buf.len() >= max_request => Err(ServiceError::TooLarge { limit: max_request }),
+        other => other,
+    }
+}
+
+/// One complete frame through split_request, decode, handle and encode, as
+/// the loop dispatches it: the response is appended to `out`. On error
+/// (a panic included) `out` is left as it was and the caller sends
+/// [`reply_error`] instead.
+pub fn respond(
+    service: &dyn Service,
+    frame: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<Keep, ServiceError> {
+    let start = out.len();
+    let result = guard(|| {
+        let request = service.split_request(frame);
+        let keep = service
+            .decode(request)
+            .and_then(|req| service.handle(&req, out))?;
+        service.encode(out, start);
+        Ok(keep)
+    });
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+/// Append the service's error reply for `error` to `out`; a panicking
+/// error reply appends nothing and returns false.
+pub fn reply_error(service: &dyn Service, error: &ServiceError, out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    let ok = guard(|| {
+        service.error_reply(error, out);
+        Ok(())
+    })
+    .is_ok();
+    if !ok {
+        out.truncate(start);
+    }
+    ok
+}
+
+/// Run service code; a panic becomes an internal error for this request
+/// (the panic message goes to stderr through the panic hook), so one bad
+/// request cannot take the loop and its other connections down.
+fn guard<T>(f: impl FnOnce() -> Result<T, ServiceError>) -> Result<T, ServiceError> {
+    panic::catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err(ServiceError::Internal("handler panicked".into())))
 }
 
 #[cfg(test)]

@@ -8,6 +8,9 @@
 //! Limits match gaidaros's defaults: a line longer than `--max-line`
 //! (64 KiB) gets `ERR request too large (limit N bytes)` and a close.
 //! TCP_NODELAY is off unless `--nodelay`, as in gaidaros (`nodelay = false`).
+//!
+//! SIGTERM or SIGINT stops accepting and exits 0 within about a second,
+//! open connections or not, so a profiler wrapping it can write its output.
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,6 +20,7 @@ use std::time::Duration;
 use argh::FromArgs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(FromArgs)]
 /// Line echo server on the tokio multi-thread runtime.
@@ -41,6 +45,9 @@ struct Args {
 /// First read buffer per connection; it grows up to `max_line` for long lines.
 const INITIAL_BUF: usize = 16 * 1024;
 
+/// How long connection tasks still running at a signal may take to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
     if args.workers == 0 || args.max_line == 0 {
@@ -59,7 +66,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(args)) {
+    let served = runtime.block_on(serve(args));
+    // Idle or stuck connection tasks are dropped rather than waited for.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tokio-echo: {e}");
@@ -68,12 +78,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// Accept and serve connections until SIGTERM or SIGINT.
 async fn serve(args: Args) -> io::Result<()> {
     let listener = TcpListener::bind((args.host.as_str(), args.port)).await?;
     let addr: SocketAddr = listener.local_addr()?;
+    // Installed before the announcement: a signal right after it still
+    // means a clean exit.
+    let mut stop = StopSignals::install()?;
     eprintln!("listening addr={addr} workers={}", args.workers);
     loop {
-        let (stream, _) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.recv() => return Ok(()),
+        };
+        let (stream, _) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of descriptors and the like: back off, keep serving.
@@ -90,6 +108,29 @@ async fn serve(args: Args) -> io::Result<()> {
             // A peer that resets is not the server's error.
             let _ = echo(stream, max_line).await;
         });
+    }
+}
+
+/// SIGTERM and SIGINT, the signals that stop the server.
+struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    fn install() -> io::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Wait for either signal.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

@@ -27,6 +27,12 @@
 //!   starve the others.
 
 mod ctx;
+// The output queue is internal; the `bench-internals` feature opens it to
+// the criterion benchmarks in benches/ (it is not a stable API).
+#[cfg(feature = "bench-internals")]
+#[doc(hidden)]
+pub mod output;
+#[cfg(not(feature = "bench-internals"))]
 pub(crate) mod output;
 pub(crate) mod timer;
 
@@ -48,7 +54,7 @@ pub use ctx::Ctx;
 use crate::handler::Handler;
 use crate::net::{self, ConnOptions};
 use crate::protocol::{CloseReason, ConnId, Protocol, TimerId};
-use crate::service::{Keep, Service, ServiceError};
+use crate::service::{self, Keep, Service, ServiceError};
 use crate::sys;
 use output::{BufPool, OutQueue};
 use timer::{Due, Timers};
@@ -1188,14 +1194,7 @@ fn serve(
     let mut pos = 0;
     while pos < buf.len() && !conn.closing && !conn.over_cap {
         let rest = &buf[pos..];
-        let framed = match guard(|| service.end_request(rest)) {
-            Ok(Some(0)) => Err(ServiceError::Malformed("empty frame".into())),
-            Ok(Some(len)) if len > max => Err(ServiceError::TooLarge { limit: max }),
-            Ok(Some(len)) => Ok(Some(len.min(rest.len()))),
-            Ok(None) if rest.len() >= max => Err(ServiceError::TooLarge { limit: max }),
-            other => other,
-        };
-        let len = match framed {
+        let len = match service::next_frame(service, rest, max) {
             Ok(Some(len)) => len,
             Ok(None) => break,
             Err(e) => {
@@ -1203,26 +1202,14 @@ fn serve(
                 return buf.len();
             }
         };
-        let request = service.split_request(&rest[..len]);
         pos += len;
-        let out = conn.out.tail(pool);
-        let start = out.len();
-        let result = guard(|| {
-            let keep = service
-                .decode(request)
-                .and_then(|req| service.handle(&req, out))?;
-            service.encode(out, start);
-            Ok(keep)
-        });
-        match result {
-            Ok(keep) => {
-                if keep == Keep::Close {
-                    conn.closing = true;
-                    conn.close_reason = Some(CloseReason::Local);
-                }
+        match service::respond(service, &rest[..len], conn.out.tail(pool)) {
+            Ok(Keep::Alive) => {}
+            Ok(Keep::Close) => {
+                conn.closing = true;
+                conn.close_reason = Some(CloseReason::Local);
             }
             Err(e) => {
-                out.truncate(start);
                 fail(conn, pool, service, &e);
                 return buf.len();
             }
@@ -1243,28 +1230,11 @@ fn serve(
     pos
 }
 
-/// Run service code; a panic becomes an internal error for this request
-/// (the panic message goes to stderr through the panic hook), so one bad
-/// request cannot take the loop and its other connections down.
-fn guard<T>(f: impl FnOnce() -> Result<T, ServiceError>) -> Result<T, ServiceError> {
-    panic::catch_unwind(AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(ServiceError::Internal("handler panicked".into())))
-}
-
 /// Send the service's error reply and close after it.
 fn fail(conn: &mut Conn, pool: &mut BufPool, service: &dyn Service, error: &ServiceError) {
     debug!(peer = ?conn.peer, "request error: {error}");
-    let out = conn.out.tail(pool);
-    let start = out.len();
-    if guard(|| {
-        service.error_reply(error, out);
-        Ok(())
-    })
-    .is_err()
-    {
-        // A panicking error reply: close without one.
-        out.truncate(start);
-    }
+    // A panicking error reply closes without one.
+    service::reply_error(service, error, conn.out.tail(pool));
     conn.closing = true;
     conn.close_reason = Some(match error {
         ServiceError::TooLarge { .. } => CloseReason::TooLarge,

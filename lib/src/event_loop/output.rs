@@ -14,7 +14,8 @@ use std::sync::Arc;
 use crate::sys;
 
 /// Buffers kept for reuse by one loop.
-pub(crate) struct BufPool {
+#[derive(Default)]
+pub struct BufPool {
     free: Vec<Vec<u8>>,
 }
 
@@ -30,17 +31,17 @@ const SENDFILE_STEP: usize = 1 << 20;
 const MAX_IOVECS: usize = 64;
 
 impl BufPool {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         BufPool { free: Vec::new() }
     }
 
-    pub(crate) fn take(&mut self) -> Vec<u8> {
+    pub fn take(&mut self) -> Vec<u8> {
         self.free
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(FRESH_CAPACITY))
     }
 
-    pub(crate) fn give(&mut self, mut buf: Vec<u8>) {
+    pub fn give(&mut self, mut buf: Vec<u8>) {
         if buf.capacity() == 0 {
             return;
         }
@@ -62,7 +63,7 @@ enum Chunk {
 
 /// Bytes and file ranges waiting to be written to one connection.
 #[derive(Default)]
-pub(crate) struct OutQueue {
+pub struct OutQueue {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     head: usize,
@@ -70,7 +71,7 @@ pub(crate) struct OutQueue {
 
 /// How a flush ended.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Flushed {
+pub enum Flushed {
     /// Everything was written.
     All,
     /// The socket is full; wait for writability.
@@ -78,12 +79,12 @@ pub(crate) enum Flushed {
 }
 
 impl OutQueue {
-    pub(crate) fn is_empty(&self) -> bool {
+    pub fn is_empty(&self) -> bool {
         self.chunks.is_empty()
     }
 
     /// Pending bytes (file ranges count their remaining length).
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         let total: u64 = self
             .chunks
             .iter()
@@ -96,7 +97,7 @@ impl OutQueue {
     }
 
     /// The buffer new bytes are appended to.
-    pub(crate) fn tail(&mut self, pool: &mut BufPool) -> &mut Vec<u8> {
+    pub fn tail(&mut self, pool: &mut BufPool) -> &mut Vec<u8> {
         if !matches!(self.chunks.back(), Some(Chunk::Bytes(_))) {
             self.chunks.push_back(Chunk::Bytes(pool.take()));
         }
@@ -107,13 +108,13 @@ impl OutQueue {
         }
     }
 
-    pub(crate) fn push_bytes(&mut self, data: &[u8], pool: &mut BufPool) {
+    pub fn push_bytes(&mut self, data: &[u8], pool: &mut BufPool) {
         if !data.is_empty() {
             self.tail(pool).extend_from_slice(data);
         }
     }
 
-    pub(crate) fn push_file(&mut self, file: Arc<File>, offset: u64, len: u64) {
+    pub fn push_file(&mut self, file: Arc<File>, offset: u64, len: u64) {
         if len > 0 {
             self.chunks.push_back(Chunk::File {
                 file,
@@ -124,7 +125,7 @@ impl OutQueue {
     }
 
     /// Drop a trailing empty byte chunk (left when a handler wrote nothing).
-    pub(crate) fn trim(&mut self, pool: &mut BufPool) {
+    pub fn trim(&mut self, pool: &mut BufPool) {
         if let Some(Chunk::Bytes(b)) = self.chunks.back() {
             if b.is_empty() {
                 if let Some(Chunk::Bytes(b)) = self.chunks.pop_back() {
@@ -135,7 +136,7 @@ impl OutQueue {
     }
 
     /// Write as much as the socket takes.
-    pub(crate) fn flush<S>(&mut self, sock: &mut S, pool: &mut BufPool) -> io::Result<Flushed>
+    pub fn flush<S>(&mut self, sock: &mut S, pool: &mut BufPool) -> io::Result<Flushed>
     where
         S: Write + std::os::fd::AsFd,
     {
@@ -225,7 +226,7 @@ impl OutQueue {
     }
 
     /// Give every buffer back to the pool.
-    pub(crate) fn clear(&mut self, pool: &mut BufPool) {
+    pub fn clear(&mut self, pool: &mut BufPool) {
         for chunk in self.chunks.drain(..) {
             if let Chunk::Bytes(b) = chunk {
                 pool.give(b);

@@ -1,0 +1,186 @@
+//! hyper-hello: the hyper peer for HTTP runs. An HTTP/1.1 server on hyper 1
+//! and the tokio multi-thread runtime, written the way a careful hyper user
+//! would: one task per accepted connection runs `serve_connection`, every
+//! request gets `200 OK` with the body `Hello, World!` (text/plain), and
+//! connections are kept alive (hyper's default).
+//!
+//! hyper's defaults are kept otherwise: responses to pipelined requests are
+//! flushed one by one (no `pipeline_flush`), the 30 s header read timeout is
+//! in effect (a tokio timer is given), TCP_NODELAY is off unless
+//! `--nodelay`, as in tokio-echo and gaidaros.
+//!
+//! SIGTERM or SIGINT stops accepting and exits 0 within about a second,
+//! open connections or not, so a profiler wrapping it can write its output.
+//!
+//! Exit status: 0 after a signal, 1 when it cannot serve, 2 on bad
+//! arguments.
+
+use std::convert::Infallible;
+use std::ffi::OsString;
+use std::io;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use argh::FromArgs;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+
+#[derive(FromArgs)]
+/// HTTP/1.1 hello server on hyper and the tokio multi-thread runtime.
+struct Args {
+    /// runtime worker threads (default 2)
+    #[argh(option, default = "2")]
+    workers: usize,
+    /// TCP port; 0 (the default) picks a free one
+    #[argh(option, default = "0")]
+    port: u16,
+    /// address to bind (default 127.0.0.1)
+    #[argh(option, default = "String::from(\"127.0.0.1\")")]
+    host: String,
+    /// set TCP_NODELAY on connections
+    #[argh(switch)]
+    nodelay: bool,
+}
+
+/// The body of every response.
+const BODY: &[u8] = b"Hello, World!";
+
+/// How long connection tasks still running at a signal may take to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(code) => return code,
+    };
+    if args.workers == 0 {
+        eprintln!("hyper-hello: --workers must be at least 1");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.workers)
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hyper-hello: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = runtime.block_on(serve(args));
+    // Idle keep-alive connections are dropped rather than waited for.
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hyper-hello: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command line, or the exit code when there is nothing to run: 0 after
+/// `--help`, 2 on bad arguments (`argh::from_env` would exit 1).
+fn parse_args() -> Result<Args, ExitCode> {
+    let argv: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(OsString::into_string)
+        .collect::<Result<_, _>>()
+        .map_err(|arg| {
+            eprintln!("hyper-hello: not UTF-8: {}", arg.to_string_lossy());
+            ExitCode::from(2)
+        })?;
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    Args::from_args(&["hyper-hello"], &argv).map_err(|exit| match exit.status {
+        Ok(()) => {
+            println!("{}", exit.output);
+            ExitCode::SUCCESS
+        }
+        Err(()) => {
+            eprintln!(
+                "{}\nRun hyper-hello --help for more information.",
+                exit.output
+            );
+            ExitCode::from(2)
+        }
+    })
+}
+
+/// Accept and serve connections until SIGTERM or SIGINT.
+async fn serve(args: Args) -> io::Result<()> {
+    let listener = TcpListener::bind((args.host.as_str(), args.port)).await?;
+    let addr: SocketAddr = listener.local_addr()?;
+    // Installed before the announcement: a signal right after it still
+    // means a clean exit.
+    let mut stop = StopSignals::install()?;
+    eprintln!("listening addr={addr} workers={}", args.workers);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.recv() => return Ok(()),
+        };
+        let (stream, _) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of descriptors and the like: back off, keep serving.
+                eprintln!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if args.nodelay {
+            let _ = stream.set_nodelay(true);
+        }
+        tokio::spawn(async move {
+            // A peer that resets or sends garbage is not the server's
+            // error; hyper has already answered what it could.
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service_fn(hello))
+                .await;
+        });
+    }
+}
+
+/// The one response, whatever was asked.
+async fn hello(_request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut response = Response::new(Full::new(Bytes::from_static(BODY)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    Ok(response)
+}
+
+/// SIGTERM and SIGINT, the signals that stop the server.
+struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    fn install() -> io::Result<StopSignals> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Wait for either signal.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}

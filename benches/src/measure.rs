@@ -1,0 +1,212 @@
+//! What the runner reads off a server process while a load runs: syscalls
+//! and context switches (perf tracepoints), user-space instructions
+//! (valgrind's callgrind), resident memory (`/proc/PID/status`), and the
+//! medians and ratios the tables are made of.
+//!
+//! Why callgrind for instructions: on virtual machines without hardware
+//! counters `perf stat -e instructions` reports "not supported", and where
+//! it works it drifts with steal time. Callgrind counts the instructions a
+//! process executes in user space, the same total for the same work
+//! whatever the machine is doing; it cannot see the kernel, so syscalls per
+//! request stand in for the kernel's share.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+/// Syscalls and context switches of one process over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PerfCounts {
+    /// Every syscall entered by any thread (`raw_syscalls:sys_enter`).
+    pub syscalls: Option<u64>,
+    /// Context switches.
+    pub context_switches: Option<u64>,
+}
+
+/// `perf stat` attached to a running process.
+#[derive(Debug)]
+pub struct Perf {
+    child: Child,
+    out: PathBuf,
+}
+
+const PERF_EVENTS: &str = "raw_syscalls:sys_enter,context-switches";
+
+impl Perf {
+    /// Whether perf is installed and may read syscall tracepoints here.
+    pub fn available() -> bool {
+        Command::new("perf")
+            .args(["stat", "-x,", "-e", PERF_EVENTS, "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Start counting the syscalls of process `pid`; the CSV goes to `out`.
+    pub fn attach(pid: u32, out: &Path) -> io::Result<Perf> {
+        let child = Command::new("perf")
+            .args([
+                "stat",
+                "-x,",
+                "-e",
+                PERF_EVENTS,
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
+            .arg(out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        // perf needs a moment to attach before the load starts.
+        thread::sleep(Duration::from_millis(150));
+        Ok(Perf {
+            child,
+            out: out.to_path_buf(),
+        })
+    }
+
+    /// Stop counting (SIGINT, as perf expects) and read the counts.
+    pub fn finish(mut self) -> io::Result<PerfCounts> {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT).map_err(io::Error::from)?;
+        self.child.wait()?;
+        Ok(parse_perf_csv(&fs::read_to_string(&self.out)?))
+    }
+}
+
+/// The counts in `perf stat -x,` output (`count,unit,event,...` lines).
+pub fn parse_perf_csv(csv: &str) -> PerfCounts {
+    let mut counts = PerfCounts::default();
+    for line in csv.lines().filter(|l| !l.starts_with('#')) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let (Some(count), Some(event)) = (fields.first(), fields.get(2)) else {
+            continue;
+        };
+        let Ok(count) = count.parse::<u64>() else {
+            continue;
+        };
+        match *event {
+            "raw_syscalls:sys_enter" => counts.syscalls = Some(count),
+            "context-switches" => counts.context_switches = Some(count),
+            _ => {}
+        }
+    }
+    counts
+}
+
+/// Whether valgrind (for callgrind) is installed.
+pub fn callgrind_available() -> bool {
+    Command::new("valgrind")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `cmd` wrapped in callgrind, writing its profile to `out`.
+pub fn under_callgrind(cmd: &Command, out: &Path) -> Command {
+    let mut wrapped = Command::new("valgrind");
+    wrapped
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => wrapped.env(k, v),
+            None => wrapped.env_remove(k),
+        };
+    }
+    wrapped
+}
+
+/// The instruction total of a callgrind profile (its `totals:` line, or
+/// `summary:` in older formats).
+pub fn callgrind_total(profile: &str) -> Option<u64> {
+    let pick = |key: &str| {
+        profile
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    pick("totals:").or_else(|| pick("summary:"))
+}
+
+/// Resident memory of process `pid`, in bytes (`VmRSS`).
+pub fn rss_bytes(pid: u32) -> io::Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS in /proc/PID/status"))
+}
+
+/// The median of `values` (the mean of the middle two for an even count);
+/// NaNs are ignored. `None` when there is nothing left.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_perf_csv() {
+        let csv = "# started on Sun Nov 22\n\n1234,,raw_syscalls:sys_enter,916907,100.00,,\n\
+                   56,,context-switches,916907,100.00,,\n<not counted>,,cycles,0,0,,\n";
+        assert_eq!(
+            parse_perf_csv(csv),
+            PerfCounts {
+                syscalls: Some(1234),
+                context_switches: Some(56)
+            }
+        );
+        assert_eq!(parse_perf_csv(""), PerfCounts::default());
+    }
+
+    #[test]
+    fn reads_callgrind_totals() {
+        assert_eq!(
+            callgrind_total("events: Ir\nsummary: 209948779\ntotals: 209948961\n"),
+            Some(209948961)
+        );
+        assert_eq!(callgrind_total("events: Ir\nsummary: 42\n"), Some(42));
+        assert_eq!(callgrind_total("events: Ir\n"), None);
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(&[f64::NAN, 5.0]), Some(5.0));
+    }
+
+    #[test]
+    fn own_rss_is_readable() {
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+    }
+}
