@@ -6,6 +6,7 @@
 //! ```text
 //!   loop buffer ──next_frame──► frame ──respond──► OutQueue ──flush──► socket
 //!   (framing)                   (respond)          (write_path)
+//!   └──────────── serve_batch (what the loop runs per read) ─┘
 //! ```
 //!
 //! These time one step each; they say nothing about a whole server under
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gaidaros::event_loop::output::{BufPool, Flushed, OutQueue};
-use gaidaros::service::{next_frame, respond};
+use gaidaros::service::{next_frame, respond, serve_batch, BatchEnd};
 use gaidaros::{Limits, Service};
 use gaidaros_echo::Echo;
 use gaidaros_multiline::Multiline;
@@ -144,6 +145,33 @@ fn respond_path(c: &mut Criterion) {
     group.finish();
 }
 
+/// The loop's service path for one read: every pipelined request framed,
+/// dispatched and answered into one output buffer under one panic guard
+/// (`service::serve_batch`). Per element = per request.
+fn batch_path(c: &mut Criterion) {
+    let max_request = Limits::default().max_request;
+    let mut group = c.benchmark_group("serve_batch");
+    for n in [1, PIPELINED] {
+        let buf = pipelined(n, |seed| line(REQUEST_LEN, seed));
+        let mut out = Vec::with_capacity(buf.len());
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(
+            BenchmarkId::new("echo", format!("{n}x64B")),
+            &buf,
+            |b, buf| {
+                b.iter(|| {
+                    out.clear();
+                    serve_batch(&Echo, black_box(buf), max_request, &mut out, |_| false)
+                })
+            },
+        );
+        let done = serve_batch(&Echo, &buf, max_request, &mut Vec::new(), |_| false);
+        assert_eq!(done.consumed, buf.len(), "every request served");
+        assert_eq!(done.end, BatchEnd::NeedMore);
+    }
+    group.finish();
+}
+
 /// A connected TCP loopback pair: the nonblocking writing end, and a thread
 /// that reads the other end until EOF and returns the byte count.
 fn drained_socket() -> (TcpStream, JoinHandle<io::Result<u64>>) {
@@ -233,5 +261,5 @@ fn write_path(c: &mut Criterion) {
     assert_eq!(drained, sent, "bytes drained vs bytes flushed");
 }
 
-criterion_group!(hot_paths, framing, respond_path, write_path);
+criterion_group!(hot_paths, framing, respond_path, batch_path, write_path);
 criterion_main!(hot_paths);

@@ -118,13 +118,21 @@ fn accept_one(listener: &TcpListener) -> io::Result<TcpStream> {
     }
 }
 
+/// The forwarder as shipped: bytes spliced in the kernel.
 fn forwarder(mode: Mode, upstream: SocketAddr) -> Server {
+    forwarder_with(mode, upstream, true)
+}
+
+/// `splice = false`: bytes go through the handler's on_data and are copied.
+fn forwarder_with(mode: Mode, upstream: SocketAddr, splice: bool) -> Server {
     gaidaros()
         .args(&[
             "--handler",
             "forward",
             "-o",
             &format!("upstream={upstream}"),
+            "-o",
+            &format!("splice={splice}"),
         ])
         .mode(mode)
         .start()
@@ -137,8 +145,22 @@ struct UpstreamReport {
 }
 
 fn forward_moves_64_mib_each_way_intact_to_a_slow_upstream(mode: Mode) {
+    moves_64_mib_each_way(mode, true);
+}
+
+#[test]
+fn copying_forward_moves_64_mib_each_way_intact_to_a_slow_upstream() {
+    moves_64_mib_each_way(Mode::Thread, false);
+}
+
+#[test]
+fn copying_forward_delivers_bytes_and_fin_sent_before_upstream_accepts() {
+    early_bytes_and_fin(Mode::Thread, false);
+}
+
+fn moves_64_mib_each_way(mode: Mode, splice: bool) {
     let upstream = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-    let server = forwarder(mode, upstream.local_addr().expect("upstream addr"));
+    let server = forwarder_with(mode, upstream.local_addr().expect("upstream addr"), splice);
 
     // The upstream: reads slowly, and concurrently sends its own 64 MiB,
     // the last MiB only after it has seen the client's EOF.
@@ -261,8 +283,12 @@ fn forward_closes_the_client_when_upstream_is_unreachable(mode: Mode) {
 }
 
 fn forward_delivers_bytes_and_fin_sent_before_upstream_accepts(mode: Mode) {
+    early_bytes_and_fin(mode, true);
+}
+
+fn early_bytes_and_fin(mode: Mode, splice: bool) {
     let upstream = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-    let server = forwarder(mode, upstream.local_addr().expect("upstream addr"));
+    let server = forwarder_with(mode, upstream.local_addr().expect("upstream addr"), splice);
     // The client says everything and half-closes at once, before the
     // upstream has even accepted.
     let mut c = connect(server.addr());

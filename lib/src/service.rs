@@ -110,6 +110,102 @@ pub fn line_end(buf: &[u8]) -> Option<usize> {
     memchr::memchr(b'\n', buf).map(|i| i + 1)
 }
 
+/// How [`serve_batch`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BatchEnd {
+    /// No complete request is left; the unconsumed bytes are the start of
+    /// the next one.
+    NeedMore,
+    /// The `stop` callback asked to pause after a response.
+    Stopped,
+    /// The service answered [`Keep::Close`]: nothing after that request is
+    /// read.
+    Close,
+    /// A request failed: send the error reply and close. Every byte counts
+    /// as consumed.
+    Error(ServiceError),
+}
+
+/// The result of [`serve_batch`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Bytes of the buffer used up by the requests served.
+    pub consumed: usize,
+    /// Why the batch ended.
+    pub end: BatchEnd,
+}
+
+/// Run the complete requests at the front of `buf` through `service`,
+/// appending their responses to `out` in order: the loop's whole service
+/// path for the bytes of one read.
+///
+/// Framing follows [`next_frame`], dispatch [`respond`]. After each
+/// response `stop(out)` may end the batch (the loop uses it for the output
+/// cap and for `-K`, which writes every response on its own). One panic
+/// guard covers the batch: a panic fails the request that raised it, the
+/// responses before it stay, its partial response is removed.
+pub fn serve_batch(
+    service: &dyn Service,
+    buf: &[u8],
+    max_request: usize,
+    out: &mut Vec<u8>,
+    mut stop: impl FnMut(&mut Vec<u8>) -> bool,
+) -> Batch {
+    // Where the current request's response starts.
+    let mut mark = out.len();
+    let run = panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut pos = 0;
+        while pos < buf.len() {
+            mark = out.len();
+            let rest = &buf[pos..];
+            let len = match frame_len(service.end_request(rest), rest.len(), max_request) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => {
+                    return Batch {
+                        consumed: buf.len(),
+                        end: BatchEnd::Error(e),
+                    }
+                }
+            };
+            pos += len;
+            match dispatch(service, &rest[..len], out, mark) {
+                Ok(Keep::Alive) => {}
+                Ok(Keep::Close) => {
+                    return Batch {
+                        consumed: pos,
+                        end: BatchEnd::Close,
+                    }
+                }
+                Err(e) => {
+                    out.truncate(mark);
+                    return Batch {
+                        consumed: buf.len(),
+                        end: BatchEnd::Error(e),
+                    };
+                }
+            }
+            if stop(out) {
+                return Batch {
+                    consumed: pos,
+                    end: BatchEnd::Stopped,
+                };
+            }
+        }
+        Batch {
+            consumed: pos,
+            end: BatchEnd::NeedMore,
+        }
+    }));
+    run.unwrap_or_else(|_| {
+        out.truncate(mark);
+        Batch {
+            consumed: buf.len(),
+            end: BatchEnd::Error(panicked()),
+        }
+    })
+}
+
 /// Framing as the loop runs it: the length of the complete request at the
 /// front of `buf`, `Ok(None)` when more bytes are needed, or an error when
 /// the bytes can never become a request of at most `max_request` bytes (a
@@ -120,11 +216,20 @@ pub fn next_frame(
     buf: &[u8],
     max_request: usize,
 ) -> Result<Option<usize>, ServiceError> {
-    match guard(|| service.end_request(buf)) {
+    guard(|| frame_len(service.end_request(buf), buf.len(), max_request))
+}
+
+/// The framing rules around [`Service::end_request`]'s answer.
+fn frame_len(
+    framed: Result<Option<usize>, ServiceError>,
+    available: usize,
+    max_request: usize,
+) -> Result<Option<usize>, ServiceError> {
+    match framed {
         Ok(Some(0)) => Err(ServiceError::Malformed("empty frame".into())),
         Ok(Some(len)) if len > max_request => Err(ServiceError::TooLarge { limit: max_request }),
-        Ok(Some(len)) => Ok(Some(len.min(buf.len()))),
-        Ok(None) if buf.len() >= max_request => Err(ServiceError::TooLarge { limit: max_request }),
+        Ok(Some(len)) => Ok(Some(len.min(available))),
+        Ok(None) if available >= max_request => Err(ServiceError::TooLarge { limit: max_request }),
         other => other,
     }
 }
@@ -139,18 +244,31 @@ pub fn respond(
     out: &mut Vec<u8>,
 ) -> Result<Keep, ServiceError> {
     let start = out.len();
-    let result = guard(|| {
-        let request = service.split_request(frame);
-        let keep = service
-            .decode(request)
-            .and_then(|req| service.handle(&req, out))?;
-        service.encode(out, start);
-        Ok(keep)
-    });
+    let result = guard(|| dispatch(service, frame, out, start));
     if result.is_err() {
         out.truncate(start);
     }
     result
+}
+
+/// split_request, decode, handle, encode; the response starts at `start`.
+#[inline]
+fn dispatch(
+    service: &dyn Service,
+    frame: &[u8],
+    out: &mut Vec<u8>,
+    start: usize,
+) -> Result<Keep, ServiceError> {
+    let request = service.split_request(frame);
+    let keep = service
+        .decode(request)
+        .and_then(|req| service.handle(&req, out))?;
+    service.encode(out, start);
+    Ok(keep)
+}
+
+fn panicked() -> ServiceError {
+    ServiceError::Internal("handler panicked".into())
 }
 
 /// Append the service's error reply for `error` to `out`; a panicking
@@ -172,8 +290,7 @@ pub fn reply_error(service: &dyn Service, error: &ServiceError, out: &mut Vec<u8
 /// (the panic message goes to stderr through the panic hook), so one bad
 /// request cannot take the loop and its other connections down.
 fn guard<T>(f: impl FnOnce() -> Result<T, ServiceError>) -> Result<T, ServiceError> {
-    panic::catch_unwind(AssertUnwindSafe(f))
-        .unwrap_or_else(|_| Err(ServiceError::Internal("handler panicked".into())))
+    panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| Err(panicked()))
 }
 
 #[cfg(test)]
@@ -186,6 +303,84 @@ mod tests {
             response.extend_from_slice(request);
             Ok(Keep::Alive)
         }
+    }
+
+    /// Echoes lines; `close` ends the connection, `boom` panics, `bad`
+    /// fails.
+    struct Picky;
+    impl Service for Picky {
+        fn handle(&self, request: &[u8], response: &mut Vec<u8>) -> Result<Keep, ServiceError> {
+            response.extend_from_slice(request);
+            match request {
+                b"close\n" => Ok(Keep::Close),
+                b"boom\n" => panic!("boom"),
+                b"bad\n" => Err(ServiceError::Malformed("bad".into())),
+                _ => Ok(Keep::Alive),
+            }
+        }
+    }
+
+    fn batch(buf: &[u8], stop_after: usize) -> (Batch, Vec<u8>) {
+        let mut out = b"old|".to_vec();
+        let mut n = 0;
+        let b = serve_batch(&Picky, buf, 16, &mut out, |_| {
+            n += 1;
+            n >= stop_after
+        });
+        (b, out)
+    }
+
+    #[test]
+    fn a_batch_serves_every_complete_request_in_order() {
+        let (b, out) = batch(b"a\nbb\ncc", usize::MAX);
+        assert_eq!(
+            b,
+            Batch {
+                consumed: 5,
+                end: BatchEnd::NeedMore
+            }
+        );
+        assert_eq!(out, b"old|a\nbb\n");
+    }
+
+    #[test]
+    fn a_batch_stops_when_asked_and_at_close() {
+        let (b, out) = batch(b"a\nb\nc\n", 2);
+        assert_eq!(
+            b,
+            Batch {
+                consumed: 4,
+                end: BatchEnd::Stopped
+            }
+        );
+        assert_eq!(out, b"old|a\nb\n");
+        let (b, out) = batch(b"a\nclose\nc\n", usize::MAX);
+        assert_eq!(
+            b,
+            Batch {
+                consumed: 8,
+                end: BatchEnd::Close
+            }
+        );
+        assert_eq!(out, b"old|a\nclose\n");
+    }
+
+    #[test]
+    fn a_panic_fails_its_request_and_keeps_the_earlier_responses() {
+        let (b, out) = batch(b"a\nboom\nc\n", usize::MAX);
+        assert_eq!(b.consumed, 9);
+        assert!(matches!(b.end, BatchEnd::Error(ServiceError::Internal(_))));
+        assert_eq!(out, b"old|a\n");
+    }
+
+    #[test]
+    fn errors_and_oversized_requests_end_the_batch() {
+        let (b, out) = batch(b"a\nbad\nc\n", usize::MAX);
+        assert!(matches!(b.end, BatchEnd::Error(ServiceError::Malformed(_))));
+        assert_eq!(out, b"old|a\n");
+        let (b, out) = batch(b"a\n0123456789abcdefXYZ", usize::MAX);
+        assert_eq!(b.end, BatchEnd::Error(ServiceError::TooLarge { limit: 16 }));
+        assert_eq!(out, b"old|a\n");
     }
 
     #[test]

@@ -42,3 +42,72 @@ pub fn is_resource_exhaustion(err: &io::Error) -> bool {
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
     )
 }
+
+/// A kernel pipe used to move socket bytes to another socket without
+/// copying them through user space: `splice(2)` from the source socket
+/// into the pipe, then from the pipe into the destination socket (the
+/// pages move by reference on Linux). Both ends are non-blocking.
+#[derive(Debug)]
+pub struct Pipe {
+    read: std::os::fd::OwnedFd,
+    write: std::os::fd::OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    /// A pipe holding up to about `want` bytes: the kernel rounds to pages
+    /// and caps it at `/proc/sys/fs/pipe-max-size` for unprivileged users;
+    /// if it refuses the size, the default (64 KiB) stays.
+    pub fn new(want: usize) -> io::Result<Pipe> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        use std::os::fd::AsRawFd;
+        let (read, write) =
+            nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+        let want = i32::try_from(want).unwrap_or(i32::MAX);
+        // Refused sizes (over the limit) keep the default: not an error.
+        let _ = fcntl(write.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(want));
+        let capacity = fcntl(write.as_raw_fd(), FcntlArg::F_GETPIPE_SZ).map_err(io::Error::from)?;
+        Ok(Pipe {
+            read,
+            write,
+            capacity: usize::try_from(capacity).unwrap_or(0),
+        })
+    }
+
+    /// Bytes the pipe holds when full.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Move up to `len` bytes from `socket` into the pipe. Ok(0) is the
+    /// peer's end of stream; WouldBlock means nothing to read (the caller
+    /// keeps `len` within the pipe's free room, so a full pipe is never
+    /// the reason).
+    pub fn fill_from(&self, socket: impl AsFd, len: usize) -> io::Result<usize> {
+        use nix::fcntl::{splice, SpliceFFlags};
+        splice(
+            socket,
+            None,
+            &self.write,
+            None,
+            len,
+            SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+        )
+        .map_err(io::Error::from)
+    }
+
+    /// Move up to `len` bytes from the pipe to `socket`. WouldBlock means
+    /// the socket's send buffer is full.
+    pub fn drain_to(&self, socket: impl AsFd, len: usize) -> io::Result<usize> {
+        use nix::fcntl::{splice, SpliceFFlags};
+        splice(
+            &self.read,
+            None,
+            socket,
+            None,
+            len,
+            SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
+        )
+        .map_err(io::Error::from)
+    }
+}

@@ -5,6 +5,12 @@
 //! the cap stops being read until it drains), and a half-close (FIN) on one
 //! side is passed to the other. When either side fails, the other is closed
 //! after its pending output is written.
+//!
+//! By default the bytes never enter user space: the session asks the loop
+//! to splice each side into the other ([`Ctx::splice`]). With
+//! `-o splice=false` (or when the kernel refuses a pipe) they go through
+//! `on_data` and are copied, which is what a handler that inspects or
+//! rewrites the stream does.
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -21,12 +27,22 @@ use tracing::debug;
 #[derive(Debug, Clone)]
 pub struct ForwardFactory {
     upstream: SocketAddr,
+    splice: bool,
 }
 
 impl ForwardFactory {
-    /// Forward to `upstream`.
+    /// Forward to `upstream`, splicing in the kernel.
     pub fn new(upstream: SocketAddr) -> Self {
-        ForwardFactory { upstream }
+        ForwardFactory {
+            upstream,
+            splice: true,
+        }
+    }
+
+    /// Copy through `on_data` instead of splicing (`splice = false`).
+    pub fn copying(mut self) -> Self {
+        self.splice = false;
+        self
     }
 }
 
@@ -34,6 +50,7 @@ impl ProtocolFactory for ForwardFactory {
     fn open(&self) -> Box<dyn Protocol> {
         Box::new(Forward {
             upstream: self.upstream,
+            splice: self.splice,
             client: None,
             server: None,
             eof: [false; 2],
@@ -45,6 +62,7 @@ impl ProtocolFactory for ForwardFactory {
 #[derive(Debug)]
 pub struct Forward {
     upstream: SocketAddr,
+    splice: bool,
     client: Option<ConnId>,
     server: Option<ConnId>,
     /// End of input seen from [client, server].
@@ -69,7 +87,18 @@ impl Protocol for Forward {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
         self.client = Some(conn);
         match ctx.connect(self.upstream) {
-            Ok(server) => self.server = Some(server),
+            Ok(server) => {
+                self.server = Some(server);
+                if self.splice {
+                    let both = ctx
+                        .splice(conn, server)
+                        .and_then(|()| ctx.splice(server, conn));
+                    if let Err(e) = both {
+                        // on_data still carries the bytes, copied.
+                        debug!("splice unavailable, copying: {e}");
+                    }
+                }
+            }
             Err(e) => {
                 debug!(upstream = %self.upstream, "cannot connect upstream: {e}");
                 ctx.close(conn);
@@ -140,7 +169,10 @@ fn build(options: &Options) -> Result<Handler, OptionError> {
             value: raw.clone(),
             expected: "HOST:PORT that resolves, e.g. 127.0.0.1:9000".into(),
         })?;
-    Ok(Handler::Protocol(Arc::new(ForwardFactory::new(upstream))))
+    let splice: bool = options.parse_or("splice", true, "true or false")?;
+    let factory = ForwardFactory::new(upstream);
+    let factory = if splice { factory } else { factory.copying() };
+    Ok(Handler::Protocol(Arc::new(factory)))
 }
 
 /// Registry entry.
@@ -148,11 +180,19 @@ pub fn spec() -> HandlerSpec {
     HandlerSpec {
         name: "forward",
         about: "TCP port forwarder to an upstream, with backpressure and half-close",
-        options: &[OptionSpec {
-            name: "upstream",
-            default: None,
-            help: "HOST:PORT to forward connections to",
-        }],
+        options: &[
+            OptionSpec {
+                name: "upstream",
+                default: None,
+                help: "HOST:PORT to forward connections to",
+            },
+            OptionSpec {
+                name: "splice",
+                default: Some("true"),
+                help:
+                    "move bytes in the kernel with splice(2); false copies them through the handler",
+            },
+        ],
         build,
     }
 }

@@ -147,6 +147,46 @@ impl Ctx<'_> {
         self.core.cancelled.insert(timer);
     }
 
+    /// From now on, move the bytes arriving on `from` to `to` inside the
+    /// kernel (splice(2) through a pipe the loop owns) instead of passing
+    /// them to [`crate::Protocol::on_data`]: a relay without copies through
+    /// user space. They queue behind what `to` already has pending and
+    /// count towards its cap (the pipe's capacity, at most the output cap);
+    /// when `to` is full, reading `from` pauses and resumes by itself once
+    /// `to` drains to half. The end of `from`'s stream still arrives as
+    /// [`crate::Protocol::on_read_closed`]. Both connections must belong to
+    /// this session; a closed `to` sends `from`'s bytes to `on_data` again.
+    pub fn splice(&mut self, from: ConnId, to: ConnId) -> io::Result<()> {
+        if from == to {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "cannot splice a connection to itself",
+            ));
+        }
+        if self.conn(from).is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "splice source is closed",
+            ));
+        }
+        let to_slot = to.slot as usize;
+        let cap = {
+            let Some(dest) = self.conn(to) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "splice destination is closed",
+                ));
+            };
+            self.core.setups[dest.listener].limits.output_cap
+        };
+        self.core.conns[to_slot].out.attach_pipe(cap)?;
+        self.core.conns[to_slot].fed_by = Some(from);
+        self.core.conns[from.slot as usize].splice_to = Some(to);
+        // Bytes may already wait on `from`: no new edge would announce them.
+        self.core.ready.push_back(from);
+        Ok(())
+    }
+
     /// Send FIN on `conn` once its pending output is written; reading goes on.
     pub fn shutdown_write(&mut self, conn: ConnId) {
         let slot = conn.slot as usize;

@@ -54,7 +54,7 @@ pub use ctx::Ctx;
 use crate::handler::Handler;
 use crate::net::{self, ConnOptions};
 use crate::protocol::{CloseReason, ConnId, Protocol, TimerId};
-use crate::service::{self, Keep, Service, ServiceError};
+use crate::service::{self, BatchEnd, Service, ServiceError};
 use crate::sys;
 use output::{BufPool, OutQueue};
 use timer::{Due, Timers};
@@ -203,6 +203,14 @@ pub(crate) struct Conn {
     /// The poller reported the peer's FIN or an error: read to the end
     /// even after a short read (no new edge will come for it).
     hup: bool,
+    /// Bytes read from this connection are spliced to that one's pipe
+    /// instead of going through `on_data` ([`Ctx::splice`]).
+    splice_to: Option<ConnId>,
+    /// The connection whose bytes are spliced into this one's pipe.
+    fed_by: Option<ConnId>,
+    /// Splicing stopped because the destination is at its cap; resumed
+    /// when it drains to half.
+    splice_stalled: bool,
 }
 
 impl Conn {
@@ -230,6 +238,9 @@ impl Conn {
             writable_interest: false,
             dirty: false,
             hup: false,
+            splice_to: None,
+            fed_by: None,
+            splice_stalled: false,
         }
     }
 
@@ -242,6 +253,7 @@ impl Conn {
 
     fn reading_blocked(&self) -> bool {
         self.read_paused
+            || self.splice_stalled
             || (self.over_cap && self.session.is_none())
             || self.read_eof
             || (self.closing && self.linger_deadline.is_none())
@@ -638,7 +650,8 @@ impl Loop {
                         break;
                     }
                 }
-                ReadStep::Eof | ReadStep::Stop => break,
+                // Services are never spliced.
+                ReadStep::Eof | ReadStep::Stop | ReadStep::Spliced { .. } => break,
                 ReadStep::Failed(kind) => {
                     core.abort(slot, CloseReason::Io(kind));
                     return;
@@ -664,7 +677,16 @@ impl Loop {
             let Some(id) = core.conns.get(slot).map(|c| c.id(slot)) else {
                 return;
             };
-            match core.read_step(slot, &mut budget, &mut self.scratch[..recv]) {
+            let step = match core.conns[slot].splice_to {
+                Some(to) => core.splice_step(slot, to, &mut budget),
+                None => core.read_step(slot, &mut budget, &mut self.scratch[..recv]),
+            };
+            match step {
+                ReadStep::Spliced { drained } => {
+                    if drained && !core.conns[slot].hup {
+                        break;
+                    }
+                }
                 ReadStep::Eof => {
                     core.call(key, |p, ctx| p.on_read_closed(ctx, id));
                     break;
@@ -752,6 +774,12 @@ impl Loop {
 enum ReadStep {
     /// `n` bytes are in the buffer.
     Data(usize),
+    /// Bytes were spliced to the destination's pipe; `drained` when fewer
+    /// came than there was room for (the socket's queue is empty).
+    Spliced {
+        /// A short splice: no need to try again before the next edge.
+        drained: bool,
+    },
     /// The peer sent FIN.
     Eof,
     /// Nothing more now: would block, reading is blocked, or the budget is
@@ -791,6 +819,76 @@ impl Core {
                 Err(e) => return ReadStep::Failed(e.kind()),
             }
         }
+    }
+
+    /// One splice(2) from `slot`'s socket into the pipe of `to`'s output
+    /// queue, within the event's `budget` and the pipe's free room.
+    fn splice_step(&mut self, slot: usize, to: ConnId, budget: &mut usize) -> ReadStep {
+        let to_slot = to.slot as usize;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return ReadStep::Stop;
+        };
+        if conn.reading_blocked() {
+            return ReadStep::Stop;
+        }
+        let id = conn.id(slot);
+        let room = self
+            .conns
+            .get(to_slot)
+            .filter(|d| d.generation == to.generation)
+            .and_then(|d| d.out.pipe_room())
+            .map(|(_, room)| room);
+        let Some(room) = room else {
+            // The destination is gone: its bytes go through on_data again.
+            self.conns[slot].splice_to = None;
+            self.ready.push_back(id);
+            return ReadStep::Stop;
+        };
+        if room == 0 {
+            // Full: wait until the destination drains to half its cap.
+            self.conns[slot].splice_stalled = true;
+            self.conns[to_slot].over_cap = true;
+            return ReadStep::Stop;
+        }
+        if *budget == 0 {
+            self.ready.push_back(id);
+            return ReadStep::Stop;
+        }
+        *budget -= 1;
+        let Some((src, dst)) = self.conns.get2_mut(slot, to_slot) else {
+            return ReadStep::Stop;
+        };
+        let Some((pipe, _)) = dst.out.pipe_room() else {
+            return ReadStep::Stop;
+        };
+        loop {
+            match pipe.fill_from(&src.sock, room) {
+                Ok(0) => {
+                    src.read_eof = true;
+                    return ReadStep::Eof;
+                }
+                Ok(n) => {
+                    src.last_active = self.now;
+                    dst.out.push_piped(n);
+                    self.mark_dirty(to_slot);
+                    if !self.note_output(to_slot) {
+                        self.conns[slot].splice_stalled = true;
+                    }
+                    return ReadStep::Spliced { drained: n < room };
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadStep::Stop,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return ReadStep::Failed(e.kind()),
+            }
+        }
+    }
+
+    /// The output cap of `slot`: its listener's, or its pipe's capacity
+    /// when another connection is spliced into it.
+    fn cap_of(&self, slot: usize) -> usize {
+        let conn = &self.conns[slot];
+        let cap = self.setups[conn.listener].limits.output_cap;
+        conn.out.pipe_capacity().map_or(cap, |p| cap.min(p))
     }
 
     fn get(&self, id: ConnId) -> Option<&Conn> {
@@ -886,7 +984,7 @@ impl Core {
     /// After output was queued on `slot`: note whether it is over the cap.
     /// Returns `true` while under it.
     fn note_output(&mut self, slot: usize) -> bool {
-        let cap = self.setups[self.conns[slot].listener].limits.output_cap;
+        let cap = self.cap_of(slot);
         let conn = &mut self.conns[slot];
         if conn.out.len() >= cap {
             conn.over_cap = true;
@@ -986,7 +1084,6 @@ impl Core {
                 }
             }
         }
-        let cap = self.setups[conn.listener].limits.output_cap;
         let cork = self.setups[conn.listener].conn_options.cork;
         let id = conn.id(slot);
         if conn.out.is_empty() {
@@ -1041,12 +1138,24 @@ impl Core {
                 return;
             }
         }
+        let cap = self.cap_of(slot);
+        let conn = &mut self.conns[slot];
         if conn.over_cap && conn.out.len() <= cap / 2 {
             conn.over_cap = false;
             match conn.session {
                 // Services: answer what is buffered, then read again.
                 None => self.ready.push_back(id),
                 Some(key) => self.deferred.push_back(Deferred::Writable(key, id)),
+            }
+            if let Some(src) = conn.fed_by {
+                if let Some(s) = self
+                    .conns
+                    .get_mut(src.slot as usize)
+                    .filter(|s| s.generation == src.generation && s.splice_stalled)
+                {
+                    s.splice_stalled = false;
+                    self.ready.push_back(src);
+                }
             }
         }
     }
@@ -1191,31 +1300,32 @@ fn serve(
 ) -> usize {
     let max = setup.limits.max_request;
     let cap = setup.limits.output_cap;
+    let coalesce = setup.coalesce;
     let mut pos = 0;
-    while pos < buf.len() && !conn.closing && !conn.over_cap {
-        let rest = &buf[pos..];
-        let len = match service::next_frame(service, rest, max) {
-            Ok(Some(len)) => len,
-            Ok(None) => break,
-            Err(e) => {
-                fail(conn, pool, service, &e);
-                return buf.len();
-            }
-        };
-        pos += len;
-        match service::respond(service, &rest[..len], conn.out.tail(pool)) {
-            Ok(Keep::Alive) => {}
-            Ok(Keep::Close) => {
+    while !conn.closing && !conn.over_cap {
+        // Output pending before this batch, and where the batch starts
+        // appending in the tail buffer.
+        let queued = conn.out.len();
+        let tail = conn.out.tail(pool);
+        let start = tail.len();
+        let batch = service::serve_batch(service, &buf[pos..], max, tail, |out| {
+            // -K stops after every response so it leaves at once.
+            !coalesce || queued + out.len().saturating_sub(start) >= cap
+        });
+        pos += batch.consumed;
+        match batch.end {
+            BatchEnd::NeedMore => break,
+            BatchEnd::Close => {
                 conn.closing = true;
                 conn.close_reason = Some(CloseReason::Local);
             }
-            Err(e) => {
+            BatchEnd::Error(e) => {
                 fail(conn, pool, service, &e);
                 return buf.len();
             }
+            BatchEnd::Stopped => {}
         }
-        if !setup.coalesce {
-            // -K: every response leaves as soon as it exists.
+        if !coalesce {
             if let Err(e) = conn.out.flush(&mut conn.sock, pool) {
                 conn.closing = true;
                 conn.close_reason = Some(CloseReason::Io(e.kind()));

@@ -54,6 +54,8 @@ impl BufPool {
 
 enum Chunk {
     Bytes(Vec<u8>),
+    /// Bytes waiting in the queue's pipe (spliced from another socket).
+    Piped(usize),
     File {
         file: Arc<File>,
         offset: u64,
@@ -67,6 +69,10 @@ pub struct OutQueue {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     head: usize,
+    /// The pipe spliced bytes wait in, once a splice feeds this queue.
+    pipe: Option<sys::Pipe>,
+    /// Bytes in the pipe (the sum of the Piped chunks).
+    piped: usize,
 }
 
 /// How a flush ended.
@@ -90,6 +96,7 @@ impl OutQueue {
             .iter()
             .map(|c| match c {
                 Chunk::Bytes(b) => b.len() as u64,
+                Chunk::Piped(n) => *n as u64,
                 Chunk::File { remaining, .. } => *remaining,
             })
             .sum();
@@ -124,6 +131,42 @@ impl OutQueue {
         }
     }
 
+    /// Give this queue a pipe so another socket's bytes can be spliced into
+    /// it ([`OutQueue::pipe_room`], [`OutQueue::push_piped`]). Keeps an
+    /// existing pipe.
+    pub fn attach_pipe(&mut self, capacity: usize) -> io::Result<()> {
+        if self.pipe.is_none() {
+            self.pipe = Some(sys::Pipe::new(capacity)?);
+        }
+        Ok(())
+    }
+
+    /// The pipe, its capacity and the free room in it.
+    pub fn pipe_room(&self) -> Option<(&sys::Pipe, usize)> {
+        self.pipe
+            .as_ref()
+            .map(|p| (p, p.capacity().saturating_sub(self.piped)))
+    }
+
+    /// Record `n` bytes just spliced into the pipe: they leave after
+    /// everything queued before them.
+    pub fn push_piped(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.piped += n;
+        if let Some(Chunk::Piped(last)) = self.chunks.back_mut() {
+            *last += n;
+        } else {
+            self.chunks.push_back(Chunk::Piped(n));
+        }
+    }
+
+    /// Capacity of the pipe, if one is attached.
+    pub fn pipe_capacity(&self) -> Option<usize> {
+        self.pipe.as_ref().map(sys::Pipe::capacity)
+    }
+
     /// Drop a trailing empty byte chunk (left when a handler wrote nothing).
     pub fn trim(&mut self, pool: &mut BufPool) {
         if let Some(Chunk::Bytes(b)) = self.chunks.back() {
@@ -141,7 +184,10 @@ impl OutQueue {
         S: Write + std::os::fd::AsFd,
     {
         loop {
-            match self.chunks.front_mut() {
+            // A lone byte chunk (the common case) leaves through a plain
+            // write, with no iovec array to set up.
+            let single = !matches!(self.chunks.get(1), Some(Chunk::Bytes(_)));
+            let result = match self.chunks.front_mut() {
                 None => return Ok(Flushed::All),
                 Some(Chunk::File {
                     file,
@@ -161,14 +207,34 @@ impl OutQueue {
                             if *remaining == 0 {
                                 self.chunks.pop_front();
                             }
+                            continue;
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            return Ok(Flushed::Blocked)
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
+                        Err(e) => Err(e),
                     }
                 }
+                Some(Chunk::Piped(n)) => {
+                    let Some(pipe) = self.pipe.as_ref() else {
+                        return Err(io::Error::other("spliced bytes queued without a pipe"));
+                    };
+                    match pipe.drain_to(&*sock, *n) {
+                        Ok(0) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                "socket accepted no bytes",
+                            ))
+                        }
+                        Ok(sent) => {
+                            *n -= sent;
+                            self.piped -= sent;
+                            if *n == 0 {
+                                self.chunks.pop_front();
+                            }
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                Some(Chunk::Bytes(b)) if single => sock.write(&b[self.head..]),
                 Some(Chunk::Bytes(_)) => {
                     let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
                     let mut n_slices = 0;
@@ -182,26 +248,20 @@ impl OutQueue {
                             _ => break,
                         }
                     }
-                    let result = if n_slices == 1 {
-                        sock.write(&slices[0])
-                    } else {
-                        sock.write_vectored(&slices[..n_slices])
-                    };
-                    match result {
-                        Ok(0) => {
-                            return Err(io::Error::new(
-                                io::ErrorKind::WriteZero,
-                                "socket accepted no bytes",
-                            ))
-                        }
-                        Ok(n) => self.advance(n, pool),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            return Ok(Flushed::Blocked)
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
+                    sock.write_vectored(&slices[..n_slices])
                 }
+            };
+            match result {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "socket accepted no bytes",
+                    ))
+                }
+                Ok(n) => self.advance(n, pool),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -233,6 +293,11 @@ impl OutQueue {
             }
         }
         self.head = 0;
+        // Bytes left in the pipe are dropped with it.
+        if self.piped > 0 {
+            self.pipe = None;
+            self.piped = 0;
+        }
     }
 }
 
