@@ -909,18 +909,26 @@ fn stream_one(
             // The readiness probe is a connection that sends no cookie: the
             // iperf3 server logs it and goes on listening.
             let peer = start_peer(cmd, addr, "iperf3")?;
-            let out = Command::new("iperf3")
-                .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-J", "-n"])
-                .arg(plan.stream_bytes.to_string())
-                .output()
-                .map_err(|e| format!("cannot run iperf3: {e}"))?;
+            // The server can still be busy with the readiness probe ("the
+            // server is busy running a test"): a few attempts.
+            let mut last = String::new();
+            for _ in 0..3 {
+                let out = Command::new("iperf3")
+                    .args(["-c", "127.0.0.1", "-p", &port.to_string(), "-J", "-n"])
+                    .arg(plan.stream_bytes.to_string())
+                    .output()
+                    .map_err(|e| format!("cannot run iperf3: {e}"))?;
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                    .map_err(|e| format!("{what}: iperf3's JSON: {e}"))?;
+                if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+                    peer.stop();
+                    return Ok(vec![sample(bps / 1e9, None)]);
+                }
+                last = v["error"].as_str().unwrap_or("no result").to_string();
+                thread::sleep(Duration::from_millis(500));
+            }
             peer.stop();
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-                .map_err(|e| format!("{what}: iperf3's JSON: {e}"))?;
-            let bps = v["end"]["sum_received"]["bits_per_second"]
-                .as_f64()
-                .ok_or_else(|| format!("{what}: no end.sum_received.bits_per_second"))?;
-            Ok(vec![sample(bps / 1e9, None)])
+            Err(format!("{what}: iperf3 failed: {last}"))
         }
         other => Err(format!("unknown forwarder {other}")),
     }
