@@ -1,7 +1,9 @@
 //! The chart in docs/benchmarks.md: one bar per (scenario, comparison),
-//! each a ratio oriented so that higher is better for gaidaros, with the
-//! parity line at 1.0 and each bar's target marked. A reader sees at a
-//! glance where gaidaros is ahead, behind, and short of its targets.
+//! each a ratio oriented so that higher is better for gaidaros, drawn from
+//! the parity line (1.0) on a logarithmic axis, so 2x ahead and 2x behind
+//! are the same length; each bar's target is a black tick and its value is
+//! written on it. A reader sees at a glance where gaidaros is ahead, behind,
+//! and short of its targets.
 
 use std::path::Path;
 
@@ -20,13 +22,15 @@ pub struct Bar {
     pub target: Option<f64>,
 }
 
-const COLOURS: [RGBColor; 6] = [
+const COLOURS: [RGBColor; 8] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
     RGBColor(214, 39, 40),
     RGBColor(140, 86, 75),
+    RGBColor(23, 190, 207),
+    RGBColor(188, 189, 34),
 ];
 
 /// Draw `bars` as a grouped bar chart into an SVG file at `path`.
@@ -44,12 +48,18 @@ pub fn draw(path: &Path, title: &str, bars: &[Bar]) -> Result<(), String> {
     if groups.is_empty() {
         return Err("nothing to draw".into());
     }
-    let top = bars
+    let hi = bars
         .iter()
-        .flat_map(|b| [b.value, b.target.unwrap_or(0.0)])
-        .fold(1.2_f64, f64::max)
-        * 1.15;
-    let root = SVGBackend::new(path, (1100, 520)).into_drawing_area();
+        .flat_map(|b| [b.value, b.target.unwrap_or(1.0)])
+        .fold(2.0_f64, f64::max)
+        * 1.6;
+    let lo = bars
+        .iter()
+        .flat_map(|b| [b.value, b.target.unwrap_or(1.0)])
+        .filter(|v| *v > 0.0)
+        .fold(0.5_f64, f64::min)
+        / 1.6;
+    let root = SVGBackend::new(path, (1100, 560)).into_drawing_area();
     let err = |e: &dyn std::fmt::Display| format!("drawing {}: {e}", path.display());
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let n = groups.len() as f64;
@@ -57,8 +67,8 @@ pub fn draw(path: &Path, title: &str, bars: &[Bar]) -> Result<(), String> {
         .caption(title, ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(50)
-        .build_cartesian_2d(0.0..n, 0.0..top)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..n, (lo..hi).log_scale())
         .map_err(|e| err(&e))?;
     let labels: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
     chart
@@ -74,17 +84,25 @@ pub fn draw(path: &Path, title: &str, bars: &[Bar]) -> Result<(), String> {
                 String::new()
             }
         })
-        .y_desc("gaidaros ÷ peer (higher is better for gaidaros)")
+        .y_label_formatter(&|y| format!("{y:.2}x"))
+        .y_desc("gaidaros ÷ peer, log scale (higher is better for gaidaros)")
         .draw()
         .map_err(|e| err(&e))?;
-    let width = 0.8 / series.len() as f64;
+    // Where each bar goes: its group, and its place among that group's bars.
+    let place = |b: &Bar| -> Option<(f64, f64)> {
+        let g = groups.iter().position(|g| *g == b.group)?;
+        let in_group: Vec<&Bar> = bars.iter().filter(|x| x.group == b.group).collect();
+        let i = in_group.iter().position(|x| std::ptr::eq(*x, b))?;
+        let width = 0.8 / in_group.len() as f64;
+        Some((g as f64 + 0.1 + i as f64 * width, width))
+    };
     for (si, name) in series.iter().enumerate() {
         let colour = COLOURS[si % COLOURS.len()];
-        let rects = bars.iter().filter(|b| b.series == *name).filter_map(|b| {
-            let g = groups.iter().position(|g| *g == b.group)? as f64;
-            let x0 = g + 0.1 + si as f64 * width;
+        let mine: Vec<&Bar> = bars.iter().filter(|b| b.series == *name).collect();
+        let rects = mine.iter().filter_map(|b| {
+            let (x0, w) = place(b)?;
             Some(Rectangle::new(
-                [(x0, 0.0), (x0 + width * 0.9, b.value)],
+                [(x0, 1.0), (x0 + w * 0.9, b.value.max(lo))],
                 colour.filled(),
             ))
         });
@@ -93,12 +111,25 @@ pub fn draw(path: &Path, title: &str, bars: &[Bar]) -> Result<(), String> {
             .map_err(|e| err(&e))?
             .label(*name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], colour.filled()));
-        let targets = bars.iter().filter(|b| b.series == *name).filter_map(|b| {
-            let g = groups.iter().position(|g| *g == b.group)? as f64;
-            let x0 = g + 0.1 + si as f64 * width;
+        let values = mine.iter().filter_map(|b| {
+            let (x0, _) = place(b)?;
+            let y = if b.value >= 1.0 {
+                b.value * 1.08
+            } else {
+                b.value / 1.25
+            };
+            Some(Text::new(
+                format!("{:.2}", b.value),
+                (x0, y.max(lo)),
+                ("sans-serif", 11),
+            ))
+        });
+        chart.draw_series(values).map_err(|e| err(&e))?;
+        let targets = mine.iter().filter_map(|b| {
+            let (x0, w) = place(b)?;
             let t = b.target?;
             Some(PathElement::new(
-                vec![(x0 - width * 0.05, t), (x0 + width * 0.95, t)],
+                vec![(x0 - w * 0.05, t), (x0 + w * 0.95, t)],
                 BLACK.stroke_width(2),
             ))
         });
@@ -107,16 +138,16 @@ pub fn draw(path: &Path, title: &str, bars: &[Bar]) -> Result<(), String> {
     chart
         .draw_series(std::iter::once(PathElement::new(
             vec![(0.0, 1.0), (n, 1.0)],
-            RGBColor(120, 120, 120).stroke_width(1),
+            RGBColor(80, 80, 80).stroke_width(1),
         )))
         .map_err(|e| err(&e))?
         .label("parity (1.0); black ticks: targets")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 10, y)], RGBColor(120, 120, 120)));
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 10, y)], RGBColor(80, 80, 80)));
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .draw()
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;

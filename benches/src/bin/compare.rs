@@ -70,6 +70,10 @@ struct Args {
     /// do not build the release binaries first (they must exist)
     #[argh(switch)]
     no_build: bool,
+    /// re-render the report and chart from a JSON-lines file of samples
+    /// written by an earlier run, without measuring
+    #[argh(option)]
+    from: Option<PathBuf>,
     /// where the markdown report goes (default docs/benchmarks.md, or
     /// target/compare-quick/benchmarks.md with --quick)
     #[argh(option)]
@@ -136,6 +140,21 @@ const GEN_THREADS: usize = 2;
 /// Server worker threads: gaidaros loops and tokio workers alike.
 const WORKERS: usize = 2;
 
+impl Ctx {
+    /// For re-rendering: nothing to run.
+    fn empty() -> Ctx {
+        Ctx {
+            bin: PathBuf::new(),
+            work: PathBuf::new(),
+            perf: false,
+            callgrind: false,
+            have: HashMap::new(),
+            notes: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+}
+
 /// Everything a run needs to find.
 struct Ctx {
     bin: PathBuf,
@@ -186,8 +205,94 @@ fn root() -> PathBuf {
 
 fn run(args: &Args, plan: &Plan) -> Result<bool, String> {
     let root = root();
+    let (ctx, samples, raw) = match &args.from {
+        Some(from) => {
+            let text = fs::read_to_string(from).map_err(|e| format!("{}: {e}", from.display()))?;
+            let samples = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(serde_json::from_str::<Sample>)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{}: {e}", from.display()))?;
+            let mut ctx = Ctx::empty();
+            ctx.notes.push(format!(
+                "Re-rendered from `{}` (`compare --from`).",
+                from.display()
+            ));
+            (ctx, samples, from.clone())
+        }
+        None => {
+            let (ctx, samples) = measure_all(args, plan, &root)?;
+            (ctx, samples, PathBuf::new())
+        }
+    };
+    let (doc, svg) = match &args.out {
+        Some(p) => (p.clone(), p.with_extension("svg")),
+        None if plan.quick => {
+            let dir = root.join("target/compare-quick");
+            (dir.join("benchmarks.md"), dir.join("benchmarks.svg"))
+        }
+        None => (
+            root.join("docs/benchmarks.md"),
+            root.join("docs/benchmarks.svg"),
+        ),
+    };
+    let raw = if args.from.is_some() {
+        raw
+    } else if plan.quick {
+        doc.with_file_name("samples.jsonl")
+    } else {
+        let stamp = date("+%Y-%m-%d");
+        root.join(format!(
+            "benches/results/{stamp}/compare-{}.jsonl",
+            date("+%H%M%S")
+        ))
+    };
+    for p in [&doc, &raw] {
+        if let Some(dir) = p.parent() {
+            fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+    }
+    if args.from.is_none() {
+        let lines: String = samples
+            .iter()
+            .filter_map(|s| serde_json::to_string(s).ok())
+            .map(|l| l + "\n")
+            .collect();
+        fs::write(&raw, lines).map_err(|e| format!("{}: {e}", raw.display()))?;
+    }
+
+    let svg_name = svg
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (body, bars) = report(&ctx, plan, &samples, &svg_name, &raw, &root);
+    if !bars.is_empty() {
+        chart::draw(&svg, "gaidaros against its peers (one run)", &bars)?;
+    }
+    write_doc(&doc, &body)?;
+    println!("{body}");
+    eprintln!(
+        "compare: wrote {}, {} and {}",
+        doc.display(),
+        svg.display(),
+        raw.display()
+    );
+    let errors: u64 = samples.iter().map(|s| s.errors).sum();
+    if errors > 0 || !ctx.failures.is_empty() {
+        eprintln!("compare: {errors} client errors; failures:");
+        for f in &ctx.failures {
+            eprintln!("  {f}");
+        }
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Run every scenario asked for; the samples and what was noticed.
+fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample>), String> {
     if !args.no_build {
-        build(&root)?;
+        build(root)?;
     }
     let bin = std::env::current_exe()
         .ok()
@@ -292,64 +397,8 @@ fn run(args: &Args, plan: &Plan) -> Result<bool, String> {
         }
     }
 
-    let (doc, svg) = match &args.out {
-        Some(p) => (p.clone(), p.with_extension("svg")),
-        None if plan.quick => {
-            let dir = root.join("target/compare-quick");
-            (dir.join("benchmarks.md"), dir.join("benchmarks.svg"))
-        }
-        None => (
-            root.join("docs/benchmarks.md"),
-            root.join("docs/benchmarks.svg"),
-        ),
-    };
-    let raw = if plan.quick {
-        doc.with_file_name("samples.jsonl")
-    } else {
-        let stamp = date("+%Y-%m-%d");
-        root.join(format!(
-            "benches/results/{stamp}/compare-{}.jsonl",
-            date("+%H%M%S")
-        ))
-    };
-    for p in [&doc, &raw] {
-        if let Some(dir) = p.parent() {
-            fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-    }
-    let lines: String = samples
-        .iter()
-        .filter_map(|s| serde_json::to_string(s).ok())
-        .map(|l| l + "\n")
-        .collect();
-    fs::write(&raw, lines).map_err(|e| format!("{}: {e}", raw.display()))?;
-
-    let svg_name = svg
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let (body, bars) = report(&ctx, plan, &samples, &svg_name, &raw, &root);
-    if !bars.is_empty() {
-        chart::draw(&svg, "gaidaros against its peers (one run)", &bars)?;
-    }
-    write_doc(&doc, &body)?;
-    println!("{body}");
-    eprintln!(
-        "compare: wrote {}, {} and {}",
-        doc.display(),
-        svg.display(),
-        raw.display()
-    );
-    let _ = fs::remove_dir_all(&work);
-    let errors: u64 = samples.iter().map(|s| s.errors).sum();
-    if errors > 0 || !ctx.failures.is_empty() {
-        eprintln!("compare: {errors} client errors; failures:");
-        for f in &ctx.failures {
-            eprintln!("  {f}");
-        }
-        return Ok(false);
-    }
-    Ok(true)
+    let _ = fs::remove_dir_all(&ctx.work);
+    Ok((ctx, samples))
 }
 
 fn record(ctx: &mut Ctx, samples: &mut Vec<Sample>, r: Result<Vec<Sample>, String>) {
