@@ -58,6 +58,18 @@ pub struct Args {
     #[argh(option, short = 'T')]
     pub poll: Option<String>,
 
+    /// where service requests run: blocking (inline on the loop), thread
+    /// (a thread per request), threadpool (-n threads), gthread (a tokio
+    /// task per request), gthreadpool (at most -n tasks) (default:
+    /// blocking)
+    #[argh(option, short = 'X')]
+    pub handler_type: Option<String>,
+
+    /// handler pool size: threadpool threads, or requests in flight for
+    /// thread and gthreadpool (default: 30)
+    #[argh(option, short = 'n')]
+    pub pool_size: Option<usize>,
+
     /// set TCP_CORK on connections; partial frames are pushed when the
     /// output queue drains (default: off)
     #[argh(switch, short = 'k')]
@@ -102,6 +114,12 @@ impl Args {
         }
         if let Some(p) = &self.poll {
             layers.set("server", "poll", p, cli("-T"));
+        }
+        if let Some(x) = &self.handler_type {
+            layers.set("server", "handler_type", x, cli("-X"));
+        }
+        if let Some(n) = self.pool_size {
+            layers.set("server", "pool_size", &n.to_string(), cli("-n"));
         }
         let mut names = layers.listener_names();
         if names.is_empty() {

@@ -21,6 +21,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::dispatch::HandlerType;
 use crate::event_loop::Limits;
 use crate::handler::{Options, Registry};
 use crate::net::IpVersion;
@@ -152,6 +153,9 @@ pub const SERVER_KEYS: &[KeySpec] = keys! {
     "type" = "thread" : "server type: blocking (one loop in the main thread) | thread (loops threads)";
     "loops" = "0" : "loop threads for type = thread; 0 = one per core";
     "poll" = "edge" : "poll backend: edge (epoll edge-triggered, through mio)";
+    "handler_type" = "blocking" : "where service requests run: blocking (inline on the loop) | thread | threadpool | gthread | gthreadpool";
+    "pool_size" = "30" : "threads of threadpool, requests in flight of thread and gthreadpool";
+    "pool_queue" = "1024" : "requests waiting for a threadpool worker (and in flight under gthread); reading pauses when full";
     "reuseport" = "true" : "one SO_REUSEPORT listening socket per loop (true) or one shared socket (false)";
     "drain_timeout" = "10s" : "on SIGINT/SIGTERM, how long pending responses may take to drain";
     "log_level" = "info" : "error | warn | info | debug | trace (each -v raises it one step)";
@@ -174,6 +178,7 @@ pub const LISTENER_KEYS: &[KeySpec] = keys! {
     "max_connections" = "10000" : "open connections of this listener; accepting pauses at the limit";
     "connect_timeout" = "10s" : "deadline for outbound connections opened by handlers";
     "linger_timeout" = "2s" : "after a final reply, how long to wait for the peer's FIN before closing";
+    "max_pipelined" = "64" : "requests of one connection running in a handler pool (-X) at once; reading pauses at the limit";
 };
 
 /// The poll backend (`-T`).
@@ -198,6 +203,12 @@ pub struct ServerSettings {
     pub drain_timeout: Duration,
     /// Log level after `-v`.
     pub log_level: tracing::Level,
+    /// `-X`.
+    pub handler_type: HandlerType,
+    /// `-n`.
+    pub pool_size: usize,
+    /// Jobs waiting for a worker.
+    pub pool_queue: usize,
 }
 
 /// One listener.
@@ -531,6 +542,15 @@ impl Settings {
         let log_level = server.get("log_level", "error, warn, info, debug or trace", |s| {
             s.parse::<tracing::Level>().ok()
         })?;
+        let handler_type = server.get("handler_type", HandlerType::NAMES, |s| s.parse().ok())?;
+        let pool_size = server.get("pool_size", "a whole number 1-10000", |s| {
+            s.parse::<usize>().ok().filter(|n| (1..=10_000).contains(n))
+        })?;
+        let pool_queue = server.get("pool_queue", "a whole number 1-1000000", |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+        })?;
 
         let mut names = layers.listener_names();
         if names.is_empty() {
@@ -558,6 +578,9 @@ impl Settings {
                 reuseport,
                 drain_timeout,
                 log_level,
+                handler_type,
+                pool_size,
+                pool_queue,
             },
             listeners,
             warnings,
@@ -639,6 +662,9 @@ fn listener_settings(
         linger_timeout: sec.get("linger_timeout", duration, parse_duration)?,
         recv_size: sec.get("recv_size", size, |s| {
             parse_size(s).filter(|n| (512..=16 << 20).contains(n))
+        })?,
+        max_pipelined: sec.get("max_pipelined", "a whole number 1-65536", |s| {
+            s.parse::<usize>().ok().filter(|n| (1..=65536).contains(n))
         })?,
     };
     Ok(ListenerSettings {

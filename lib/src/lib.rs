@@ -41,6 +41,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod dispatch;
 pub mod event_loop;
 pub mod handler;
 pub mod net;

@@ -21,6 +21,7 @@ use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
+use crate::dispatch;
 use crate::event_loop::{ListenerSetup, Loop, LoopHandle, LoopSettings};
 use crate::handler::Registry;
 use crate::net::{self, BindSpec, ConnOptions};
@@ -111,6 +112,20 @@ impl Server {
         };
         let mut per_loop: Vec<Vec<(std::net::TcpListener, Arc<ListenerSetup>)>> =
             (0..n_loops).map(|_| Vec::new()).collect();
+        // One handler pool for the process, shared by every service listener.
+        let pool = dispatch::build(
+            settings.server.handler_type,
+            settings.server.pool_size,
+            settings.server.pool_queue,
+        )
+        .map_err(|e| ServeError::Io("cannot start the handler pool".into(), e))?;
+        if let Some(p) = &pool {
+            info!(
+                handler_type = %p.kind(),
+                size = settings.server.pool_size,
+                "handler pool"
+            );
+        }
         let mut addrs = Vec::new();
         for l in &settings.listeners {
             let handler =
@@ -120,16 +135,19 @@ impl Server {
                         listener: l.name.clone(),
                         message: e.to_string(),
                     })?;
-            let setup = Arc::new(ListenerSetup::new(
-                l.name.clone(),
-                handler,
-                ConnOptions {
-                    nodelay: l.nodelay,
-                    cork: l.cork,
-                },
-                l.coalesce,
-                l.limits.clone(),
-            ));
+            let setup = Arc::new(
+                ListenerSetup::new(
+                    l.name.clone(),
+                    handler,
+                    ConnOptions {
+                        nodelay: l.nodelay,
+                        cork: l.cork,
+                    },
+                    l.coalesce,
+                    l.limits.clone(),
+                )
+                .with_pool(pool.clone()),
+            );
             let bind_err = |addr: String, source: io::Error| ServeError::Bind {
                 listener: l.name.clone(),
                 addr,

@@ -18,7 +18,12 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+
+/// The future [`Service::handle_async`] returns.
+pub type HandleFuture<'a> = Pin<Box<dyn Future<Output = Result<Keep, ServiceError>> + Send + 'a>>;
 
 /// What a service wants done with the connection after a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +96,18 @@ pub trait Service: Send + Sync + 'static {
     /// discarded and the error reply is sent instead, then the connection is
     /// closed.
     fn handle(&self, request: &[u8], response: &mut Vec<u8>) -> Result<Keep, ServiceError>;
+
+    /// The asynchronous form of [`Service::handle`], used by the green
+    /// thread handler types (`-X gthread`, `-X gthreadpool`): a service that
+    /// waits (on a timer, on another server) overrides it so that waiting
+    /// holds a task, not a thread. The default runs `handle`.
+    fn handle_async<'a>(
+        &'a self,
+        request: &'a [u8],
+        response: &'a mut Vec<u8>,
+    ) -> HandleFuture<'a> {
+        Box::pin(std::future::ready(self.handle(request, response)))
+    }
 
     /// Optional transformation of the response bytes `response[start..]`
     /// after `handle` (for example compression). The default leaves them.

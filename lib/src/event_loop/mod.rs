@@ -44,6 +44,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use slab::Slab;
@@ -51,10 +52,12 @@ use tracing::{debug, error, trace, warn};
 
 pub use ctx::Ctx;
 
+use crate::dispatch::Job;
+use crate::dispatch::{Done, Pool, ReplyTo};
 use crate::handler::Handler;
 use crate::net::{self, ConnOptions};
 use crate::protocol::{CloseReason, ConnId, Protocol, TimerId};
-use crate::service::{self, BatchEnd, Service, ServiceError};
+use crate::service::{self, BatchEnd, Keep, Service, ServiceError};
 use crate::sys;
 use output::{BufPool, OutQueue};
 use timer::{Due, Timers};
@@ -78,6 +81,9 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// Open connections of this listener across all loops of the process.
     pub max_connections: usize,
+    /// Requests of one connection in flight in a handler pool (`-X`) at
+    /// once; reading pauses at the limit.
+    pub max_pipelined: usize,
     /// Deadline for outbound connects made by protocols.
     pub connect_timeout: Duration,
     /// After an error reply, how long to wait for the peer's FIN while
@@ -94,6 +100,7 @@ impl Default for Limits {
             output_cap: 1024 * 1024,
             idle_timeout: Some(Duration::from_secs(60)),
             max_connections: 10_000,
+            max_pipelined: 64,
             connect_timeout: Duration::from_secs(10),
             linger_timeout: Duration::from_secs(2),
             recv_size: 64 * 1024,
@@ -115,6 +122,8 @@ pub struct ListenerSetup {
     pub limits: Limits,
     /// Connections open across all loops (for `max_connections`).
     pub(crate) active: AtomicUsize,
+    /// Where service requests run; `None` runs them inline (`-X blocking`).
+    pub(crate) pool: Option<Arc<dyn Pool>>,
 }
 
 impl ListenerSetup {
@@ -133,7 +142,15 @@ impl ListenerSetup {
             coalesce,
             limits,
             active: AtomicUsize::new(0),
+            pool: None,
         }
+    }
+
+    /// Run this listener's service requests in `pool` (`-X`) instead of on
+    /// the loop. Protocol handlers always run on their loop.
+    pub fn with_pool(mut self, pool: Option<Arc<dyn Pool>>) -> Self {
+        self.pool = pool;
+        self
     }
 
     /// Connections open right now across all loops.
@@ -211,6 +228,15 @@ pub(crate) struct Conn {
     /// Splicing stopped because the destination is at its cap; resumed
     /// when it drains to half.
     splice_stalled: bool,
+    /// Requests handed to a pool: the next one's sequence number, and the
+    /// oldest one not yet answered. Responses leave in this order.
+    next_seq: u64,
+    write_seq: u64,
+    /// Finished requests from `write_seq` on (None: still running).
+    pending: VecDeque<Option<Done>>,
+    /// A complete request waits in `input` for room in the pool or under
+    /// `max_pipelined`: reading stops until a job finishes.
+    dispatch_waiting: bool,
 }
 
 impl Conn {
@@ -241,6 +267,10 @@ impl Conn {
             splice_to: None,
             fed_by: None,
             splice_stalled: false,
+            next_seq: 0,
+            write_seq: 0,
+            pending: VecDeque::new(),
+            dispatch_waiting: false,
         }
     }
 
@@ -254,6 +284,7 @@ impl Conn {
     fn reading_blocked(&self) -> bool {
         self.read_paused
             || self.splice_stalled
+            || self.dispatch_waiting
             || (self.over_cap && self.session.is_none())
             || self.read_eof
             || (self.closing && self.linger_deadline.is_none())
@@ -272,10 +303,13 @@ impl Conn {
         };
         consider(self.connect_deadline, Expiry::Connect);
         consider(self.linger_deadline, Expiry::Linger);
-        consider(
-            limits.idle_timeout.map(|d| self.last_active + d),
-            Expiry::Idle,
-        );
+        // A request still running in a pool is not idleness.
+        if self.pending.is_empty() {
+            consider(
+                limits.idle_timeout.map(|d| self.last_active + d),
+                Expiry::Idle,
+            );
+        }
         best
     }
 }
@@ -309,6 +343,12 @@ pub(crate) struct Core {
     now: Instant,
     /// Shutting down: no new outbound connections.
     stopping: bool,
+    /// Where pools send finished requests for this loop, and where they
+    /// arrive.
+    reply: ReplyTo,
+    completions: Receiver<Done>,
+    /// Connections waiting for room in a full pool.
+    pool_waiters: Vec<ConnId>,
 }
 
 struct ListenerSlot {
@@ -369,6 +409,11 @@ impl Loop {
             setups.push(setup);
         }
         let stop = Arc::new(AtomicBool::new(false));
+        let (tx, completions) = crossbeam_channel::unbounded();
+        let reply = ReplyTo {
+            tx,
+            waker: waker.clone(),
+        };
         let handle = LoopHandle {
             waker,
             stop: stop.clone(),
@@ -387,6 +432,9 @@ impl Loop {
             deferred: VecDeque::new(),
             now: Instant::now(),
             stopping: false,
+            reply,
+            completions,
+            pool_waiters: Vec::new(),
         };
         let lp = Loop {
             poll,
@@ -423,7 +471,7 @@ impl Loop {
             let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
             for ev in events.iter() {
                 match ev.token() {
-                    WAKER => {}
+                    WAKER => self.core.complete_jobs(),
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
                     Token(slot) => self.conn_event(slot, ev),
                 }
@@ -659,9 +707,9 @@ impl Loop {
             }
         }
         let conn = &mut core.conns[slot];
-        if conn.read_eof && !conn.over_cap {
-            // Everything complete was answered; an incomplete tail can never
-            // complete now.
+        if conn.read_eof && !conn.over_cap && !conn.dispatch_waiting {
+            // Everything complete was answered (or handed to a pool); an
+            // incomplete tail can never complete now.
             conn.closing = true;
             conn.close_reason.get_or_insert(CloseReason::Local);
         }
@@ -891,6 +939,175 @@ impl Core {
         conn.out.pipe_capacity().map_or(cap, |p| cap.min(p))
     }
 
+    /// Hand the complete requests in `data` (after what `slot` holds) to
+    /// `pool`, in order, until the pool or the connection's in-flight limit
+    /// is full; the rest stays in the connection's input.
+    fn feed_pool(
+        &mut self,
+        slot: usize,
+        pool: &Arc<dyn Pool>,
+        shared: &Arc<dyn Service>,
+        setup: &ListenerSetup,
+        data: &[u8],
+    ) {
+        let conn = &mut self.conns[slot];
+        let mut input = std::mem::take(&mut conn.input);
+        let buf: &[u8] = if input.is_empty() {
+            data
+        } else {
+            input.extend_from_slice(data);
+            &input
+        };
+        let id = conn.id(slot);
+        let max = setup.limits.max_request;
+        let mut pos = 0;
+        while pos < buf.len() && !conn.closing {
+            if conn.pending.len() >= setup.limits.max_pipelined {
+                conn.dispatch_waiting = true;
+                break;
+            }
+            let rest = &buf[pos..];
+            let len = match service::next_frame(&**shared, rest, max) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => {
+                    // Answered in order, after the requests already running.
+                    let mut response = Vec::new();
+                    service::reply_error(&**shared, &e, &mut response);
+                    let seq = conn.next_seq;
+                    conn.next_seq += 1;
+                    conn.pending.push_back(Some(Done {
+                        conn: id,
+                        seq,
+                        response,
+                        outcome: Err(e),
+                    }));
+                    pos = buf.len();
+                    break;
+                }
+            };
+            let job = Job {
+                service: Arc::clone(shared),
+                request: rest[..len].to_vec(),
+                conn: id,
+                seq: conn.next_seq,
+                reply: self.reply.clone(),
+            };
+            match pool.submit(job) {
+                Ok(()) => {
+                    conn.next_seq += 1;
+                    conn.pending.push_back(None);
+                    pos += len;
+                }
+                Err(_) => {
+                    conn.dispatch_waiting = true;
+                    self.pool_waiters.push(id);
+                    break;
+                }
+            }
+        }
+        let rest = &buf[pos.min(buf.len())..];
+        let keep = if rest.is_empty() || conn.closing {
+            Vec::new()
+        } else if input.is_empty() {
+            let mut fresh = self.pool.take();
+            fresh.extend_from_slice(rest);
+            fresh
+        } else {
+            input.drain(..pos);
+            std::mem::take(&mut input)
+        };
+        self.pool.give(input);
+        conn.input = keep;
+        self.emit_done(slot);
+    }
+
+    /// Take in the requests pools have finished for this loop.
+    fn complete_jobs(&mut self) {
+        let mut any = false;
+        while let Ok(done) = self.completions.try_recv() {
+            any = true;
+            let slot = done.conn.slot as usize;
+            let Some(conn) = self
+                .conns
+                .get_mut(slot)
+                .filter(|c| c.generation == done.conn.generation)
+            else {
+                // Its connection closed meanwhile.
+                continue;
+            };
+            let Some(at) = done.seq.checked_sub(conn.write_seq) else {
+                continue;
+            };
+            match conn.pending.get_mut(at as usize) {
+                Some(entry @ None) => *entry = Some(done),
+                // Not waited for (the connection is closing early).
+                _ => continue,
+            }
+            conn.last_active = self.now;
+            self.emit_done(slot);
+            let conn = &mut self.conns[slot];
+            if conn.dispatch_waiting && !self.pool_waiters.contains(&conn.id(slot)) {
+                // It waited on its own in-flight limit: one has finished.
+                conn.dispatch_waiting = false;
+                self.ready.push_back(conn.id(slot));
+            }
+        }
+        if any {
+            // Room in the pool: connections that found it full try again.
+            for id in std::mem::take(&mut self.pool_waiters) {
+                if let Some(conn) = self
+                    .conns
+                    .get_mut(id.slot as usize)
+                    .filter(|c| c.generation == id.generation)
+                {
+                    conn.dispatch_waiting = false;
+                    self.ready.push_back(id);
+                }
+            }
+        }
+    }
+
+    /// Move the finished responses at the head of `slot`'s pending list
+    /// into its output, in request order.
+    fn emit_done(&mut self, slot: usize) {
+        let cap = self.cap_of(slot);
+        let conn = &mut self.conns[slot];
+        let mut wrote = false;
+        while let Some(Some(_)) = conn.pending.front() {
+            let Some(Some(done)) = conn.pending.pop_front() else {
+                break;
+            };
+            conn.write_seq += 1;
+            conn.out.push_bytes(&done.response, &mut self.pool);
+            wrote = true;
+            match done.outcome {
+                Ok(Keep::Alive) => continue,
+                Ok(Keep::Close) => {
+                    conn.close_reason = Some(CloseReason::Local);
+                }
+                Err(e) => {
+                    debug!(peer = ?conn.peer, "request error: {e}");
+                    conn.close_reason = Some(match e {
+                        ServiceError::TooLarge { .. } => CloseReason::TooLarge,
+                        _ => CloseReason::Io(io::ErrorKind::InvalidData),
+                    });
+                }
+            }
+            // Nothing after a closing response is sent: forget the rest.
+            conn.closing = true;
+            conn.pending.clear();
+            conn.input.clear();
+            break;
+        }
+        if conn.out.len() >= cap {
+            conn.over_cap = true;
+        }
+        if wrote {
+            self.mark_dirty(slot);
+        }
+    }
+
     fn get(&self, id: ConnId) -> Option<&Conn> {
         self.conns
             .get(id.slot as usize)
@@ -1045,6 +1262,10 @@ impl Core {
         setup: &ListenerSetup,
         data: &[u8],
     ) {
+        if let (Some(pool), Handler::Service(shared)) = (&setup.pool, &setup.handler) {
+            self.feed_pool(slot, pool, shared, setup, data);
+            return;
+        }
         let conn = &mut self.conns[slot];
         if conn.input.is_empty() {
             let used = serve(conn, &mut self.pool, service, setup, data);
@@ -1110,7 +1331,7 @@ impl Core {
                     debug!(%id, "shutdown(write): {e}");
                 }
             }
-            if conn.closing && conn.linger_deadline.is_none() {
+            if conn.closing && conn.linger_deadline.is_none() && conn.pending.is_empty() {
                 let reason = conn.close_reason.clone();
                 if !conn.read_eof {
                     // Give the last reply time to arrive: closing over unread

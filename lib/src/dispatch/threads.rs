@@ -1,0 +1,97 @@
+//! OS-thread pools: `-X thread` (a thread per request) and `-X threadpool`
+//! (long-lived workers behind a bounded crossbeam queue).
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use crossbeam_channel::{bounded, Sender, TrySendError};
+use tracing::warn;
+
+use super::{HandlerType, Job, Pool, Running};
+
+/// `-n` worker threads taking jobs from one bounded queue.
+pub struct ThreadPool {
+    tx: Sender<Job>,
+}
+
+impl ThreadPool {
+    /// Start `size` workers; at most `queue` jobs wait for one.
+    pub fn new(size: usize, queue: usize) -> io::Result<ThreadPool> {
+        let (tx, rx) = bounded::<Job>(queue.max(1));
+        for i in 0..size {
+            let rx = rx.clone();
+            thread::Builder::new()
+                .name(format!("gaidaros-worker-{i}"))
+                // Ends when the pool (the only sender) is dropped.
+                .spawn(move || rx.iter().for_each(Job::run))?;
+        }
+        Ok(ThreadPool { tx })
+    }
+}
+
+impl Pool for ThreadPool {
+    fn submit(&self, job: Job) -> Result<(), Job> {
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => Err(job),
+        }
+    }
+
+    fn kind(&self) -> HandlerType {
+        HandlerType::ThreadPool
+    }
+}
+
+/// A new OS thread for every request, at most `limit` running at once.
+pub struct ThreadPerRequest {
+    running: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+impl ThreadPerRequest {
+    /// At most `limit` request threads at once.
+    pub fn new(limit: usize) -> ThreadPerRequest {
+        ThreadPerRequest {
+            running: Arc::new(AtomicUsize::new(0)),
+            limit,
+        }
+    }
+}
+
+impl Pool for ThreadPerRequest {
+    fn submit(&self, job: Job) -> Result<(), Job> {
+        if self.running.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.running.fetch_sub(1, Ordering::AcqRel);
+            return Err(job);
+        }
+        let running = Running(Arc::clone(&self.running));
+        // The thread takes the job from this slot; if it cannot be started,
+        // the job is still there to give back.
+        let slot = Arc::new(Mutex::new(Some(job)));
+        let theirs = Arc::clone(&slot);
+        let spawned = thread::Builder::new()
+            .name("gaidaros-request".into())
+            .spawn(move || {
+                let _running = running;
+                let job = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(job) = job {
+                    job.run();
+                }
+            });
+        match spawned {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                warn!("cannot start a request thread: {e}");
+                // The closure was dropped unrun: the job is still in the slot.
+                let job = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                job.map_or(Ok(()), Err)
+            }
+        }
+    }
+
+    fn kind(&self) -> HandlerType {
+        HandlerType::Thread
+    }
+}
