@@ -18,6 +18,7 @@ use argh::FromArgs;
 use tracing::Level;
 
 use crate::config::{ConfError, Layers, Origin, Settings, LISTENER_KEYS, SERVER_KEYS};
+use crate::dispatch;
 use crate::handler::Registry;
 use crate::server::{ServeError, Server, SignalWatch};
 use crate::sys;
@@ -100,6 +101,11 @@ pub struct Args {
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,
+
+    /// internal: run as a worker process of -X proc/procpool (the server
+    /// starts these itself)
+    #[argh(switch, hidden_help)]
+    pub pool_worker: bool,
 }
 
 impl Args {
@@ -280,6 +286,15 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.pool_worker {
+        let level = raise(settings.server.log_level, args.verbose);
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(level)
+            .with_target(false)
+            .try_init();
+        return dispatch::serve_worker(&settings, &registry);
+    }
     let level = raise(settings.server.log_level, args.verbose);
     // A second init (a test calling run twice) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
@@ -302,7 +317,14 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let server = match Server::bind(&settings, &registry) {
+    let worker = match dispatch::WorkerCommand::current(&argv[1.min(argv.len())..]) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!("cannot find the running binary (-X proc and procpool need it): {e}");
+            None
+        }
+    };
+    let server = match Server::bind_with(&settings, &registry, worker.as_ref()) {
         Ok(s) => s,
         // A handler option or an address that cannot work is a conf error.
         Err(e @ (ServeError::Handler { .. } | ServeError::Address { .. })) => {

@@ -106,6 +106,16 @@ pub struct Server {
 impl Server {
     /// Build handlers, bind every listener and create the loops.
     pub fn bind(settings: &Settings, registry: &Registry) -> Result<Server, ServeError> {
+        Server::bind_with(settings, registry, None)
+    }
+
+    /// [`Server::bind`], with how to start the binary as a worker process
+    /// (needed by `-X proc` and `-X procpool`).
+    pub fn bind_with(
+        settings: &Settings,
+        registry: &Registry,
+        worker: Option<&dispatch::WorkerCommand>,
+    ) -> Result<Server, ServeError> {
         let n_loops = match settings.server.server_type {
             ServerType::Blocking => 1,
             ServerType::Thread => settings.server.loops.max(1),
@@ -113,10 +123,11 @@ impl Server {
         let mut per_loop: Vec<Vec<(std::net::TcpListener, Arc<ListenerSetup>)>> =
             (0..n_loops).map(|_| Vec::new()).collect();
         // One handler pool for the process, shared by every service listener.
-        let pool = dispatch::build(
+        let pool = dispatch::build_with(
             settings.server.handler_type,
             settings.server.pool_size,
             settings.server.pool_queue,
+            worker,
         )
         .map_err(|e| ServeError::Io("cannot start the handler pool".into(), e))?;
         if let Some(p) = &pool {

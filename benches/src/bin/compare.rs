@@ -57,9 +57,10 @@ struct Args {
     /// measured seconds per echo run (default 5; 1 with --quick)
     #[argh(option)]
     duration: Option<f64>,
-    /// scenarios to run, letters from "abcdefg" (g = the generator check;
+    /// scenarios to run, letters from "abcdefgh" (g = the generator check,
+    /// h = the handler types;
     /// default all)
-    #[argh(option, default = "String::from(\"abcdefg\")")]
+    #[argh(option, default = "String::from(\"abcdefgh\")")]
     only: String,
     /// skip the callgrind pass (instructions per request)
     #[argh(switch)]
@@ -132,6 +133,19 @@ const ECHO: [Echo; 4] = [
     },
 ];
 
+/// (h): one connection, one request at a time, so the latency is the
+/// request's own path with no queueing: what a handler type adds shows.
+const POOLS: Echo = Echo {
+    key: "h",
+    title: "(h) handler types",
+    conns: 1,
+    size: 64,
+    depth: 1,
+};
+
+/// The handler types of (h), blocking (the reference) first.
+const HANDLER_TYPES: [&str; 5] = ["blocking", "threadpool", "gthread", "gthreadpool", "thread"];
+
 /// The echo servers compared, in run order.
 const ECHO_SERVERS: [&str; 2] = ["gaidaros", "tokio"];
 /// Load generator threads for every echo run (one is too few: see the
@@ -182,8 +196,8 @@ fn main() -> ExitCode {
         eprintln!("compare: --duration must be a positive number of seconds");
         return ExitCode::from(2);
     }
-    if let Some(bad) = args.only.chars().find(|c| !"abcdefg".contains(*c)) {
-        eprintln!("compare: --only: unknown scenario {bad:?} (expected letters from abcdefg)");
+    if let Some(bad) = args.only.chars().find(|c| !"abcdefgh".contains(*c)) {
+        eprintln!("compare: --only: unknown scenario {bad:?} (expected letters from abcdefgh)");
         return ExitCode::from(2);
     }
     match run(&args, &plan) {
@@ -374,24 +388,36 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
                 record(&mut ctx, &mut samples, r);
             }
         }
+        if only("h") {
+            for kind in HANDLER_TYPES {
+                eprintln!("== (h) -X {kind}, pair {}", pair + 1);
+                let r = echo_run(&ctx, plan, &POOLS, kind, pair);
+                record(&mut ctx, &mut samples, r);
+            }
+        }
     }
     if ctx.callgrind {
+        let mut runs: Vec<(&Echo, &str)> = Vec::new();
         for sc in ECHO.iter().filter(|s| only(s.key)) {
-            for server in ECHO_SERVERS {
-                eprintln!("== ({}) {server} under callgrind", sc.key);
-                match instr_run(&ctx, plan, sc, server) {
-                    Ok(i) => samples.push(Sample {
-                        scenario: sc.key.into(),
-                        server: server.into(),
-                        pair: usize::MAX,
-                        instr_per_req: Some(i),
-                        ..Sample::default()
-                    }),
-                    Err(e) => {
-                        eprintln!("   {e}");
-                        ctx.failures
-                            .push(format!("({}) {server} callgrind: {e}", sc.key));
-                    }
+            runs.extend(ECHO_SERVERS.iter().map(|server| (sc, *server)));
+        }
+        if only("h") {
+            runs.extend(HANDLER_TYPES.iter().map(|kind| (&POOLS, *kind)));
+        }
+        for (sc, server) in runs {
+            eprintln!("== ({}) {server} under callgrind", sc.key);
+            match instr_run(&ctx, plan, sc, server) {
+                Ok(i) => samples.push(Sample {
+                    scenario: sc.key.into(),
+                    server: server.into(),
+                    pair: usize::MAX,
+                    instr_per_req: Some(i),
+                    ..Sample::default()
+                }),
+                Err(e) => {
+                    eprintln!("   {e}");
+                    ctx.failures
+                        .push(format!("({}) {server} callgrind: {e}", sc.key));
                 }
             }
         }
@@ -514,14 +540,18 @@ fn date(fmt: &str) -> String {
 /// The command starting echo server `server` on a free port.
 fn echo_cmd(ctx: &Ctx, server: &str) -> Command {
     match server {
-        "gaidaros" => {
-            let mut c = Command::new(ctx.bin.join("gaidaros"));
-            c.args(["-S", "thread", "-N", &WORKERS.to_string(), "--port", "0"]);
-            c
-        }
-        _ => {
+        "tokio" => {
             let mut c = Command::new(ctx.bin.join("tokio-echo"));
             c.args(["--workers", &WORKERS.to_string()]);
+            c
+        }
+        // "gaidaros", or a handler type for (h).
+        other => {
+            let mut c = Command::new(ctx.bin.join("gaidaros"));
+            c.args(["-S", "thread", "-N", &WORKERS.to_string(), "--port", "0"]);
+            if other != "gaidaros" {
+                c.args(["-X", other]);
+            }
             c
         }
     }
@@ -1263,6 +1293,70 @@ fn report(
                     target: (!want.is_nan()).then_some(want),
                 });
             }
+        }
+    }
+
+    // (h)
+    if ran("h") {
+        let _ = writeln!(
+            md,
+            "### (h) Handler types: what running the service off the loop costs\n"
+        );
+        let _ = writeln!(
+            md,
+            "gaidaros echo `-S thread -N {WORKERS} -X TYPE` (pool size 30), one connection, one 64-byte request at a time: \
+             the latency is the request's own path, with no queueing. Added = TYPE − blocking, pair by pair (median). \
+             Instructions are user space, all threads of the server (callgrind), per request.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| -X | p50 µs | added µs | p99 µs | CPU µs/req | user instr/req | added instr |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+        let p50: Field = |s| s.p50_us;
+        let instr = |k: &str| median_of(samples, "h", k, |s| s.instr_per_req);
+        let mut added_us = HashMap::new();
+        for kind in HANDLER_TYPES {
+            let added = if kind == "blocking" {
+                None
+            } else {
+                let diffs: Vec<f64> = (0..plan.pairs)
+                    .filter_map(|p| {
+                        let at = |k: &str| {
+                            samples
+                                .iter()
+                                .find(|s| s.scenario == "h" && s.server == k && s.pair == p)
+                                .and_then(|s| s.p50_us)
+                        };
+                        Some(at(kind)? - at("blocking")?)
+                    })
+                    .collect();
+                measure::median(&diffs)
+            };
+            added_us.insert(kind, added);
+            let added_instr = match (instr(kind), instr("blocking")) {
+                (Some(k), Some(b)) if kind != "blocking" => Some(k - b),
+                _ => None,
+            };
+            let _ = writeln!(
+                md,
+                "| {kind} | {} | {} | {} | {} | {} | {} |",
+                fmt_num(median_of(samples, "h", kind, p50), 0),
+                fmt_num(added, 1),
+                fmt_num(median_of(samples, "h", kind, |s| s.p99_us), 0),
+                fmt_num(median_of(samples, "h", kind, |s| s.cpu_us_per_req), 2),
+                fmt_num(instr(kind), 0),
+                fmt_num(added_instr, 0),
+            );
+        }
+        md.push('\n');
+        for (kind, limit) in [("threadpool", 5.0), ("gthread", 5.0)] {
+            let added = added_us.get(kind).copied().flatten();
+            targets.push((
+                format!("(h) -X {kind} adds ≤ {limit} µs median latency"),
+                added.map_or("–".into(), |a| format!("{a:.1} µs")),
+                added.map(|a| a <= limit),
+            ));
         }
     }
 

@@ -11,13 +11,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use super::{HandlerType, Job, Pool, Running};
+use mio::Waker;
+
+use super::{HandlerType, Job, Pool, RoomWaiters, Running};
 use crate::service::{Keep, Service, ServiceError};
 
 /// Requests as tasks on a multi-thread tokio runtime.
 pub struct GreenPool {
     runtime: tokio::runtime::Runtime,
     in_flight: Arc<AtomicUsize>,
+    room: Arc<RoomWaiters>,
     limit: usize,
     kind: HandlerType,
 }
@@ -33,6 +36,7 @@ impl GreenPool {
         Ok(GreenPool {
             runtime,
             in_flight: Arc::new(AtomicUsize::new(0)),
+            room: Arc::new(RoomWaiters::default()),
             limit: size.unwrap_or(queue).max(1),
             kind: if size.is_some() {
                 HandlerType::GthreadPool
@@ -44,17 +48,21 @@ impl GreenPool {
 }
 
 impl Pool for GreenPool {
-    fn submit(&self, job: Job) -> Result<(), Job> {
+    fn submit(&self, mut job: Job) -> Result<(), Job> {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             return Err(job);
         }
-        let running = Running(Arc::clone(&self.in_flight));
-        self.runtime.spawn(async move {
-            let _running = running;
-            run(job).await;
+        job.running = Some(Running {
+            count: Arc::clone(&self.in_flight),
+            room: Arc::clone(&self.room),
         });
+        self.runtime.spawn(run(job));
         Ok(())
+    }
+
+    fn notify_room(&self, waker: &Arc<Waker>) {
+        self.room.add(waker);
     }
 
     fn kind(&self) -> HandlerType {

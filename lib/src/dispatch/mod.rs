@@ -21,11 +21,14 @@
 //! [`crate::service::respond`]); the worker goes on.
 
 mod green;
+mod procs;
 mod threads;
+pub mod wire;
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
 use mio::Waker;
@@ -34,6 +37,7 @@ use crate::protocol::ConnId;
 use crate::service::{self, Keep, Service, ServiceError};
 
 pub use green::GreenPool;
+pub use procs::{serve_worker, ProcPerRequest, ProcPool, WorkerCommand, WORKER_FLAG};
 pub use threads::{ThreadPerRequest, ThreadPool};
 
 /// Where requests run (`-X`).
@@ -49,11 +53,16 @@ pub enum HandlerType {
     Gthread,
     /// The same, with at most `-n` requests in flight.
     GthreadPool,
+    /// A new worker process per request (at most `-n` at once).
+    Proc,
+    /// `-n` long-lived worker processes, respawned when they die.
+    ProcPool,
 }
 
 impl HandlerType {
     /// Every accepted spelling, for messages.
-    pub const NAMES: &'static str = "blocking, thread, threadpool, gthread or gthreadpool";
+    pub const NAMES: &'static str =
+        "blocking, thread, threadpool, gthread, gthreadpool, proc or procpool";
 }
 
 impl FromStr for HandlerType {
@@ -66,6 +75,8 @@ impl FromStr for HandlerType {
             "threadpool" => HandlerType::ThreadPool,
             "gthread" => HandlerType::Gthread,
             "gthreadpool" => HandlerType::GthreadPool,
+            "proc" => HandlerType::Proc,
+            "procpool" => HandlerType::ProcPool,
             _ => return Err(()),
         })
     }
@@ -79,19 +90,43 @@ impl fmt::Display for HandlerType {
             HandlerType::ThreadPool => "threadpool",
             HandlerType::Gthread => "gthread",
             HandlerType::GthreadPool => "gthreadpool",
+            HandlerType::Proc => "proc",
+            HandlerType::ProcPool => "procpool",
         })
     }
 }
 
 /// Build the pool for `kind` with `size` workers (or in-flight requests),
-/// `queue` jobs waiting at most. `None` for [`HandlerType::Blocking`].
+/// `queue` jobs waiting at most. `None` for [`HandlerType::Blocking`]; an
+/// error for the process types, which need [`build_with`].
 pub fn build(
     kind: HandlerType,
     size: usize,
     queue: usize,
 ) -> std::io::Result<Option<Arc<dyn Pool>>> {
+    build_with(kind, size, queue, None)
+}
+
+/// [`build`], with `worker`: how to start the binary as a worker process
+/// (`-X proc`, `-X procpool`).
+pub fn build_with(
+    kind: HandlerType,
+    size: usize,
+    queue: usize,
+    worker: Option<&WorkerCommand>,
+) -> std::io::Result<Option<Arc<dyn Pool>>> {
     let size = size.max(1);
+    let need_worker = || {
+        worker.cloned().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                format!("-X {kind} re-executes the binary: start the server through gaidaros::run"),
+            )
+        })
+    };
     Ok(match kind {
+        HandlerType::Proc => Some(Arc::new(ProcPerRequest::new(size, need_worker()?))),
+        HandlerType::ProcPool => Some(Arc::new(ProcPool::new(size, queue, need_worker()?)?)),
         HandlerType::Blocking => None,
         HandlerType::Thread => Some(Arc::new(ThreadPerRequest::new(size))),
         HandlerType::ThreadPool => Some(Arc::new(ThreadPool::new(size, queue)?)),
@@ -102,9 +137,13 @@ pub fn build(
 
 /// Runs jobs somewhere other than the loop thread.
 pub trait Pool: Send + Sync {
-    /// Take `job`, or give it back when the pool is full (the loop retries
-    /// after some job has finished).
+    /// Take `job`, or give it back when the pool is full. A loop that gets
+    /// its job back calls [`Pool::notify_room`], then retries once.
     fn submit(&self, job: Job) -> Result<(), Job>;
+
+    /// Wake `waker` the next time the pool has room for a job. (Several
+    /// loops share one pool: each must hear of room freed by any job.)
+    fn notify_room(&self, waker: &Arc<Waker>);
 
     /// Its handler type, for logs.
     fn kind(&self) -> HandlerType;
@@ -129,22 +168,62 @@ impl ReplyTo {
     }
 }
 
-/// Counts one running request down when it ends, panicking or not.
-pub(crate) struct Running(pub(crate) Arc<std::sync::atomic::AtomicUsize>);
+/// The loops waiting for room in a pool, woken when a job leaves it.
+#[derive(Default)]
+pub(crate) struct RoomWaiters {
+    any: AtomicBool,
+    wakers: Mutex<Vec<Arc<Waker>>>,
+}
+
+impl RoomWaiters {
+    pub(crate) fn add(&self, waker: &Arc<Waker>) {
+        let mut w = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        if !w.iter().any(|x| Arc::ptr_eq(x, waker)) {
+            w.push(Arc::clone(waker));
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Room was made: wake every waiting loop (cheap when none waits).
+    pub(crate) fn wake_all(&self) {
+        if !self.any.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
+        for w in wakers {
+            if let Err(e) = w.wake() {
+                tracing::warn!("cannot wake a loop waiting for the pool: {e}");
+            }
+        }
+    }
+}
+
+/// Counts one running request down when it ends, panicking or not, and
+/// tells the waiting loops.
+pub(crate) struct Running {
+    pub(crate) count: Arc<AtomicUsize>,
+    pub(crate) room: Arc<RoomWaiters>,
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.room.wake_all();
     }
 }
 
 /// One request on its way to a pool.
 pub struct Job {
     pub(crate) service: Arc<dyn Service>,
+    /// The listener's index, which names the service in worker processes.
+    pub(crate) listener: u32,
     pub(crate) request: Vec<u8>,
     pub(crate) conn: ConnId,
     pub(crate) seq: u64,
     pub(crate) reply: ReplyTo,
+    /// The pool's count of this running request: released before the
+    /// result goes back, so the loop that gets it finds the room it freed.
+    pub(crate) running: Option<Running>,
 }
 
 impl Job {
@@ -155,11 +234,19 @@ impl Job {
         self.finish(response, outcome);
     }
 
-    fn finish(self, mut response: Vec<u8>, outcome: Result<Keep, ServiceError>) {
+    /// Send the result back; for an error, the response is replaced by the
+    /// service's error reply.
+    pub(crate) fn finish(self, mut response: Vec<u8>, outcome: Result<Keep, ServiceError>) {
         if let Err(e) = &outcome {
             response.clear();
             service::reply_error(&*self.service, e, &mut response);
         }
+        self.finish_raw(response, outcome);
+    }
+
+    /// Send the result back as it is (a worker process rendered it).
+    pub(crate) fn finish_raw(mut self, response: Vec<u8>, outcome: Result<Keep, ServiceError>) {
+        drop(self.running.take());
         self.reply.send(Done {
             conn: self.conn,
             seq: self.seq,
@@ -184,10 +271,18 @@ mod tests {
 
     #[test]
     fn handler_types_round_trip() {
-        for name in ["blocking", "thread", "threadpool", "gthread", "gthreadpool"] {
+        for name in [
+            "blocking",
+            "thread",
+            "threadpool",
+            "gthread",
+            "gthreadpool",
+            "proc",
+            "procpool",
+        ] {
             let t: HandlerType = name.parse().unwrap();
             assert_eq!(t.to_string(), name);
         }
-        assert!("proc".parse::<HandlerType>().is_err());
+        assert!("process".parse::<HandlerType>().is_err());
     }
 }

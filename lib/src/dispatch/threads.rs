@@ -9,25 +9,36 @@ use std::thread;
 use crossbeam_channel::{bounded, Sender, TrySendError};
 use tracing::warn;
 
-use super::{HandlerType, Job, Pool, Running};
+use mio::Waker;
+
+use super::{HandlerType, Job, Pool, RoomWaiters, Running};
 
 /// `-n` worker threads taking jobs from one bounded queue.
 pub struct ThreadPool {
     tx: Sender<Job>,
+    room: Arc<RoomWaiters>,
 }
 
 impl ThreadPool {
     /// Start `size` workers; at most `queue` jobs wait for one.
     pub fn new(size: usize, queue: usize) -> io::Result<ThreadPool> {
         let (tx, rx) = bounded::<Job>(queue.max(1));
+        let room = Arc::new(RoomWaiters::default());
         for i in 0..size {
             let rx = rx.clone();
+            let room = Arc::clone(&room);
             thread::Builder::new()
                 .name(format!("gaidaros-worker-{i}"))
                 // Ends when the pool (the only sender) is dropped.
-                .spawn(move || rx.iter().for_each(Job::run))?;
+                .spawn(move || {
+                    for job in rx.iter() {
+                        // Taking a job freed a place in the queue.
+                        room.wake_all();
+                        job.run();
+                    }
+                })?;
         }
-        Ok(ThreadPool { tx })
+        Ok(ThreadPool { tx, room })
     }
 }
 
@@ -39,6 +50,10 @@ impl Pool for ThreadPool {
         }
     }
 
+    fn notify_room(&self, waker: &Arc<Waker>) {
+        self.room.add(waker);
+    }
+
     fn kind(&self) -> HandlerType {
         HandlerType::ThreadPool
     }
@@ -47,6 +62,7 @@ impl Pool for ThreadPool {
 /// A new OS thread for every request, at most `limit` running at once.
 pub struct ThreadPerRequest {
     running: Arc<AtomicUsize>,
+    room: Arc<RoomWaiters>,
     limit: usize,
 }
 
@@ -55,18 +71,22 @@ impl ThreadPerRequest {
     pub fn new(limit: usize) -> ThreadPerRequest {
         ThreadPerRequest {
             running: Arc::new(AtomicUsize::new(0)),
+            room: Arc::new(RoomWaiters::default()),
             limit,
         }
     }
 }
 
 impl Pool for ThreadPerRequest {
-    fn submit(&self, job: Job) -> Result<(), Job> {
+    fn submit(&self, mut job: Job) -> Result<(), Job> {
         if self.running.fetch_add(1, Ordering::AcqRel) >= self.limit {
             self.running.fetch_sub(1, Ordering::AcqRel);
             return Err(job);
         }
-        let running = Running(Arc::clone(&self.running));
+        job.running = Some(Running {
+            count: Arc::clone(&self.running),
+            room: Arc::clone(&self.room),
+        });
         // The thread takes the job from this slot; if it cannot be started,
         // the job is still there to give back.
         let slot = Arc::new(Mutex::new(Some(job)));
@@ -74,7 +94,6 @@ impl Pool for ThreadPerRequest {
         let spawned = thread::Builder::new()
             .name("gaidaros-request".into())
             .spawn(move || {
-                let _running = running;
                 let job = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
                 if let Some(job) = job {
                     job.run();
@@ -86,9 +105,17 @@ impl Pool for ThreadPerRequest {
                 warn!("cannot start a request thread: {e}");
                 // The closure was dropped unrun: the job is still in the slot.
                 let job = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                job.map_or(Ok(()), Err)
+                job.map_or(Ok(()), |mut job| {
+                    // Its place in the count goes with it.
+                    drop(job.running.take());
+                    Err(job)
+                })
             }
         }
+    }
+
+    fn notify_room(&self, waker: &Arc<Waker>) {
+        self.room.add(waker);
     }
 
     fn kind(&self) -> HandlerType {

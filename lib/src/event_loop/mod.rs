@@ -988,12 +988,20 @@ impl Core {
             };
             let job = Job {
                 service: Arc::clone(shared),
+                listener: conn.listener as u32,
                 request: rest[..len].to_vec(),
                 conn: id,
                 seq: conn.next_seq,
                 reply: self.reply.clone(),
+                running: None,
             };
-            match pool.submit(job) {
+            // Full: ask to be woken when there is room, then try once more
+            // (the room may have been made in between).
+            let taken = pool.submit(job).or_else(|job| {
+                pool.notify_room(&self.reply.waker);
+                pool.submit(job)
+            });
+            match taken {
                 Ok(()) => {
                     conn.next_seq += 1;
                     conn.pending.push_back(None);
@@ -1022,11 +1030,11 @@ impl Core {
         self.emit_done(slot);
     }
 
-    /// Take in the requests pools have finished for this loop.
+    /// Take in the requests pools have finished for this loop, and retry
+    /// the connections that found a pool full (the wake may be the pool
+    /// saying it has room).
     fn complete_jobs(&mut self) {
-        let mut any = false;
         while let Ok(done) = self.completions.try_recv() {
-            any = true;
             let slot = done.conn.slot as usize;
             let Some(conn) = self
                 .conns
@@ -1053,17 +1061,14 @@ impl Core {
                 self.ready.push_back(conn.id(slot));
             }
         }
-        if any {
-            // Room in the pool: connections that found it full try again.
-            for id in std::mem::take(&mut self.pool_waiters) {
-                if let Some(conn) = self
-                    .conns
-                    .get_mut(id.slot as usize)
-                    .filter(|c| c.generation == id.generation)
-                {
-                    conn.dispatch_waiting = false;
-                    self.ready.push_back(id);
-                }
+        for id in std::mem::take(&mut self.pool_waiters) {
+            if let Some(conn) = self
+                .conns
+                .get_mut(id.slot as usize)
+                .filter(|c| c.generation == id.generation)
+            {
+                conn.dispatch_waiting = false;
+                self.ready.push_back(id);
             }
         }
     }
