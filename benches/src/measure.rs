@@ -112,12 +112,15 @@ pub fn callgrind_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// `cmd` wrapped in callgrind, writing its profile to `out`.
+/// `cmd` wrapped in callgrind, following the processes it starts (worker
+/// processes count too): each writes its profile to `out` with `.PID`
+/// appended; [`callgrind_sum`] adds them up.
 pub fn under_callgrind(cmd: &Command, out: &Path) -> Command {
     let mut wrapped = Command::new("valgrind");
     wrapped
         .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg("--trace-children=yes")
+        .arg(format!("--callgrind-out-file={}.%p", out.display()))
         .arg(cmd.get_program())
         .args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
@@ -127,6 +130,35 @@ pub fn under_callgrind(cmd: &Command, out: &Path) -> Command {
         };
     }
     wrapped
+}
+
+/// The instructions of every process profiled under `out` (the files
+/// `out.PID` that [`under_callgrind`] made), and how many there were.
+pub fn callgrind_sum(out: &Path) -> io::Result<(u64, usize)> {
+    let dir = out.parent().unwrap_or(Path::new("."));
+    let prefix = format!(
+        "{}.",
+        out.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    );
+    let mut total = 0;
+    let mut files = 0;
+    for entry in fs::read_dir(dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let profile = fs::read_to_string(entry.path())?;
+        total += callgrind_total(&profile).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("no totals in {name}"))
+        })?;
+        files += 1;
+    }
+    Ok((total, files))
 }
 
 /// The instruction total of a callgrind profile (its `totals:` line, or

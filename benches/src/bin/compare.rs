@@ -144,7 +144,15 @@ const POOLS: Echo = Echo {
 };
 
 /// The handler types of (h), blocking (the reference) first.
-const HANDLER_TYPES: [&str; 5] = ["blocking", "threadpool", "gthread", "gthreadpool", "thread"];
+const HANDLER_TYPES: [&str; 7] = [
+    "blocking",
+    "threadpool",
+    "gthread",
+    "gthreadpool",
+    "procpool",
+    "thread",
+    "proc",
+];
 
 /// The echo servers compared, in run order.
 const ECHO_SERVERS: [&str; 2] = ["gaidaros", "tokio"];
@@ -402,7 +410,14 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
             runs.extend(ECHO_SERVERS.iter().map(|server| (sc, *server)));
         }
         if only("h") {
-            runs.extend(HANDLER_TYPES.iter().map(|kind| (&POOLS, *kind)));
+            // Not -X proc: every request would start a process under
+            // valgrind, seconds each.
+            runs.extend(
+                HANDLER_TYPES
+                    .iter()
+                    .filter(|k| **k != "proc")
+                    .map(|kind| (&POOLS, *kind)),
+            );
         }
         for (sc, server) in runs {
             eprintln!("== ({}) {server} under callgrind", sc.key);
@@ -550,7 +565,9 @@ fn echo_cmd(ctx: &Ctx, server: &str) -> Command {
             let mut c = Command::new(ctx.bin.join("gaidaros"));
             c.args(["-S", "thread", "-N", &WORKERS.to_string(), "--port", "0"]);
             if other != "gaidaros" {
-                c.args(["-X", other]);
+                // Four workers: the processes of procpool start under
+                // valgrind in the instruction runs, seconds each.
+                c.args(["-X", other, "-n", "4"]);
             }
             c
         }
@@ -658,6 +675,10 @@ fn instr_run(ctx: &Ctx, plan: &Plan, sc: &Echo, server: &str) -> Result<f64, Str
         cmd.env("GLIBC_TUNABLES", NO_REP_MOVSB);
         let cmd = measure::under_callgrind(&cmd, &out);
         let proc = spawn(cmd, server)?;
+        if server == "procpool" {
+            // Let the workers finish starting under valgrind, in both runs.
+            thread::sleep(Duration::from_secs(4));
+        }
         let echoed = if load {
             let r = loadgen(
                 ctx,
@@ -674,10 +695,22 @@ fn instr_run(ctx: &Ctx, plan: &Plan, sc: &Echo, server: &str) -> Result<f64, Str
         let status = proc
             .stop(Duration::from_secs(60))
             .map_err(|e| format!("stopping {server}: {e}"))?;
-        let profile = fs::read_to_string(&out)
-            .map_err(|e| format!("{server} left no callgrind profile ({status}): {e}"))?;
-        let total = measure::callgrind_total(&profile)
-            .ok_or_else(|| format!("no totals in {}", out.display()))?;
+        // Worker processes write theirs when their socket closes, after
+        // the server has exited: wait until every profile is complete.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (total, files) = loop {
+            thread::sleep(Duration::from_millis(300));
+            match measure::callgrind_sum(&out) {
+                Ok(sum) => break sum,
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(format!("{server}'s callgrind profiles ({status}): {e}"))
+                }
+                Err(_) => {}
+            }
+        };
+        if files == 0 {
+            return Err(format!("{server} left no callgrind profile ({status})"));
+        }
         Ok((total, echoed))
     };
     let (idle, _) = total(false, "idle")?;
@@ -1304,9 +1337,9 @@ fn report(
         );
         let _ = writeln!(
             md,
-            "gaidaros echo `-S thread -N {WORKERS} -X TYPE` (pool size 30), one connection, one 64-byte request at a time: \
+            "gaidaros echo `-S thread -N {WORKERS} -X TYPE -n 4`, one connection, one 64-byte request at a time: \
              the latency is the request's own path, with no queueing. Added = TYPE − blocking, pair by pair (median). \
-             Instructions are user space, all threads of the server (callgrind), per request.\n"
+             Instructions are user space, all threads and worker processes of the server (callgrind), per request.\n"
         );
         let _ = writeln!(
             md,
@@ -1350,7 +1383,7 @@ fn report(
             );
         }
         md.push('\n');
-        for (kind, limit) in [("threadpool", 5.0), ("gthread", 5.0)] {
+        for (kind, limit) in [("threadpool", 5.0), ("procpool", 25.0), ("gthread", 5.0)] {
             let added = added_us.get(kind).copied().flatten();
             targets.push((
                 format!("(h) -X {kind} adds ≤ {limit} µs median latency"),

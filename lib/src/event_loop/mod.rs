@@ -53,7 +53,7 @@ use tracing::{debug, error, trace, warn};
 pub use ctx::Ctx;
 
 use crate::dispatch::Job;
-use crate::dispatch::{Done, Pool, ReplyTo};
+use crate::dispatch::{Done, HandlerType, Pool, ReplyTo};
 use crate::handler::Handler;
 use crate::net::{self, ConnOptions};
 use crate::protocol::{CloseReason, ConnId, Protocol, TimerId};
@@ -64,6 +64,10 @@ use timer::{Due, Timers};
 
 /// Reads per readiness event before a connection yields to the others.
 pub const READ_BUDGET: usize = 16;
+
+/// How long a loop with requests out in a handler pool polls for their
+/// answers before it sleeps.
+const JOB_SPIN: Duration = Duration::from_micros(50);
 /// How long a listener stops accepting after EMFILE/ENFILE or at
 /// `max_connections`.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -349,6 +353,12 @@ pub(crate) struct Core {
     completions: Receiver<Done>,
     /// Connections waiting for room in a full pool.
     pool_waiters: Vec<ConnId>,
+    /// Jobs handed to a pool and not yet back.
+    jobs_out: usize,
+    /// Poll for a moment before sleeping while jobs are out: the pool is
+    /// in this process and answers within microseconds. (Not for worker
+    /// processes: their round trip needs the CPU the spinning would take.)
+    spin_for_jobs: bool,
 }
 
 struct ListenerSlot {
@@ -408,6 +418,11 @@ impl Loop {
             });
             setups.push(setup);
         }
+        let spin_for_jobs = setups.iter().any(|s: &Arc<ListenerSetup>| {
+            s.pool
+                .as_ref()
+                .is_some_and(|p| !matches!(p.kind(), HandlerType::Proc | HandlerType::ProcPool))
+        });
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, completions) = crossbeam_channel::unbounded();
         let reply = ReplyTo {
@@ -435,6 +450,8 @@ impl Loop {
             reply,
             completions,
             pool_waiters: Vec::new(),
+            jobs_out: 0,
+            spin_for_jobs,
         };
         let lp = Loop {
             poll,
@@ -461,7 +478,16 @@ impl Loop {
                 };
                 next.map(|t| t.saturating_duration_since(Instant::now()))
             };
-            if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+            // A pool answers within microseconds as a rule: look for the
+            // answer (and new requests) for a moment before sleeping, so
+            // that a request does not pay the loop's wake-up as well.
+            let spun = self.core.spin_for_jobs
+                && self.core.jobs_out > 0
+                && timeout != Some(Duration::ZERO)
+                && self.spin_for_jobs()?;
+            if spun {
+                // The events found while spinning are in self.events.
+            } else if let Err(e) = self.poll.poll(&mut self.events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -498,6 +524,21 @@ impl Loop {
                 }
             }
         }
+    }
+
+    /// Poll without sleeping for up to [`JOB_SPIN`] while jobs are out.
+    /// True when events came (they are in `self.events`).
+    fn spin_for_jobs(&mut self) -> io::Result<bool> {
+        let start = Instant::now();
+        while start.elapsed() < JOB_SPIN {
+            match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
+                Ok(()) if !self.events.is_empty() => return Ok(true),
+                Ok(()) => std::hint::spin_loop(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
     }
 
     fn begin_shutdown(&mut self) {
@@ -1006,6 +1047,7 @@ impl Core {
                     conn.next_seq += 1;
                     conn.pending.push_back(None);
                     pos += len;
+                    self.jobs_out += 1;
                 }
                 Err(_) => {
                     conn.dispatch_waiting = true;
@@ -1035,6 +1077,7 @@ impl Core {
     /// saying it has room).
     fn complete_jobs(&mut self) {
         while let Ok(done) = self.completions.try_recv() {
+            self.jobs_out = self.jobs_out.saturating_sub(1);
             let slot = done.conn.slot as usize;
             let Some(conn) = self
                 .conns
