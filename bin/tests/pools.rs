@@ -142,22 +142,6 @@ fn procpool_answers_200_pipelining_connections_in_order() {
     echo_under_concurrent_pipelining_clients("procpool");
 }
 
-/// The live children of process `pid`.
-fn children(pid: i32) -> Vec<i32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|l| {
-            l.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<i32>>()
-        })
-        .collect()
-}
-
 /// `-X procpool -n 4` under 16 clients doing request/response in a loop:
 /// one worker is killed with SIGKILL. At most the one request it was
 /// running fails (its client gets the error reply and EOF); every other
@@ -172,10 +156,11 @@ fn a_killed_pool_worker_fails_at_most_its_request_and_is_replaced() {
         .start();
     let addr = server.addr();
     assert!(
-        util::wait_for(Duration::from_secs(10), || children(server.pid()).len()
+        util::wait_for(Duration::from_secs(10), || util::children(server.pid())
+            .len()
             == 4),
         "4 workers at start: {:?}",
-        children(server.pid())
+        util::children(server.pid())
     );
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let clients: Vec<_> = (0..16)
@@ -199,7 +184,7 @@ fn a_killed_pool_worker_fails_at_most_its_request_and_is_replaced() {
         })
         .collect();
     std::thread::sleep(Duration::from_millis(500));
-    let victim = children(server.pid())[0];
+    let victim = util::children(server.pid())[0];
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim),
         nix::sys::signal::Signal::SIGKILL,
@@ -233,11 +218,11 @@ fn a_killed_pool_worker_fails_at_most_its_request_and_is_replaced() {
     );
     assert!(
         util::wait_for(Duration::from_secs(10), || {
-            let now = children(server.pid());
+            let now = util::children(server.pid());
             now.len() == 4 && !now.contains(&victim)
         }),
         "the pool is whole again: {:?}",
-        children(server.pid())
+        util::children(server.pid())
     );
     util::check_echo(addr, "after the respawn");
     server.stop();

@@ -391,7 +391,30 @@ fn sigint_when_idle_exits_zero(mode: Mode) {
     );
 }
 
+fn a_request_arriving_just_after_sigterm_is_still_answered(mode: Mode) {
+    // Connected before the stop, its request sent a moment after: it is
+    // answered (the shutdown grace), then the connection closes.
+    let mut server = gaidaros().mode(mode).start();
+    let mut early = connect(server.addr());
+    // Let the loop accept it before the signal.
+    std::thread::sleep(Duration::from_millis(200));
+    server.signal(Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(100));
+    early
+        .write_all(b"late words\n")
+        .expect("write after SIGTERM");
+    let mut got = Vec::new();
+    early.read_to_end(&mut got).expect("read to EOF");
+    assert_eq!(String::from_utf8_lossy(&got), "late words\n");
+    let status = server.wait_exit(Duration::from_secs(8));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit 0, got {status:?}"
+    );
+}
+
 per_server_type!(
+    a_request_arriving_just_after_sigterm_is_still_answered,
     sigterm_under_load_drains_responses_and_exits_zero,
     sigterm_writes_every_owed_response_before_closing,
     sigterm_with_a_client_that_never_reads_exits_at_the_drain_timeout,

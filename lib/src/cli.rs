@@ -20,7 +20,8 @@ use tracing::Level;
 use crate::config::{ConfError, Layers, Origin, Settings, LISTENER_KEYS, SERVER_KEYS};
 use crate::dispatch;
 use crate::handler::Registry;
-use crate::server::{ServeError, Server, SignalWatch};
+use crate::master;
+use crate::server::{ServeError, Server, ServerType, SignalWatch};
 use crate::sys;
 
 /// The command-line flags of `gaidaros` (and of every binary built on
@@ -46,12 +47,14 @@ pub struct Args {
     #[argh(option)]
     pub port: Option<u16>,
 
-    /// server type: blocking (one loop in the main thread) or thread
-    /// (-N loop threads) (default: thread)
+    /// server type: blocking (one loop in the main thread), thread (-N
+    /// loop threads) or procpool (a master and -N worker processes, each
+    /// with one loop; SIGHUP replaces them one by one) (default: thread)
     #[argh(option, short = 'S')]
     pub server_type: Option<String>,
 
-    /// loop threads for -S thread, 0 = one per core (default: 0)
+    /// loop threads for -S thread, worker processes for -S procpool; 0 =
+    /// one per core (default: 0)
     #[argh(option, short = 'N')]
     pub loops: Option<usize>,
 
@@ -106,6 +109,11 @@ pub struct Args {
     /// starts these itself)
     #[argh(switch, hidden_help)]
     pub pool_worker: bool,
+
+    /// internal: run as a worker process of -S procpool (the master starts
+    /// these itself)
+    #[argh(switch, hidden_help)]
+    pub server_worker: bool,
 }
 
 impl Args {
@@ -310,6 +318,11 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
         Ok(n) => tracing::debug!(limit = n, "open files limit"),
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
     }
+    if settings.server.server_type == ServerType::ProcPool && !args.server_worker {
+        let reload =
+            || self::settings(&args, std::env::vars(), &registry).map_err(|e| e.to_string());
+        return master::run(&settings, &argv[1.min(argv.len())..], reload);
+    }
     let signals = match SignalWatch::install() {
         Ok(s) => s,
         Err(e) => {
@@ -317,14 +330,41 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let worker = match dispatch::WorkerCommand::current(&argv[1.min(argv.len())..]) {
+    // Handler worker processes get the command line without the -S procpool
+    // worker flag: they are not server workers.
+    let own: Vec<String> = argv
+        .iter()
+        .skip(1)
+        .filter(|a| *a != master::SERVER_WORKER_FLAG)
+        .cloned()
+        .collect();
+    let worker = match dispatch::WorkerCommand::current(&own) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!("cannot find the running binary (-X proc and procpool need it): {e}");
             None
         }
     };
-    let server = match Server::bind_with(&settings, &registry, worker.as_ref()) {
+    let bound = if args.server_worker {
+        // A -S procpool worker: one loop on the master's sockets.
+        let mut mine = settings.clone();
+        mine.server.server_type = ServerType::Blocking;
+        mine.server.loops = 1;
+        match master::worker_sockets(settings.listeners.len()) {
+            Ok((ctl, socks)) => {
+                Server::bind_sockets(&mine, &registry, worker.as_ref(), Some(socks)).and_then(|s| {
+                    master::report_ready(&ctl)
+                        .map_err(|e| ServeError::Io("cannot report to the master".into(), e))?;
+                    master::stop_with_master(ctl, s.handles());
+                    Ok(s)
+                })
+            }
+            Err(e) => Err(ServeError::Io("cannot take the master's sockets".into(), e)),
+        }
+    } else {
+        Server::bind_with(&settings, &registry, worker.as_ref())
+    };
+    let server = match bound {
         Ok(s) => s,
         // A handler option or an address that cannot work is a conf error.
         Err(e @ (ServeError::Handler { .. } | ServeError::Address { .. })) => {

@@ -150,8 +150,8 @@ macro_rules! keys {
 
 /// The keys of `[server]`.
 pub const SERVER_KEYS: &[KeySpec] = keys! {
-    "type" = "thread" : "server type: blocking (one loop in the main thread) | thread (loops threads)";
-    "loops" = "0" : "loop threads for type = thread; 0 = one per core";
+    "type" = "thread" : "server type: blocking (one loop in the main thread) | thread (loops threads) | procpool (a master and loops worker processes)";
+    "loops" = "0" : "loop threads for type = thread, worker processes for procpool; 0 = one per core";
     "poll" = "edge" : "poll backend: edge (epoll edge-triggered, through mio)";
     "handler_type" = "blocking" : "where service requests run: blocking (inline on the loop) | thread | threadpool | gthread | gthreadpool";
     "pool_size" = "30" : "threads of threadpool, requests in flight of thread and gthreadpool";
@@ -507,9 +507,10 @@ impl Settings {
             values: layers.sections.get("server").cloned().unwrap_or_default(),
             specs: SERVER_KEYS,
         };
-        let server_type = server.get("type", "blocking or thread", |s| match s {
+        let server_type = server.get("type", "blocking, thread or procpool", |s| match s {
             "blocking" => Some(ServerType::Blocking),
             "thread" => Some(ServerType::Thread),
+            "procpool" => Some(ServerType::ProcPool),
             _ => None,
         })?;
         let loops = server.get(
@@ -528,6 +529,10 @@ impl Settings {
             (ServerType::Blocking, _) => 1,
             (ServerType::Thread, 0) => std::thread::available_parallelism().map_or(1, |n| n.get()),
             (ServerType::Thread, n) => n,
+            (ServerType::ProcPool, 0) => {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            }
+            (ServerType::ProcPool, n) => n,
         };
         let poll = server.get("poll", "edge (the only backend so far)", |s| match s {
             "edge" => Some(PollType::Edge),

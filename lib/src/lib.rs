@@ -44,6 +44,7 @@ pub mod config;
 pub mod dispatch;
 pub mod event_loop;
 pub mod handler;
+pub mod master;
 pub mod net;
 pub mod protocol;
 pub mod server;

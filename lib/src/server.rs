@@ -33,6 +33,9 @@ pub enum ServerType {
     Blocking,
     /// `-N` loop threads.
     Thread,
+    /// A master and `-N` worker processes, each with one loop on the shared
+    /// listening sockets (see [`crate::master`]).
+    ProcPool,
 }
 
 impl fmt::Display for ServerType {
@@ -40,6 +43,7 @@ impl fmt::Display for ServerType {
         f.write_str(match self {
             ServerType::Blocking => "blocking",
             ServerType::Thread => "thread",
+            ServerType::ProcPool => "procpool",
         })
     }
 }
@@ -116,8 +120,19 @@ impl Server {
         registry: &Registry,
         worker: Option<&dispatch::WorkerCommand>,
     ) -> Result<Server, ServeError> {
+        Server::bind_sockets(settings, registry, worker, None)
+    }
+
+    /// [`Server::bind_with`] on listening sockets bound elsewhere (a
+    /// `-S procpool` master's), one per listener in settings order.
+    pub fn bind_sockets(
+        settings: &Settings,
+        registry: &Registry,
+        worker: Option<&dispatch::WorkerCommand>,
+        mut given: Option<Vec<std::net::TcpListener>>,
+    ) -> Result<Server, ServeError> {
         let n_loops = match settings.server.server_type {
-            ServerType::Blocking => 1,
+            ServerType::Blocking | ServerType::ProcPool => 1,
             ServerType::Thread => settings.server.loops.max(1),
         };
         let mut per_loop: Vec<Vec<(std::net::TcpListener, Arc<ListenerSetup>)>> =
@@ -170,14 +185,26 @@ impl Server {
                     source,
                 }
             })?;
-            let reuseport = settings.server.reuseport && n_loops > 1;
+            let reuseport = settings.server.reuseport && n_loops > 1 && given.is_none();
             let mut spec = BindSpec {
                 addr,
                 version: l.ip_version,
                 backlog: l.backlog,
                 reuseport,
             };
-            let first = net::bind(&spec).map_err(|e| bind_err(addr.to_string(), e))?;
+            let first = match given.as_mut() {
+                Some(socks) if !socks.is_empty() => socks.remove(0),
+                Some(_) => {
+                    return Err(bind_err(
+                        addr.to_string(),
+                        io::Error::new(
+                            io::ErrorKind::NotFound,
+                            "no listening socket passed for it",
+                        ),
+                    ))
+                }
+                None => net::bind(&spec).map_err(|e| bind_err(addr.to_string(), e))?,
+            };
             let local = first
                 .local_addr()
                 .map_err(|e| bind_err(addr.to_string(), e))?;
@@ -196,12 +223,14 @@ impl Server {
             for (lp, sock) in per_loop.iter_mut().zip(sockets) {
                 lp.push((sock, setup.clone()));
             }
-            info!(
-                listener = %l.name,
-                addr = %local,
-                handler = %l.handler,
-                "listening"
-            );
+            if given.is_none() {
+                info!(
+                    listener = %l.name,
+                    addr = %local,
+                    handler = %l.handler,
+                    "listening"
+                );
+            }
             addrs.push((l.name.clone(), local));
         }
         let loop_settings = LoopSettings {
@@ -248,7 +277,7 @@ impl Server {
         let mut loops = self.loops;
         let mut result = Ok(());
         match self.server_type {
-            ServerType::Blocking => {
+            ServerType::Blocking | ServerType::ProcPool => {
                 for lp in loops.drain(..) {
                     if let Err(e) = lp.run() {
                         result = Err(ServeError::Io("event loop".into(), e));

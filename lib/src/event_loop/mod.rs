@@ -65,6 +65,10 @@ use timer::{Due, Timers};
 /// Reads per readiness event before a connection yields to the others.
 pub const READ_BUDGET: usize = 16;
 
+/// On shutdown, how long a connection whose request is still arriving may
+/// take to complete it (at most the drain timeout).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
 /// How long a loop with requests out in a handler pool polls for their
 /// answers before it sleeps.
 const JOB_SPIN: Duration = Duration::from_micros(50);
@@ -241,6 +245,11 @@ pub(crate) struct Conn {
     /// A complete request waits in `input` for room in the pool or under
     /// `max_pipelined`: reading stops until a job finishes.
     dispatch_waiting: bool,
+    /// Nothing read yet: its first request may be on its way.
+    fresh: bool,
+    /// Shutting down while this connection's request was still arriving:
+    /// it gets until then to complete and be answered.
+    shutdown_deadline: Option<Instant>,
 }
 
 impl Conn {
@@ -275,6 +284,8 @@ impl Conn {
             write_seq: 0,
             pending: VecDeque::new(),
             dispatch_waiting: false,
+            fresh: true,
+            shutdown_deadline: None,
         }
     }
 
@@ -307,6 +318,7 @@ impl Conn {
         };
         consider(self.connect_deadline, Expiry::Connect);
         consider(self.linger_deadline, Expiry::Linger);
+        consider(self.shutdown_deadline, Expiry::Shutdown);
         // A request still running in a pool is not idleness.
         if self.pending.is_empty() {
             consider(
@@ -323,6 +335,7 @@ enum Expiry {
     Connect,
     Linger,
     Idle,
+    Shutdown,
 }
 
 enum Deferred {
@@ -551,8 +564,23 @@ impl Loop {
             }
         }
         let slots: Vec<usize> = self.core.conns.iter().map(|(k, _)| k).collect();
+        let grace = self.core.now + SHUTDOWN_GRACE.min(self.settings.drain_timeout);
         for slot in slots {
             if let Some(c) = self.core.conns.get_mut(slot) {
+                if c.session.is_none()
+                    && (c.fresh || !c.input.is_empty())
+                    && c.out.is_empty()
+                    && c.pending.is_empty()
+                    && !c.closing
+                {
+                    // A request may be arriving (a client that connected
+                    // just before the stop, or one half read): answer it,
+                    // then close. Losing it would refuse work that a
+                    // reload promises to keep.
+                    c.shutdown_deadline = Some(grace);
+                    self.core.ensure_armed(slot);
+                    continue;
+                }
                 c.closing = true;
                 c.close_reason.get_or_insert(CloseReason::Shutdown);
             }
@@ -901,6 +929,7 @@ impl Core {
                 }
                 Ok(n) => {
                     conn.last_active = self.now;
+                    conn.fresh = false;
                     return ReadStep::Data(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadStep::Stop,
@@ -1294,6 +1323,10 @@ impl Core {
                 self.connect_failed(slot, io::ErrorKind::TimedOut);
             }
             Some((_, Expiry::Linger)) => self.close(slot, None),
+            Some((_, Expiry::Shutdown)) => {
+                debug!(%id, "shutdown grace over: closing");
+                self.close(slot, Some(CloseReason::Shutdown));
+            }
             Some((_, Expiry::Idle)) => {
                 debug!(%id, "idle timeout");
                 self.abort(slot, CloseReason::Idle);
@@ -1312,6 +1345,7 @@ impl Core {
     ) {
         if let (Some(pool), Handler::Service(shared)) = (&setup.pool, &setup.handler) {
             self.feed_pool(slot, pool, shared, setup, data);
+            self.close_after_grace(slot);
             return;
         }
         let conn = &mut self.conns[slot];
@@ -1333,6 +1367,17 @@ impl Core {
             }
         }
         conn.out.trim(&mut self.pool);
+        self.close_after_grace(slot);
+    }
+
+    /// Shutting down with a request of `slot` still arriving: once nothing
+    /// incomplete is left, it closes after its answers.
+    fn close_after_grace(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        if conn.shutdown_deadline.is_some() && conn.input.is_empty() && !conn.dispatch_waiting {
+            conn.closing = true;
+            conn.close_reason.get_or_insert(CloseReason::Shutdown);
+        }
     }
 
     /// Write what `slot` has pending and act on its state: interest changes,
