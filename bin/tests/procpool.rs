@@ -178,7 +178,7 @@ fn a_reload_with_a_broken_conf_keeps_the_running_workers() {
     expect_echo(&mut held, "before the reload\n");
     dir.write("gaidaros.conf", &format!("{good}no_such_key = 1\n"));
     server.signal(Signal::SIGHUP);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !server.log().contains("reload refused") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -191,4 +191,35 @@ fn a_reload_with_a_broken_conf_keeps_the_running_workers() {
     expect_echo(&mut held, "after the refused reload\n");
     check_echo(addr, "new connection");
     server.stop();
+}
+
+#[test]
+fn proc_serves_each_connection_in_its_own_process_and_a_crash_takes_only_it() {
+    let server = gaidaros().args(&["-S", "proc"]).start();
+    let addr = server.addr();
+    let mut conns: Vec<TcpStream> = (0..5).map(|_| connect(addr)).collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        expect_echo(c, &format!("conn {i} first\n"));
+    }
+    let workers = wait_workers(server.pid(), 5);
+    kill(Pid::from_raw(workers[0]), Signal::SIGKILL).expect("kill -9 one connection's worker");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut served = 0;
+    for (i, c) in conns.iter_mut().enumerate() {
+        let line = format!("conn {i} second\n");
+        let ok = c.write_all(line.as_bytes()).is_ok() && {
+            let mut got = vec![0; line.len()];
+            c.read_exact(&mut got).is_ok() && got == line.as_bytes()
+        };
+        served += usize::from(ok);
+    }
+    assert_eq!(served, 4, "the crash took exactly its own connection");
+    check_echo(addr, "new connection after the crash");
+    drop(conns);
+    let left = children(server.pid());
+    server.stop();
+    assert!(
+        wait_for(Duration::from_secs(10), || left.iter().all(|w| !alive(*w))),
+        "connection workers exit with the master: {left:?}"
+    );
 }

@@ -363,8 +363,11 @@ fn sigterm_with_a_client_that_never_reads_exits_at_the_drain_timeout(mode: Mode)
         "with drain_timeout = 1s the server should exit 0 well within 8 s, got {status:?}; log:\n{}",
         server.log()
     );
+    // Under load the hog's writes may stop on their timeout before the
+    // server's output fills: then its half-read request meets the shutdown
+    // grace instead of the drain timeout. Either forced close is logged.
     assert!(
-        server.log().contains("drain timeout"),
+        server.log().contains("drain timeout") || server.log().contains("shutdown grace over"),
         "the forced close is logged; log:\n{}",
         server.log()
     );

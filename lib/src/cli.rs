@@ -48,8 +48,9 @@ pub struct Args {
     pub port: Option<u16>,
 
     /// server type: blocking (one loop in the main thread), thread (-N
-    /// loop threads) or procpool (a master and -N worker processes, each
-    /// with one loop; SIGHUP replaces them one by one) (default: thread)
+    /// loop threads), procpool (a master and -N worker processes, each
+    /// with one loop; SIGHUP replaces them one by one) or proc (a worker
+    /// process per connection) (default: thread)
     #[argh(option, short = 'S')]
     pub server_type: Option<String>,
 
@@ -114,6 +115,11 @@ pub struct Args {
     /// these itself)
     #[argh(switch, hidden_help)]
     pub server_worker: bool,
+
+    /// internal: run as a connection worker of -S proc (the master starts
+    /// these itself)
+    #[argh(switch, hidden_help)]
+    pub conn_worker: bool,
 }
 
 impl Args {
@@ -318,6 +324,9 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
         Ok(n) => tracing::debug!(limit = n, "open files limit"),
         Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
     }
+    if settings.server.server_type == ServerType::Proc && !args.conn_worker {
+        return master::run_per_connection(&settings, &argv[1.min(argv.len())..]);
+    }
     if settings.server.server_type == ServerType::ProcPool && !args.server_worker {
         let reload =
             || self::settings(&args, std::env::vars(), &registry).map_err(|e| e.to_string());
@@ -335,7 +344,7 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
     let own: Vec<String> = argv
         .iter()
         .skip(1)
-        .filter(|a| *a != master::SERVER_WORKER_FLAG)
+        .filter(|a| *a != master::SERVER_WORKER_FLAG && *a != master::CONN_WORKER_FLAG)
         .cloned()
         .collect();
     let worker = match dispatch::WorkerCommand::current(&own) {
@@ -345,7 +354,21 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
             None
         }
     };
-    let bound = if args.server_worker {
+    let bound = if args.conn_worker {
+        match master::worker_connection() {
+            Ok((ctl, li, stream)) => {
+                Server::for_connection(&settings, &registry, worker.as_ref(), li, stream).inspect(
+                    |s| {
+                        master::stop_with_master(ctl, s.handles());
+                    },
+                )
+            }
+            Err(e) => Err(ServeError::Io(
+                "cannot take the connection from the master".into(),
+                e,
+            )),
+        }
+    } else if args.server_worker {
         // A -S procpool worker: one loop on the master's sockets.
         let mut mine = settings.clone();
         mine.server.server_type = ServerType::Blocking;

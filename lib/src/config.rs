@@ -150,7 +150,7 @@ macro_rules! keys {
 
 /// The keys of `[server]`.
 pub const SERVER_KEYS: &[KeySpec] = keys! {
-    "type" = "thread" : "server type: blocking (one loop in the main thread) | thread (loops threads) | procpool (a master and loops worker processes)";
+    "type" = "thread" : "server type: blocking (one loop in the main thread) | thread (loops threads) | procpool (a master and loops worker processes) | proc (a worker process per connection)";
     "loops" = "0" : "loop threads for type = thread, worker processes for procpool; 0 = one per core";
     "poll" = "edge" : "poll backend: edge (epoll edge-triggered, through mio)";
     "handler_type" = "blocking" : "where service requests run: blocking (inline on the loop) | thread | threadpool | gthread | gthreadpool";
@@ -507,12 +507,14 @@ impl Settings {
             values: layers.sections.get("server").cloned().unwrap_or_default(),
             specs: SERVER_KEYS,
         };
-        let server_type = server.get("type", "blocking, thread or procpool", |s| match s {
-            "blocking" => Some(ServerType::Blocking),
-            "thread" => Some(ServerType::Thread),
-            "procpool" => Some(ServerType::ProcPool),
-            _ => None,
-        })?;
+        let server_type =
+            server.get("type", "blocking, thread, procpool or proc", |s| match s {
+                "blocking" => Some(ServerType::Blocking),
+                "thread" => Some(ServerType::Thread),
+                "procpool" => Some(ServerType::ProcPool),
+                "proc" => Some(ServerType::Proc),
+                _ => None,
+            })?;
         let loops = server.get(
             "loops",
             "a whole number of loop threads (0 = one per core)",
@@ -533,6 +535,7 @@ impl Settings {
                 std::thread::available_parallelism().map_or(1, |n| n.get())
             }
             (ServerType::ProcPool, n) => n,
+            (ServerType::Proc, _) => 1,
         };
         let poll = server.get("poll", "edge (the only backend so far)", |s| match s {
             "edge" => Some(PollType::Edge),

@@ -1,4 +1,5 @@
-//! `-S procpool`: a master process and `-N` worker processes.
+//! `-S procpool`: a master process and `-N` worker processes; and `-S
+//! proc`, a worker process per connection ([`run_per_connection`]).
 //!
 //! The master binds every listener once, then starts each worker by
 //! re-executing its own binary with `--server-worker` and the same command
@@ -75,7 +76,7 @@ impl Spawner {
             .spawn()?;
         let started = Instant::now();
         let fds: Vec<_> = self.listeners.iter().map(|l| l.as_fd()).collect();
-        let ready = sys::send_fds(&ours, &fds).and_then(|()| {
+        let ready = sys::send_fds(&ours, b'L', &fds).and_then(|()| {
             ours.set_read_timeout(Some(READY_TIMEOUT))?;
             let mut byte = [0u8; 1];
             loop {
@@ -122,33 +123,11 @@ pub fn run(
             return ExitCode::FAILURE;
         }
     };
-    let mut listeners = Vec::new();
-    for l in &settings.listeners {
-        let bound = net::resolve(&l.host, l.port, l.ip_version).and_then(|addr| {
-            net::bind(&BindSpec {
-                addr,
-                version: l.ip_version,
-                backlog: l.backlog,
-                reuseport: false,
-            })
-        });
-        match bound.and_then(|s| s.local_addr().map(|a| (s, a))) {
-            Ok((sock, addr)) => {
-                info!(listener = %l.name, %addr, handler = %l.handler, "listening");
-                listeners.push(sock);
-            }
-            Err(e) => {
-                eprintln!("gaidaros: listener {}: cannot bind: {e}", l.name);
-                return ExitCode::FAILURE;
-            }
-        }
-    }
-    let exe = match std::env::current_exe() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("gaidaros: cannot find the running binary to start workers: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(listeners) = bind_all(settings) else {
+        return ExitCode::FAILURE;
+    };
+    let Some(exe) = own_binary() else {
+        return ExitCode::FAILURE;
     };
     let spawner = Spawner {
         exe,
@@ -237,6 +216,179 @@ pub fn run(
     }
 }
 
+/// Bind every listener once (one socket each, shared by the workers).
+fn bind_all(settings: &Settings) -> Option<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::new();
+    for l in &settings.listeners {
+        let bound = net::resolve(&l.host, l.port, l.ip_version).and_then(|addr| {
+            net::bind(&BindSpec {
+                addr,
+                version: l.ip_version,
+                backlog: l.backlog,
+                reuseport: false,
+            })
+        });
+        match bound.and_then(|s| s.local_addr().map(|a| (s, a))) {
+            Ok((sock, addr)) => {
+                info!(listener = %l.name, %addr, handler = %l.handler, "listening");
+                listeners.push(sock);
+            }
+            Err(e) => {
+                eprintln!("gaidaros: listener {}: cannot bind: {e}", l.name);
+                return None;
+            }
+        }
+    }
+    Some(listeners)
+}
+
+fn own_binary() -> Option<std::path::PathBuf> {
+    match std::env::current_exe() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("gaidaros: cannot find the running binary to start workers: {e}");
+            None
+        }
+    }
+}
+
+/// The flag that starts the binary as a `-S proc` connection worker.
+pub const CONN_WORKER_FLAG: &str = "--conn-worker";
+
+/// A connection worker, the master's end of its control socket, and the
+/// index of the listener that accepted its connection.
+struct ConnWorker {
+    listener: usize,
+    worker: Worker,
+}
+
+/// `-S proc`: accept on every listener (a thread each) and start a worker
+/// process per connection, handing it the connection (SCM_RIGHTS) tagged
+/// with its listener's index: one crash takes one connection with it. At
+/// most `max_connections` workers per listener at once (accepting waits).
+/// SIGINT/SIGTERM: stop accepting, SIGTERM to every worker, wait for them
+/// to drain, exit 0.
+pub fn run_per_connection(settings: &Settings, args: &[String]) -> ExitCode {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGCHLD]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gaidaros: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(listeners) = bind_all(settings) else {
+        return ExitCode::FAILURE;
+    };
+    let Some(exe) = own_binary() else {
+        return ExitCode::FAILURE;
+    };
+    let live: Arc<Mutex<Vec<ConnWorker>>> = Arc::new(Mutex::new(Vec::new()));
+    let reap = |live: &Mutex<Vec<ConnWorker>>| {
+        let mut l = live.lock().unwrap_or_else(|p| p.into_inner());
+        l.retain_mut(|w| !matches!(w.worker.child.try_wait(), Ok(Some(_))));
+    };
+    let stopping = Arc::new(AtomicBool::new(false));
+    if u8::try_from(listeners.len()).is_err() {
+        eprintln!("gaidaros: -S proc serves at most 255 listeners");
+        return ExitCode::FAILURE;
+    }
+    for (li, listener) in listeners.into_iter().enumerate() {
+        let (live, stopping) = (Arc::clone(&live), Arc::clone(&stopping));
+        let (exe, args) = (exe.clone(), args.to_vec());
+        let limit = settings.listeners[li].limits.max_connections;
+        let name = settings.listeners[li].name.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("gaidaros-accept-{li}"))
+            .spawn(move || loop {
+                reap(&live);
+                let busy = live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .filter(|w| w.listener == li)
+                    .count();
+                if busy >= limit {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                let stream = match listener.accept() {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        warn!(listener = %name, "accept: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                if stopping.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let started = UnixStream::pair().and_then(|(ours, theirs)| {
+                    let theirs: std::os::fd::OwnedFd = theirs.into();
+                    let child = Command::new(&exe)
+                        .args(&args)
+                        .arg(CONN_WORKER_FLAG)
+                        .stdin(Stdio::from(theirs))
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::inherit())
+                        .spawn()?;
+                    let worker = Worker {
+                        child,
+                        started: Instant::now(),
+                        _ctl: ours,
+                    };
+                    sys::send_fds(&worker._ctl, li as u8, &[stream.as_fd()])?;
+                    Ok(worker)
+                });
+                match started {
+                    Ok(worker) => live
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(ConnWorker {
+                            listener: li,
+                            worker,
+                        }),
+                    Err(e) => error!(listener = %name, "cannot start a connection worker: {e}"),
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("gaidaros: cannot start the accept thread: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    info!(server = "proc", "serving");
+    loop {
+        let sigs: Vec<i32> = signals.wait().collect();
+        if sigs.iter().any(|s| *s == SIGINT || *s == SIGTERM) {
+            info!("shutting down: connection workers drain");
+            stopping.store(true, Ordering::SeqCst);
+            let workers: Vec<Worker> = live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..)
+                .map(|w| w.worker)
+                .collect();
+            stop_all(&mut [], workers, settings.server.drain_timeout);
+            info!("stopped");
+            return ExitCode::SUCCESS;
+        }
+        // SIGCHLD: reap.
+        reap(&live);
+    }
+}
+
+/// A `-S proc` worker's connection and its listener's index, from the
+/// master over stdin.
+pub fn worker_connection() -> std::io::Result<(UnixStream, usize, std::net::TcpStream)> {
+    let ctl = sys::stdin_socket()?;
+    let (tag, mut fds) = sys::recv_fds(&ctl, 1)?;
+    let fd = fds.pop().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "no connection passed")
+    })?;
+    Ok((ctl, tag as usize, std::net::TcpStream::from(fd)))
+}
+
 /// SIGTERM every worker, wait for them to drain (the drain timeout and a
 /// second more), then SIGKILL what is left.
 fn stop_all(slots: &mut [Option<Worker>], mut retiring: Vec<Worker>, drain: Duration) {
@@ -264,7 +416,7 @@ fn stop_all(slots: &mut [Option<Worker>], mut retiring: Vec<Worker>, drain: Dura
 /// calls `ready` once it is bound, before running).
 pub fn worker_sockets(count: usize) -> std::io::Result<(UnixStream, Vec<std::net::TcpListener>)> {
     let ctl = sys::stdin_socket()?;
-    let fds = sys::recv_fds(&ctl, count)?;
+    let (_, fds) = sys::recv_fds(&ctl, count)?;
     if fds.len() != count {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,

@@ -36,6 +36,8 @@ pub enum ServerType {
     /// A master and `-N` worker processes, each with one loop on the shared
     /// listening sockets (see [`crate::master`]).
     ProcPool,
+    /// A worker process per accepted connection (see [`crate::master`]).
+    Proc,
 }
 
 impl fmt::Display for ServerType {
@@ -44,8 +46,58 @@ impl fmt::Display for ServerType {
             ServerType::Blocking => "blocking",
             ServerType::Thread => "thread",
             ServerType::ProcPool => "procpool",
+            ServerType::Proc => "proc",
         })
     }
+}
+
+/// Each listener's handler and setup, with the process's handler pool (one,
+/// shared by every service listener).
+fn setups(
+    settings: &Settings,
+    registry: &Registry,
+    worker: Option<&dispatch::WorkerCommand>,
+) -> Result<Vec<Arc<ListenerSetup>>, ServeError> {
+    let pool = dispatch::build_with(
+        settings.server.handler_type,
+        settings.server.pool_size,
+        settings.server.pool_queue,
+        worker,
+    )
+    .map_err(|e| ServeError::Io("cannot start the handler pool".into(), e))?;
+    if let Some(p) = &pool {
+        info!(
+            handler_type = %p.kind(),
+            size = settings.server.pool_size,
+            "handler pool"
+        );
+    }
+    settings
+        .listeners
+        .iter()
+        .map(|l| {
+            let handler =
+                registry
+                    .build(&l.handler, &l.options)
+                    .map_err(|e| ServeError::Handler {
+                        listener: l.name.clone(),
+                        message: e.to_string(),
+                    })?;
+            Ok(Arc::new(
+                ListenerSetup::new(
+                    l.name.clone(),
+                    handler,
+                    ConnOptions {
+                        nodelay: l.nodelay,
+                        cork: l.cork,
+                    },
+                    l.coalesce,
+                    l.limits.clone(),
+                )
+                .with_pool(pool.clone()),
+            ))
+        })
+        .collect()
 }
 
 /// Why the server could not start or failed while running.
@@ -132,48 +184,14 @@ impl Server {
         mut given: Option<Vec<std::net::TcpListener>>,
     ) -> Result<Server, ServeError> {
         let n_loops = match settings.server.server_type {
-            ServerType::Blocking | ServerType::ProcPool => 1,
+            ServerType::Blocking | ServerType::ProcPool | ServerType::Proc => 1,
             ServerType::Thread => settings.server.loops.max(1),
         };
         let mut per_loop: Vec<Vec<(std::net::TcpListener, Arc<ListenerSetup>)>> =
             (0..n_loops).map(|_| Vec::new()).collect();
-        // One handler pool for the process, shared by every service listener.
-        let pool = dispatch::build_with(
-            settings.server.handler_type,
-            settings.server.pool_size,
-            settings.server.pool_queue,
-            worker,
-        )
-        .map_err(|e| ServeError::Io("cannot start the handler pool".into(), e))?;
-        if let Some(p) = &pool {
-            info!(
-                handler_type = %p.kind(),
-                size = settings.server.pool_size,
-                "handler pool"
-            );
-        }
+        let setups = setups(settings, registry, worker)?;
         let mut addrs = Vec::new();
-        for l in &settings.listeners {
-            let handler =
-                registry
-                    .build(&l.handler, &l.options)
-                    .map_err(|e| ServeError::Handler {
-                        listener: l.name.clone(),
-                        message: e.to_string(),
-                    })?;
-            let setup = Arc::new(
-                ListenerSetup::new(
-                    l.name.clone(),
-                    handler,
-                    ConnOptions {
-                        nodelay: l.nodelay,
-                        cork: l.cork,
-                    },
-                    l.coalesce,
-                    l.limits.clone(),
-                )
-                .with_pool(pool.clone()),
-            );
+        for (l, setup) in settings.listeners.iter().zip(setups) {
             let bind_err = |addr: String, source: io::Error| ServeError::Bind {
                 listener: l.name.clone(),
                 addr,
@@ -235,6 +253,7 @@ impl Server {
         }
         let loop_settings = LoopSettings {
             drain_timeout: settings.server.drain_timeout,
+            exit_when_idle: false,
         };
         let mut loops = Vec::new();
         let mut handles = Vec::new();
@@ -249,6 +268,34 @@ impl Server {
             handles,
             addrs,
             server_type: settings.server.server_type,
+        })
+    }
+
+    /// A server of one loop that serves `stream`, accepted by a `-S proc`
+    /// master on listener `listener`, and returns when it closes.
+    pub fn for_connection(
+        settings: &Settings,
+        registry: &Registry,
+        worker: Option<&dispatch::WorkerCommand>,
+        listener: usize,
+        stream: std::net::TcpStream,
+    ) -> Result<Server, ServeError> {
+        let setups = setups(settings, registry, worker)?;
+        let (lp, handle) = Loop::for_connection(
+            setups,
+            listener,
+            stream,
+            LoopSettings {
+                drain_timeout: settings.server.drain_timeout,
+                exit_when_idle: true,
+            },
+        )
+        .map_err(|e| ServeError::Io("cannot serve the connection".into(), e))?;
+        Ok(Server {
+            loops: vec![lp],
+            handles: vec![handle],
+            addrs: Vec::new(),
+            server_type: ServerType::Blocking,
         })
     }
 
@@ -277,7 +324,7 @@ impl Server {
         let mut loops = self.loops;
         let mut result = Ok(());
         match self.server_type {
-            ServerType::Blocking | ServerType::ProcPool => {
+            ServerType::Blocking | ServerType::ProcPool | ServerType::Proc => {
                 for lp in loops.drain(..) {
                     if let Err(e) = lp.run() {
                         result = Err(ServeError::Io("event loop".into(), e));

@@ -113,16 +113,17 @@ impl Pipe {
 }
 
 /// Send `fds` over the unix socket `sock` (SCM_RIGHTS) with one byte of
-/// payload: how a master hands its listening sockets to a worker process
-/// it has just started.
+/// payload, `tag`: how a master hands its listening sockets, or an accepted
+/// connection and its listener's index, to a worker process it started.
 pub fn send_fds(
     sock: &std::os::unix::net::UnixStream,
+    tag: u8,
     fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     use std::os::fd::AsRawFd;
     let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let payload = [b'L'];
+    let payload = [tag];
     let iov = [std::io::IoSlice::new(&payload)];
     loop {
         match sendmsg::<()>(
@@ -139,11 +140,12 @@ pub fn send_fds(
     }
 }
 
-/// Receive the descriptors [`send_fds`] sent, taking ownership of them.
+/// Receive the tag and descriptors [`send_fds`] sent, taking ownership of
+/// the descriptors.
 pub fn recv_fds(
     sock: &std::os::unix::net::UnixStream,
     max: usize,
-) -> io::Result<Vec<std::os::fd::OwnedFd>> {
+) -> io::Result<(u8, Vec<std::os::fd::OwnedFd>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let mut payload = [0u8; 1];
@@ -180,7 +182,7 @@ pub fn recv_fds(
             format!("{} descriptors, expected at most {max}", fds.len()),
         ));
     }
-    Ok(fds)
+    Ok((payload[0], fds))
 }
 
 /// This process's standard input as a unix socket: a worker process's

@@ -385,12 +385,16 @@ struct ListenerSlot {
 pub struct LoopSettings {
     /// After a stop request, how long pending output may take to drain.
     pub drain_timeout: Duration,
+    /// Return from [`Loop::run`] once the last connection has closed (a
+    /// loop serving one adopted connection, `-S proc`).
+    pub exit_when_idle: bool,
 }
 
 impl Default for LoopSettings {
     fn default() -> Self {
         LoopSettings {
             drain_timeout: Duration::from_secs(10),
+            exit_when_idle: false,
         }
     }
 }
@@ -413,6 +417,39 @@ impl Loop {
         listeners: Vec<(std::net::TcpListener, Arc<ListenerSetup>)>,
         settings: LoopSettings,
     ) -> io::Result<(Loop, LoopHandle)> {
+        Loop::build(
+            listeners.into_iter().map(|(l, s)| (Some(l), s)).collect(),
+            settings,
+        )
+    }
+
+    /// A loop with no listening socket that serves one connection accepted
+    /// elsewhere (a `-S proc` worker): `stream` is served as if listener
+    /// `listener` of `setups` had accepted it.
+    pub fn for_connection(
+        setups: Vec<Arc<ListenerSetup>>,
+        listener: usize,
+        stream: std::net::TcpStream,
+        settings: LoopSettings,
+    ) -> io::Result<(Loop, LoopHandle)> {
+        if listener >= setups.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no such listener",
+            ));
+        }
+        let (mut lp, handle) =
+            Loop::build(setups.into_iter().map(|s| (None, s)).collect(), settings)?;
+        stream.set_nonblocking(true)?;
+        let peer = stream.peer_addr()?;
+        lp.adopt(listener, TcpStream::from_std(stream), peer);
+        Ok((lp, handle))
+    }
+
+    fn build(
+        listeners: Vec<(Option<std::net::TcpListener>, Arc<ListenerSetup>)>,
+        settings: LoopSettings,
+    ) -> io::Result<(Loop, LoopHandle)> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let registry = poll.registry().try_clone()?;
@@ -420,12 +457,18 @@ impl Loop {
         let mut setups = Vec::new();
         let mut scratch_len = 0;
         for (i, (std_listener, setup)) in listeners.into_iter().enumerate() {
-            std_listener.set_nonblocking(true)?;
-            let mut sock = TcpListener::from_std(std_listener);
-            registry.register(&mut sock, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            let sock = match std_listener {
+                Some(l) => {
+                    l.set_nonblocking(true)?;
+                    let mut sock = TcpListener::from_std(l);
+                    registry.register(&mut sock, Token(LISTENER_BASE + i), Interest::READABLE)?;
+                    Some(sock)
+                }
+                None => None,
+            };
             scratch_len = scratch_len.max(setup.limits.recv_size.max(1));
             slots.push(ListenerSlot {
-                sock: Some(sock),
+                sock,
                 paused: false,
                 last_warning: None,
             });
@@ -523,6 +566,9 @@ impl Loop {
                 drain_deadline = Some(self.core.now + self.settings.drain_timeout);
                 self.begin_shutdown();
                 self.settle();
+            }
+            if self.settings.exit_when_idle && self.core.conns.is_empty() {
+                return Ok(());
             }
             if let Some(deadline) = drain_deadline {
                 if self.core.conns.is_empty() {
@@ -624,27 +670,7 @@ impl Loop {
             }
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    if let Err(e) = net::configure(&stream, setup.conn_options) {
-                        warn!(listener = %setup.name, %peer, "cannot set socket options: {e}");
-                        continue;
-                    }
-                    match self.core.add_conn(stream, li, Interest::READABLE) {
-                        Ok(slot) => {
-                            setup.active.fetch_add(1, Ordering::Relaxed);
-                            let conn = &mut self.core.conns[slot];
-                            conn.peer = Some(peer);
-                            let id = conn.id(slot);
-                            trace!(listener = %setup.name, %peer, %id, "accepted");
-                            if let Handler::Protocol(factory) = &setup.handler {
-                                let key = self.core.add_session(factory.open(), li);
-                                self.core.sessions[key.slot].live = 1;
-                                self.core.conns[slot].session = Some(key);
-                                self.core.call(key, |p, ctx| p.on_open(ctx, id));
-                            }
-                            self.core.ensure_armed(slot);
-                        }
-                        Err(e) => warn!(listener = %setup.name, "cannot register connection: {e}"),
-                    }
+                    self.adopt(li, stream, peer);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if sys::is_resource_exhaustion(&e) => {
@@ -663,6 +689,32 @@ impl Loop {
                     return;
                 }
             }
+        }
+    }
+
+    /// Serve `stream`, accepted on listener `li`.
+    fn adopt(&mut self, li: usize, stream: TcpStream, peer: SocketAddr) {
+        let setup = self.core.setups[li].clone();
+        if let Err(e) = net::configure(&stream, setup.conn_options) {
+            warn!(listener = %setup.name, %peer, "cannot set socket options: {e}");
+            return;
+        }
+        match self.core.add_conn(stream, li, Interest::READABLE) {
+            Ok(slot) => {
+                setup.active.fetch_add(1, Ordering::Relaxed);
+                let conn = &mut self.core.conns[slot];
+                conn.peer = Some(peer);
+                let id = conn.id(slot);
+                trace!(listener = %setup.name, %peer, %id, "accepted");
+                if let Handler::Protocol(factory) = &setup.handler {
+                    let key = self.core.add_session(factory.open(), li);
+                    self.core.sessions[key.slot].live = 1;
+                    self.core.conns[slot].session = Some(key);
+                    self.core.call(key, |p, ctx| p.on_open(ctx, id));
+                }
+                self.core.ensure_armed(slot);
+            }
+            Err(e) => warn!(listener = %setup.name, "cannot register connection: {e}"),
         }
     }
 
@@ -1324,7 +1376,7 @@ impl Core {
             }
             Some((_, Expiry::Linger)) => self.close(slot, None),
             Some((_, Expiry::Shutdown)) => {
-                debug!(%id, "shutdown grace over: closing");
+                warn!(%id, "shutdown grace over: closing a connection whose request did not complete");
                 self.close(slot, Some(CloseReason::Shutdown));
             }
             Some((_, Expiry::Idle)) => {
