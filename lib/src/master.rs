@@ -152,7 +152,14 @@ pub fn run(
     let mut drain = settings.server.drain_timeout;
     let mut pending_hup = false;
     loop {
-        let sigs: Vec<i32> = signals.wait().collect();
+        let sigs: Vec<i32> = if slots.iter().any(Option::is_none) {
+            // A slot whose worker could not be restarted: try again each
+            // second until it can, still answering signals.
+            std::thread::sleep(RESTART_GAP);
+            signals.pending().collect()
+        } else {
+            signals.wait().collect()
+        };
         for sig in sigs {
             match sig {
                 SIGCHLD => {}
@@ -169,6 +176,13 @@ pub fn run(
         retiring.retain_mut(|w| !matches!(w.child.try_wait(), Ok(Some(_))));
         for (i, slot) in slots.iter_mut().enumerate() {
             let Some(w) = slot.as_mut() else {
+                match spawner.start() {
+                    Ok(w) => {
+                        info!(slot = i, "worker restarted");
+                        *slot = Some(w);
+                    }
+                    Err(e) => error!(slot = i, "cannot restart the worker: {e}"),
+                }
                 continue;
             };
             if let Ok(Some(status)) = w.child.try_wait() {
