@@ -26,12 +26,14 @@
 //! - [`measure`]: perf syscall counts, callgrind instruction totals, RSS.
 //! - [`stats`]: one [`Sample`] per run, medians, pair-by-pair ratios.
 //! - [`chart`]: the SVG bar chart of the ratios.
+//! - [`peer`]: argument parsing and the accept loop the peer binaries share.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod chart;
 pub mod measure;
+pub mod peer;
 pub mod report;
 pub mod server;
 pub mod stats;

@@ -116,17 +116,9 @@ pub fn run(
     args: &[String],
     reload: impl Fn() -> Result<Settings, String>,
 ) -> ExitCode {
-    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGHUP, SIGCHLD]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("gaidaros: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let Some(listeners) = bind_all(settings) else {
-        return ExitCode::FAILURE;
-    };
-    let Some(exe) = own_binary() else {
+    let Some((mut signals, listeners, exe)) =
+        prepare(settings, &[SIGINT, SIGTERM, SIGHUP, SIGCHLD])
+    else {
         return ExitCode::FAILURE;
     };
     let spawner = Spawner {
@@ -230,6 +222,23 @@ pub fn run(
     }
 }
 
+/// What both masters need before their first worker: the signals caught
+/// (before anything can fail in a way that must be signalled), every
+/// listener bound, the binary to re-execute. `None` after saying why.
+fn prepare(
+    settings: &Settings,
+    caught: &[i32],
+) -> Option<(Signals, Vec<std::net::TcpListener>, std::path::PathBuf)> {
+    let signals = match Signals::new(caught) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gaidaros: cannot install signal handlers: {e}");
+            return None;
+        }
+    };
+    Some((signals, bind_all(settings)?, own_binary()?))
+}
+
 /// Bind every listener once (one socket each, shared by the workers).
 fn bind_all(settings: &Settings) -> Option<Vec<std::net::TcpListener>> {
     let mut listeners = Vec::new();
@@ -285,17 +294,7 @@ struct ConnWorker {
 pub fn run_per_connection(settings: &Settings, args: &[String]) -> ExitCode {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
-    let mut signals = match Signals::new([SIGINT, SIGTERM, SIGCHLD]) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("gaidaros: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let Some(listeners) = bind_all(settings) else {
-        return ExitCode::FAILURE;
-    };
-    let Some(exe) = own_binary() else {
+    let Some((mut signals, listeners, exe)) = prepare(settings, &[SIGINT, SIGTERM, SIGCHLD]) else {
         return ExitCode::FAILURE;
     };
     let live: Arc<Mutex<Vec<ConnWorker>>> = Arc::new(Mutex::new(Vec::new()));

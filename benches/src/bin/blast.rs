@@ -10,7 +10,6 @@
 //! Exit status: 0 for a transfer the server counted in full, 1 for a failed
 //! one (connect error, reset, early close, wrong count), 2 on bad arguments.
 
-use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
@@ -18,6 +17,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use argh::FromArgs;
+use gaidaros_benches::peer::parse_args;
 use serde::Serialize;
 
 #[derive(FromArgs)]
@@ -88,7 +88,7 @@ struct Plan {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match parse_args::<Args>("blast") {
         Ok(args) => args,
         Err(code) => return code,
     };
@@ -119,30 +119,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The command line, or the exit code when there is nothing to run: 0 after
-/// `--help`, 2 on bad arguments (`argh::from_env` would exit 1).
-fn parse_args() -> Result<Args, ExitCode> {
-    let argv: Vec<String> = std::env::args_os()
-        .skip(1)
-        .map(OsString::into_string)
-        .collect::<Result<_, _>>()
-        .map_err(|arg| {
-            eprintln!("blast: not UTF-8: {}", arg.to_string_lossy());
-            ExitCode::from(2)
-        })?;
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    Args::from_args(&["blast"], &argv).map_err(|exit| match exit.status {
-        Ok(()) => {
-            println!("{}", exit.output);
-            ExitCode::SUCCESS
-        }
-        Err(()) => {
-            eprintln!("{}\nRun blast --help for more information.", exit.output);
-            ExitCode::from(2)
-        }
-    })
 }
 
 fn check(args: &Args) -> Result<Plan, String> {

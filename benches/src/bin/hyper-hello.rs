@@ -16,14 +16,13 @@
 //! arguments.
 
 use std::convert::Infallible;
-use std::ffi::OsString;
 use std::io;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use argh::FromArgs;
 use bytes::Bytes;
+use gaidaros_benches::peer::{accept_until_stopped, parse_args};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -31,8 +30,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 
 #[derive(FromArgs)]
 /// HTTP/1.1 hello server on hyper and the tokio multi-thread runtime.
@@ -58,7 +55,7 @@ const BODY: &[u8] = b"Hello, World!";
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match parse_args::<Args>("hyper-hello") {
         Ok(args) => args,
         Err(code) => return code,
     };
@@ -90,67 +87,25 @@ fn main() -> ExitCode {
     }
 }
 
-/// The command line, or the exit code when there is nothing to run: 0 after
-/// `--help`, 2 on bad arguments (`argh::from_env` would exit 1).
-fn parse_args() -> Result<Args, ExitCode> {
-    let argv: Vec<String> = std::env::args_os()
-        .skip(1)
-        .map(OsString::into_string)
-        .collect::<Result<_, _>>()
-        .map_err(|arg| {
-            eprintln!("hyper-hello: not UTF-8: {}", arg.to_string_lossy());
-            ExitCode::from(2)
-        })?;
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    Args::from_args(&["hyper-hello"], &argv).map_err(|exit| match exit.status {
-        Ok(()) => {
-            println!("{}", exit.output);
-            ExitCode::SUCCESS
-        }
-        Err(()) => {
-            eprintln!(
-                "{}\nRun hyper-hello --help for more information.",
-                exit.output
-            );
-            ExitCode::from(2)
-        }
-    })
-}
-
 /// Accept and serve connections until SIGTERM or SIGINT.
 async fn serve(args: Args) -> io::Result<()> {
-    let listener = TcpListener::bind((args.host.as_str(), args.port)).await?;
-    let addr: SocketAddr = listener.local_addr()?;
-    // Installed before the announcement: a signal right after it still
-    // means a clean exit.
-    let mut stop = StopSignals::install()?;
-    eprintln!("listening addr={addr} workers={}", args.workers);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = stop.recv() => return Ok(()),
-        };
-        let (stream, _) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Out of descriptors and the like: back off, keep serving.
-                eprintln!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if args.nodelay {
-            let _ = stream.set_nodelay(true);
-        }
-        tokio::spawn(async move {
-            // A peer that resets or sends garbage is not the server's
-            // error; hyper has already answered what it could.
-            let _ = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .serve_connection(TokioIo::new(stream), service_fn(hello))
-                .await;
-        });
-    }
+    accept_until_stopped(
+        &args.host,
+        args.port,
+        args.workers,
+        args.nodelay,
+        |stream| {
+            tokio::spawn(async move {
+                // A peer that resets or sends garbage is not the server's
+                // error; hyper has already answered what it could.
+                let _ = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .serve_connection(TokioIo::new(stream), service_fn(hello))
+                    .await;
+            });
+        },
+    )
+    .await
 }
 
 /// The one response, whatever was asked.
@@ -160,27 +115,4 @@ async fn hello(_request: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(response)
-}
-
-/// SIGTERM and SIGINT, the signals that stop the server.
-struct StopSignals {
-    term: Signal,
-    int: Signal,
-}
-
-impl StopSignals {
-    fn install() -> io::Result<StopSignals> {
-        Ok(StopSignals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// Wait for either signal.
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
 }

@@ -10,7 +10,6 @@
 //! Exit status: 0 after a signal, 1 when it cannot serve, 2 on bad
 //! arguments.
 
-use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
@@ -18,6 +17,7 @@ use std::thread;
 use std::time::Duration;
 
 use argh::FromArgs;
+use gaidaros_benches::peer::parse_args;
 use nix::sys::signal::{SigSet, Signal};
 
 #[derive(FromArgs)]
@@ -38,7 +38,7 @@ struct Args {
 const MAX_BUF: usize = 64 * 1024 * 1024;
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
+    let args = match parse_args::<Args>("sink") {
         Ok(args) => args,
         Err(code) => return code,
     };
@@ -86,30 +86,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The command line, or the exit code when there is nothing to run: 0 after
-/// `--help`, 2 on bad arguments (`argh::from_env` would exit 1).
-fn parse_args() -> Result<Args, ExitCode> {
-    let argv: Vec<String> = std::env::args_os()
-        .skip(1)
-        .map(OsString::into_string)
-        .collect::<Result<_, _>>()
-        .map_err(|arg| {
-            eprintln!("sink: not UTF-8: {}", arg.to_string_lossy());
-            ExitCode::from(2)
-        })?;
-    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    Args::from_args(&["sink"], &argv).map_err(|exit| match exit.status {
-        Ok(()) => {
-            println!("{}", exit.output);
-            ExitCode::SUCCESS
-        }
-        Err(()) => {
-            eprintln!("{}\nRun sink --help for more information.", exit.output);
-            ExitCode::from(2)
-        }
-    })
 }
 
 /// Accept forever, one thread per connection.

@@ -13,14 +13,13 @@
 //! open connections or not, so a profiler wrapping it can write its output.
 
 use std::io;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use argh::FromArgs;
+use gaidaros_benches::peer::accept_until_stopped;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::net::TcpStream;
 
 #[derive(FromArgs)]
 /// Line echo server on the tokio multi-thread runtime.
@@ -80,58 +79,20 @@ fn main() -> ExitCode {
 
 /// Accept and serve connections until SIGTERM or SIGINT.
 async fn serve(args: Args) -> io::Result<()> {
-    let listener = TcpListener::bind((args.host.as_str(), args.port)).await?;
-    let addr: SocketAddr = listener.local_addr()?;
-    // Installed before the announcement: a signal right after it still
-    // means a clean exit.
-    let mut stop = StopSignals::install()?;
-    eprintln!("listening addr={addr} workers={}", args.workers);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = stop.recv() => return Ok(()),
-        };
-        let (stream, _) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Out of descriptors and the like: back off, keep serving.
-                eprintln!("accept: {e}");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        if args.nodelay {
-            let _ = stream.set_nodelay(true);
-        }
-        let max_line = args.max_line;
-        tokio::spawn(async move {
-            // A peer that resets is not the server's error.
-            let _ = echo(stream, max_line).await;
-        });
-    }
-}
-
-/// SIGTERM and SIGINT, the signals that stop the server.
-struct StopSignals {
-    term: Signal,
-    int: Signal,
-}
-
-impl StopSignals {
-    fn install() -> io::Result<StopSignals> {
-        Ok(StopSignals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
-    }
-
-    /// Wait for either signal.
-    async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-    }
+    let max_line = args.max_line;
+    accept_until_stopped(
+        &args.host,
+        args.port,
+        args.workers,
+        args.nodelay,
+        |stream| {
+            tokio::spawn(async move {
+                // A peer that resets is not the server's error.
+                let _ = echo(stream, max_line).await;
+            });
+        },
+    )
+    .await
 }
 
 /// Echo complete lines until the peer closes.

@@ -7,21 +7,18 @@ use std::future::Future;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use mio::Waker;
 
-use super::{HandlerType, Job, Pool, RoomWaiters, Running};
+use super::{Admission, HandlerType, Job, Pool};
 use crate::service::{Keep, Service, ServiceError};
 
 /// Requests as tasks on a multi-thread tokio runtime.
 pub struct GreenPool {
     runtime: tokio::runtime::Runtime,
-    in_flight: Arc<AtomicUsize>,
-    room: Arc<RoomWaiters>,
-    limit: usize,
+    admission: Admission,
     kind: HandlerType,
 }
 
@@ -35,9 +32,7 @@ impl GreenPool {
             .build()?;
         Ok(GreenPool {
             runtime,
-            in_flight: Arc::new(AtomicUsize::new(0)),
-            room: Arc::new(RoomWaiters::default()),
-            limit: size.unwrap_or(queue).max(1),
+            admission: Admission::new(size.unwrap_or(queue)),
             kind: if size.is_some() {
                 HandlerType::GthreadPool
             } else {
@@ -49,20 +44,16 @@ impl GreenPool {
 
 impl Pool for GreenPool {
     fn submit(&self, mut job: Job) -> Result<(), Job> {
-        if self.in_flight.fetch_add(1, Ordering::AcqRel) >= self.limit {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let Some(running) = self.admission.admit() else {
             return Err(job);
-        }
-        job.running = Some(Running {
-            count: Arc::clone(&self.in_flight),
-            room: Arc::clone(&self.room),
-        });
+        };
+        job.running = Some(running);
         self.runtime.spawn(run(job));
         Ok(())
     }
 
     fn notify_room(&self, waker: &Arc<Waker>) {
-        self.room.add(waker);
+        self.admission.notify_room(waker);
     }
 
     fn kind(&self) -> HandlerType {

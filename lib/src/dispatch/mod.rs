@@ -212,6 +212,136 @@ impl Drop for Running {
     }
 }
 
+/// A bounded queue of jobs, and the loops waiting for room in it: the
+/// front of the pools with long-lived workers (threadpool, procpool).
+pub(crate) struct JobQueue {
+    tx: crossbeam_channel::Sender<Job>,
+    room: Arc<RoomWaiters>,
+}
+
+impl JobQueue {
+    /// A queue holding at most `capacity` jobs, and the end workers take
+    /// them from (each take wakes the waiting loops).
+    pub(crate) fn new(capacity: usize) -> (JobQueue, Taker) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity.max(1));
+        let room = Arc::new(RoomWaiters::default());
+        (
+            JobQueue {
+                tx,
+                room: Arc::clone(&room),
+            },
+            Taker { rx, room },
+        )
+    }
+
+    pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
+        self.tx.try_send(job).map_err(|e| e.into_inner())
+    }
+
+    pub(crate) fn notify_room(&self, waker: &Arc<Waker>) {
+        self.room.add(waker);
+    }
+}
+
+/// The workers' end of a [`JobQueue`].
+#[derive(Clone)]
+pub(crate) struct Taker {
+    rx: crossbeam_channel::Receiver<Job>,
+    room: Arc<RoomWaiters>,
+}
+
+impl Taker {
+    /// The next job, polled for `spin` before sleeping (zero: sleep at
+    /// once); `None` once the queue is gone. Taking it frees a place, so the
+    /// loops waiting for room are woken.
+    pub(crate) fn next(&self, spin: std::time::Duration) -> Option<Job> {
+        use crossbeam_channel::TryRecvError;
+        let start = std::time::Instant::now();
+        let job = loop {
+            match self.rx.try_recv() {
+                Ok(job) => break Some(job),
+                Err(TryRecvError::Disconnected) => break None,
+                Err(TryRecvError::Empty) if start.elapsed() < spin => std::hint::spin_loop(),
+                Err(TryRecvError::Empty) => break self.rx.recv().ok(),
+            }
+        };
+        if job.is_some() {
+            self.room.wake_all();
+        }
+        job
+    }
+}
+
+/// At most `limit` requests running at once, and the loops waiting for one
+/// to end: the admission of the pools that start something per request
+/// (thread, proc) or run tasks (gthread, gthreadpool).
+pub(crate) struct Admission {
+    count: Arc<AtomicUsize>,
+    room: Arc<RoomWaiters>,
+    limit: usize,
+}
+
+impl Admission {
+    pub(crate) fn new(limit: usize) -> Admission {
+        Admission {
+            count: Arc::new(AtomicUsize::new(0)),
+            room: Arc::new(RoomWaiters::default()),
+            limit: limit.max(1),
+        }
+    }
+
+    /// A place for one more request, or `None` at the limit. Dropping the
+    /// [`Running`] frees it and wakes the waiting loops.
+    pub(crate) fn admit(&self) -> Option<Running> {
+        if self.count.fetch_add(1, Ordering::AcqRel) >= self.limit {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Running {
+            count: Arc::clone(&self.count),
+            room: Arc::clone(&self.room),
+        })
+    }
+
+    pub(crate) fn notify_room(&self, waker: &Arc<Waker>) {
+        self.room.add(waker);
+    }
+}
+
+/// Run `body(job)` on a new thread named `name`. If the thread cannot be
+/// started the job comes back (with any count it held released), for the
+/// loop to retry.
+pub(crate) fn spawn_with_job(
+    name: &str,
+    job: Job,
+    body: impl FnOnce(Job) + Send + 'static,
+) -> Result<(), Job> {
+    // The thread takes the job from this slot; if it cannot be started,
+    // the job is still there to give back.
+    let slot = Arc::new(Mutex::new(Some(job)));
+    let theirs = Arc::clone(&slot);
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let job = theirs.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(job) = job {
+                body(job);
+            }
+        });
+    match spawned {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!("cannot start a {name} thread: {e}");
+            // The closure was dropped unrun: the job is still in the slot.
+            let job = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            job.map_or(Ok(()), |mut job| {
+                drop(job.running.take());
+                Err(job)
+            })
+        }
+    }
+}
+
 /// One request on its way to a pool.
 pub struct Job {
     pub(crate) service: Arc<dyn Service>,

@@ -15,18 +15,16 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Sender, TrySendError};
 use tracing::{debug, error, info, warn};
 
 use super::wire::{self, Kind};
 use mio::Waker;
 
-use super::{HandlerType, Job, Pool, RoomWaiters, Running};
+use super::{spawn_with_job, Admission, HandlerType, Job, JobQueue, Pool};
 use crate::config::Settings;
 use crate::handler::{Handler, Registry};
 use crate::service::{self, Keep, Service, ServiceError};
@@ -157,19 +155,16 @@ fn run_in(worker: &mut Worker, job: Job) -> bool {
 /// `-n` long-lived worker processes behind one bounded queue; each has a
 /// thread in the server that feeds it one request at a time.
 pub struct ProcPool {
-    tx: Sender<Job>,
-    room: Arc<RoomWaiters>,
+    queue: JobQueue,
 }
 
 impl ProcPool {
     /// Start `size` workers with `cmd`; `queue` jobs wait at most.
     pub fn new(size: usize, queue: usize, cmd: WorkerCommand) -> io::Result<ProcPool> {
-        let (tx, rx) = bounded::<Job>(queue.max(1));
-        let room = Arc::new(RoomWaiters::default());
+        let (queue, taker) = JobQueue::new(queue);
         for i in 0..size {
-            let rx = rx.clone();
+            let taker = taker.clone();
             let cmd = cmd.clone();
-            let room = Arc::clone(&room);
             // Start the first worker here, so a binary that cannot run as a
             // worker fails the server's start instead of every request.
             let first = Worker::start(&cmd)?;
@@ -178,9 +173,9 @@ impl ProcPool {
                 .spawn(move || {
                     let mut worker = Some(first);
                     let mut started = Instant::now();
-                    for job in rx.iter() {
-                        // Taking a job freed a place in the queue.
-                        room.wake_all();
+                    // No polling before sleeping: the worker process's
+                    // wake-up dominates the round trip (measured).
+                    while let Some(job) = taker.next(Duration::ZERO) {
                         // A worker that died while idle (killed, say) is
                         // replaced before it is given a request to fail.
                         if let Some(status) = worker
@@ -230,20 +225,17 @@ impl ProcPool {
                     }
                 })?;
         }
-        Ok(ProcPool { tx, room })
+        Ok(ProcPool { queue })
     }
 }
 
 impl Pool for ProcPool {
     fn submit(&self, job: Job) -> Result<(), Job> {
-        match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(job)) | Err(TrySendError::Disconnected(job)) => Err(job),
-        }
+        self.queue.submit(job)
     }
 
     fn notify_room(&self, waker: &Arc<Waker>) {
-        self.room.add(waker);
+        self.queue.notify_room(waker);
     }
 
     fn kind(&self) -> HandlerType {
@@ -254,9 +246,7 @@ impl Pool for ProcPool {
 /// A new worker process for every request (like inetd), at most `limit`
 /// at once; a thread in the server waits for each.
 pub struct ProcPerRequest {
-    running: Arc<AtomicUsize>,
-    room: Arc<RoomWaiters>,
-    limit: usize,
+    admission: Admission,
     cmd: WorkerCommand,
 }
 
@@ -264,9 +254,7 @@ impl ProcPerRequest {
     /// At most `limit` request processes at once, started with `cmd`.
     pub fn new(limit: usize, cmd: WorkerCommand) -> ProcPerRequest {
         ProcPerRequest {
-            running: Arc::new(AtomicUsize::new(0)),
-            room: Arc::new(RoomWaiters::default()),
-            limit,
+            admission: Admission::new(limit),
             cmd,
         }
     }
@@ -274,52 +262,32 @@ impl ProcPerRequest {
 
 impl Pool for ProcPerRequest {
     fn submit(&self, job: Job) -> Result<(), Job> {
-        if self.running.fetch_add(1, Ordering::AcqRel) >= self.limit {
-            self.running.fetch_sub(1, Ordering::AcqRel);
-            return Err(job);
-        }
         // Held until the process has exited: -n bounds processes, not
         // requests. Its release wakes the loops waiting for room.
-        let running = Running {
-            count: Arc::clone(&self.running),
-            room: Arc::clone(&self.room),
+        let Some(running) = self.admission.admit() else {
+            return Err(job);
         };
         let cmd = self.cmd.clone();
-        let slot = Arc::new(Mutex::new(Some(job)));
-        let theirs = Arc::clone(&slot);
-        let spawned = thread::Builder::new()
-            .name("gaidaros-proc".into())
-            .spawn(move || {
-                let _running = running;
-                let Some(job) = theirs.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-                    return;
-                };
-                match Worker::start(&cmd) {
-                    Ok(mut w) => {
-                        run_in(&mut w, job);
-                        w.stop();
-                    }
-                    Err(e) => {
-                        error!("cannot start a request process: {e}");
-                        job.finish(
-                            Vec::new(),
-                            Err(ServiceError::Internal("no worker process".into())),
-                        );
-                    }
+        spawn_with_job("gaidaros-proc", job, move |job| {
+            let _running = running;
+            match Worker::start(&cmd) {
+                Ok(mut w) => {
+                    run_in(&mut w, job);
+                    w.stop();
                 }
-            });
-        match spawned {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                warn!("cannot start a request thread: {e}");
-                let job = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                job.map_or(Ok(()), Err)
+                Err(e) => {
+                    error!("cannot start a request process: {e}");
+                    job.finish(
+                        Vec::new(),
+                        Err(ServiceError::Internal("no worker process".into())),
+                    );
+                }
             }
-        }
+        })
     }
 
     fn notify_room(&self, waker: &Arc<Waker>) {
-        self.room.add(waker);
+        self.admission.notify_room(waker);
     }
 
     fn kind(&self) -> HandlerType {
