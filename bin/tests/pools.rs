@@ -319,6 +319,18 @@ fn a_pool_size_of_zero_is_refused() {
 }
 
 #[test]
+fn a_zero_pool_queue_or_max_pipelined_is_refused() {
+    for (var, key) in [
+        ("GAIDAROS_SERVER__POOL_QUEUE", "pool_queue"),
+        ("GAIDAROS_LISTENER_MAIN__MAX_PIPELINED", "max_pipelined"),
+    ] {
+        let run = gaidaros().env(var, "0").run_to_exit(EXIT_LIMIT);
+        assert_eq!(run.code(), 2, "{var}=0: stderr:\n{}", run.stderr);
+        assert!(run.stderr.contains(key), "names {key}: {}", run.stderr);
+    }
+}
+
+#[test]
 fn help_documents_handler_type_and_pool_size() {
     let run = util::gaidaros_bare()
         .args(&["--help"])
