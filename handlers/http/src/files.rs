@@ -1,0 +1,388 @@
+//! Static files from a root directory.
+//!
+//! A request path is percent-decoded and split into segments; `..`, NUL
+//! and undecodable escapes are refused with 400 before anything is opened.
+//! The file is then opened beneath the root by the kernel
+//! ([`gaidaros::sys::open_beneath`]: openat2 with RESOLVE_BENEATH), so a
+//! symlink that leads out of the root is not followed (403) while one that
+//! stays inside is. Conditional requests (If-None-Match, If-Modified-Since,
+//! If-Range) and ranges are answered by [`file_response`], which routes of
+//! other crates can use for their own files.
+
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::range::{self, Ranges};
+use crate::request::Request;
+use crate::response::{Body, Part, Response};
+use crate::status::Status;
+
+/// The files under one root directory.
+#[derive(Debug)]
+pub struct StaticFiles {
+    root: File,
+    root_path: PathBuf,
+    index: String,
+    max_ranges: usize,
+}
+
+impl StaticFiles {
+    /// Serve `root`; a directory request gets its `index` file.
+    pub fn open(root: &Path, index: &str, max_ranges: usize) -> io::Result<Self> {
+        let dir = File::open(root)?;
+        if !dir.metadata()?.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a directory"));
+        }
+        Ok(StaticFiles {
+            root: dir,
+            root_path: root.to_path_buf(),
+            index: index.to_string(),
+            max_ranges,
+        })
+    }
+
+    /// Answer a request for a file.
+    pub fn serve(&self, req: &Request) -> Response {
+        let method = req.method();
+        if method != "GET" && method != "HEAD" {
+            return Response::text(Status::METHOD_NOT_ALLOWED, "method not allowed\n")
+                .header("Allow", "GET, HEAD");
+        }
+        let rel = match relative_path(req.path()) {
+            Ok(rel) => rel,
+            Err(why) => return Response::text(Status::BAD_REQUEST, why).closing(),
+        };
+        let (file, meta) = match self.open_file(&rel) {
+            Ok(found) => found,
+            Err(e) => return error_response(&e),
+        };
+        let (file, meta, name) = if meta.is_dir() {
+            if !req.path().ends_with('/') {
+                let mut location = format!("{}/", req.path());
+                if let Some(q) = req.query() {
+                    location.push('?');
+                    location.push_str(q);
+                }
+                return Response::text(Status::MOVED_PERMANENTLY, "moved\n")
+                    .header("Location", location);
+            }
+            let index = rel.join(&self.index);
+            match self.open_file(&index) {
+                Ok((f, m)) if m.is_file() => (f, m, index),
+                Ok(_) => return Response::text(Status::FORBIDDEN, "forbidden\n"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Response::text(Status::FORBIDDEN, "directory listing is off\n")
+                }
+                Err(e) => return error_response(&e),
+            }
+        } else {
+            (file, meta, rel)
+        };
+        if !meta.is_file() {
+            return Response::text(Status::FORBIDDEN, "not a regular file\n");
+        }
+        file_response(req, Arc::new(file), &meta, content_type(&name), self.max_ranges)
+    }
+
+    fn open_file(&self, rel: &Path) -> io::Result<(File, Metadata)> {
+        let file = gaidaros::sys::open_beneath(&self.root, &self.root_path, rel)?;
+        let meta = file.metadata()?;
+        Ok((file, meta))
+    }
+}
+
+fn error_response(e: &io::Error) -> Response {
+    match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory | io::ErrorKind::InvalidFilename => {
+            Response::text(Status::NOT_FOUND, "not found\n")
+        }
+        io::ErrorKind::PermissionDenied => Response::text(Status::FORBIDDEN, "forbidden\n"),
+        _ if e.raw_os_error() == Some(libc_eloop()) => {
+            Response::text(Status::FORBIDDEN, "forbidden\n")
+        }
+        _ => {
+            tracing::warn!("static file: {e}");
+            Response::text(Status::INTERNAL_SERVER_ERROR, "internal error\n")
+        }
+    }
+}
+
+/// ELOOP on Linux (too many symlinks), without a libc dependency here.
+fn libc_eloop() -> i32 {
+    40
+}
+
+/// The request path as a relative path below the root: percent-decoded,
+/// empty and `.` segments dropped; `..`, NUL, a bad escape or a target
+/// that is not a path refused (with the text answered).
+pub fn relative_path(path: &str) -> Result<PathBuf, &'static str> {
+    if !path.starts_with('/') {
+        return Err("the request target must be a path\n");
+    }
+    let decoded = percent_decode(path.as_bytes()).ok_or("bad percent-encoding in the path\n")?;
+    if decoded.contains(&0) {
+        return Err("NUL in the path\n");
+    }
+    let mut rel = PathBuf::new();
+    for segment in decoded.split(|&b| b == b'/') {
+        match segment {
+            b"" | b"." => {}
+            b".." => return Err("'..' in the path\n"),
+            s => rel.push(OsStr::from_bytes(s)),
+        }
+    }
+    if rel.as_os_str().is_empty() {
+        rel.push(".");
+    }
+    Ok(rel)
+}
+
+fn percent_decode(s: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        if s[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            let v = (hex_digit(hex[0])? << 4) | hex_digit(hex[1])?;
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(s[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// A file's strong validator, as nginx makes it: `"mtime-size"` in hex.
+pub fn etag(mtime: u64, size: u64) -> String {
+    format!("\"{mtime:x}-{size:x}\"")
+}
+
+/// Answer `req` with `file`: 304 when a validator matches, 206 for
+/// satisfiable ranges (one, or several as multipart/byteranges), 416 for
+/// unsatisfiable ones, 200 otherwise. HEAD gets the same head.
+pub fn file_response(
+    req: &Request,
+    file: Arc<File>,
+    meta: &Metadata,
+    content_type: &'static str,
+    max_ranges: usize,
+) -> Response {
+    let size = meta.len();
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let tag = etag(mtime, size);
+    let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(mtime));
+    let validators = |r: Response| {
+        r.header("Last-Modified", last_modified.clone())
+            .header("ETag", tag.clone())
+    };
+
+    // RFC 9110 13.2.2: If-None-Match first; If-Modified-Since only without it.
+    let not_modified = match req.header("if-none-match") {
+        Some(inm) => etag_list_matches(inm, &tag),
+        None => req
+            .header("if-modified-since")
+            .and_then(http_date)
+            .is_some_and(|since| mtime <= since),
+    };
+    if not_modified {
+        return validators(Response::new(Status::NOT_MODIFIED));
+    }
+
+    let ranges = match req.header("range") {
+        Some(value) if if_range_holds(req, &tag, mtime) => range::parse(value, size, max_ranges),
+        _ => Ranges::Whole,
+    };
+    let base = validators(Response::new(Status::OK)).header("Accept-Ranges", "bytes");
+    match ranges {
+        Ranges::Whole => base
+            .header("Content-Type", content_type)
+            .body(Body::File {
+                file,
+                parts: vec![Part::File {
+                    offset: 0,
+                    len: size,
+                }],
+            }),
+        Ranges::Unsatisfiable => {
+            let mut r = base
+                .header("Content-Range", format!("bytes */{size}"))
+                .header("Content-Type", "text/plain; charset=utf-8")
+                .body("range not satisfiable\n");
+            r.status = Status::RANGE_NOT_SATISFIABLE;
+            r
+        }
+        Ranges::Parts(parts) if parts.len() == 1 => {
+            let (a, b) = parts[0];
+            let mut r = base
+                .header("Content-Type", content_type)
+                .header("Content-Range", format!("bytes {a}-{b}/{size}"))
+                .body(Body::File {
+                    file,
+                    parts: vec![Part::File {
+                        offset: a,
+                        len: b - a + 1,
+                    }],
+                });
+            r.status = Status::PARTIAL_CONTENT;
+            r
+        }
+        Ranges::Parts(parts) => {
+            let boundary = boundary(mtime, size);
+            let mut body = Vec::with_capacity(parts.len() * 2 + 1);
+            for (a, b) in parts {
+                body.push(Part::Bytes(
+                    format!(
+                        "\r\n--{boundary}\r\nContent-Type: {content_type}\r\nContent-Range: bytes {a}-{b}/{size}\r\n\r\n"
+                    )
+                    .into_bytes(),
+                ));
+                body.push(Part::File {
+                    offset: a,
+                    len: b - a + 1,
+                });
+            }
+            body.push(Part::Bytes(format!("\r\n--{boundary}--\r\n").into_bytes()));
+            let mut r = base
+                .header(
+                    "Content-Type",
+                    format!("multipart/byteranges; boundary={boundary}"),
+                )
+                .body(Body::File { file, parts: body });
+            r.status = Status::PARTIAL_CONTENT;
+            r
+        }
+    }
+}
+
+/// A multipart boundary unlikely to occur in the file: 20 hex digits from a
+/// per-process random key, the file's validator and a counter.
+fn boundary(mtime: u64, size: u64) -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static KEY: OnceLock<RandomState> = OnceLock::new();
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let mut h = KEY.get_or_init(RandomState::new).build_hasher();
+    h.write_u64(mtime);
+    h.write_u64(size);
+    h.write_u64(COUNT.fetch_add(1, Ordering::Relaxed));
+    format!("{:016x}{:04x}", h.finish(), size & 0xffff)
+}
+
+/// If-Range (RFC 9110 13.1.5): the range applies only when the validator
+/// sent is the current one (a strong ETag, or exactly the modification
+/// date). Without If-Range it always applies.
+fn if_range_holds(req: &Request, tag: &str, mtime: u64) -> bool {
+    match req.header("if-range") {
+        None => true,
+        Some(v) => {
+            let v = crate::head::trim(v);
+            if v.starts_with(b"\"") {
+                v == tag.as_bytes()
+            } else if v.starts_with(b"W/") {
+                false
+            } else {
+                http_date(v) == Some(mtime)
+            }
+        }
+    }
+}
+
+/// Does an If-None-Match list name `tag` (weak comparison), or is it `*`?
+fn etag_list_matches(list: &[u8], tag: &str) -> bool {
+    let tag = tag.as_bytes();
+    list.split(|&b| b == b',').any(|t| {
+        let t = crate::head::trim(t);
+        t == b"*" || t.strip_prefix(b"W/").unwrap_or(t) == tag
+    })
+}
+
+fn http_date(v: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(v).ok()?;
+    let t: SystemTime = httpdate::parse_http_date(s.trim()).ok()?;
+    t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+}
+
+/// The media type of a file, from its extension.
+pub fn content_type(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(OsStr::to_str)
+        .map(str::to_ascii_lowercase);
+    match ext.as_deref() {
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("txt" | "log" | "md") => "text/plain; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("json") => "application/json",
+        Some("xml") => "application/xml",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("ico") => "image/x-icon",
+        Some("pdf") => "application/pdf",
+        Some("wasm") => "application/wasm",
+        Some("woff2") => "font/woff2",
+        Some("mp4") => "video/mp4",
+        Some("gz") => "application/gzip",
+        Some("zip") => "application/zip",
+        Some("tar") => "application/x-tar",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_is_refused_in_every_spelling() {
+        for bad in [
+            "/../etc/passwd",
+            "/a/../../etc/passwd",
+            "/%2e%2e/etc/passwd",
+            "/%2E%2E%2Fetc%2Fpasswd",
+            "/a/%2e%2e%2f%2e%2e/x",
+            "/x%00.txt",
+            "/bad%zz",
+            "/trunc%2",
+            "etc/passwd",
+            "*",
+        ] {
+            assert!(relative_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ordinary_paths_stay_relative() {
+        assert_eq!(relative_path("/").unwrap(), PathBuf::from("."));
+        assert_eq!(relative_path("//a/./b%20c/").unwrap(), PathBuf::from("a/b c"));
+        assert_eq!(relative_path("/%2fetc%2fpasswd").unwrap(), PathBuf::from("etc/passwd"));
+        assert!(relative_path("/a..b/c").is_ok());
+    }
+
+    #[test]
+    fn etag_lists() {
+        assert!(etag_list_matches(b"\"a\", W/\"b\"", "\"b\""));
+        assert!(etag_list_matches(b"*", "\"b\""));
+        assert!(!etag_list_matches(b"\"a\"", "\"b\""));
+    }
+}

@@ -1,0 +1,320 @@
+//! The thin adapter between the loop and [`HttpConn`]: bytes from
+//! `on_data` go to the state machine, each request it yields is answered
+//! (route, file or error) into one output buffer per read, file bodies go
+//! out with [`Ctx::send_file`], and the machine's deadline becomes a loop
+//! timer.
+//!
+//! Backpressure: once a connection's pending output reaches its cap,
+//! reading stops and the requests already received wait in `inbuf` (at
+//! most one read's worth) until the output drains.
+
+use std::cell::RefCell;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use gaidaros::{CloseReason, ConnId, Ctx, Protocol, ProtocolFactory, TimerId};
+use tracing::{debug, error, info};
+
+use crate::conn::{ConnLimits, Expired, HttpConn, Step};
+use crate::date::DateCache;
+use crate::error::HttpError;
+use crate::files::StaticFiles;
+use crate::request::Request;
+use crate::response::{write_head, Body, Connection, Part, Response};
+use crate::routes::Router;
+use crate::status::Status;
+
+/// Output gathered for one connection before it is handed to the loop.
+const GATHER: usize = 64 * 1024;
+
+thread_local! {
+    /// One Date cache per loop thread.
+    static DATE: RefCell<DateCache> = RefCell::new(DateCache::default());
+}
+
+/// Everything an HTTP listener serves.
+#[derive(Debug)]
+pub struct HttpConfig {
+    /// Limits of each connection.
+    pub limits: ConnLimits,
+    /// Routes, looked up before files.
+    pub router: Router,
+    /// Files, when a root directory is served.
+    pub files: Option<StaticFiles>,
+}
+
+impl HttpConfig {
+    fn answer(&self, req: &Request) -> Response {
+        if let Some(route) = self.router.find(req.path()) {
+            return match panic::catch_unwind(AssertUnwindSafe(|| route(req))) {
+                Ok(resp) => resp,
+                Err(_) => {
+                    error!(path = req.path(), "route panicked: answered 500");
+                    Response::text(Status::INTERNAL_SERVER_ERROR, "internal error\n").closing()
+                }
+            };
+        }
+        match &self.files {
+            Some(files) => files.serve(req),
+            None => Response::text(Status::NOT_FOUND, "not found\n"),
+        }
+    }
+}
+
+/// The HTTP protocol factory: one [`Session`] per connection.
+#[derive(Debug, Clone)]
+pub struct Http {
+    config: Arc<HttpConfig>,
+}
+
+impl Http {
+    /// Serve `config`.
+    pub fn new(config: HttpConfig) -> Self {
+        Http {
+            config: Arc::new(config),
+        }
+    }
+}
+
+impl ProtocolFactory for Http {
+    fn open(&self) -> Box<dyn Protocol> {
+        Box::new(Session {
+            config: self.config.clone(),
+            conn: None,
+            machine: None,
+            req: Request::default(),
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            timer: None,
+            blocked: false,
+            eof: false,
+            done: false,
+        })
+    }
+}
+
+/// One connection.
+struct Session {
+    config: Arc<HttpConfig>,
+    conn: Option<ConnId>,
+    machine: Option<HttpConn>,
+    req: Request,
+    /// Received bytes not yet consumed by the machine: an incomplete head,
+    /// or requests waiting while output is at its cap.
+    inbuf: Vec<u8>,
+    /// Responses gathered during this read, written in one go.
+    out: Vec<u8>,
+    /// The armed timer and the instant it fires.
+    timer: Option<(TimerId, Instant)>,
+    /// Output is at its cap: reading is paused.
+    blocked: bool,
+    /// The peer sent FIN.
+    eof: bool,
+    /// The connection is closing: ignore further input.
+    done: bool,
+}
+
+impl Session {
+    /// Run the machine over `input`; returns the bytes consumed.
+    fn process(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, input: &[u8]) -> usize {
+        let Some(mut machine) = self.machine.take() else {
+            return input.len();
+        };
+        let now = ctx.now();
+        let wall = SystemTime::now();
+        let mut pos = 0;
+        while !self.blocked && !self.done {
+            let (n, step) = machine.handle_input(&input[pos..], now, &mut self.req);
+            pos += n;
+            match step {
+                Step::NeedMore => break,
+                Step::Continue => self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                Step::Request => {
+                    self.req.peer = ctx.peer_addr(conn);
+                    let resp = self.config.answer(&self.req);
+                    let head_only = self.req.method() == "HEAD";
+                    self.respond(ctx, conn, resp, head_only, wall);
+                }
+                Step::Error(e) => self.refuse(ctx, conn, e, wall),
+            }
+        }
+        self.machine = Some(machine);
+        self.flush(ctx, conn);
+        pos
+    }
+
+    fn refuse(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, e: HttpError, wall: SystemTime) {
+        info!(peer = ?ctx.peer_addr(conn), status = e.status().0, "refused: {e}");
+        let resp = Response::text(e.status(), format!("{e}\n")).closing();
+        self.respond(ctx, conn, resp, false, wall);
+    }
+
+    /// Write `resp` for the current request; close after it when asked.
+    fn respond(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        conn: ConnId,
+        resp: Response,
+        head_only: bool,
+        wall: SystemTime,
+    ) {
+        let close = resp.close || !self.req.keep_alive || self.eof;
+        let connection = if close {
+            Connection::Close
+        } else if self.req.minor == 0 {
+            Connection::KeepAlive
+        } else {
+            Connection::Default
+        };
+        let len = resp.body.len();
+        DATE.with(|d| write_head(&mut self.out, &resp, d.borrow_mut().at(wall), len, connection));
+        if !head_only && resp.status.allows_body() {
+            match resp.body {
+                Body::Empty => {}
+                Body::Static(b) => self.out.extend_from_slice(b),
+                Body::Owned(b) => self.out.extend_from_slice(&b),
+                Body::File { file, parts } => {
+                    for part in parts {
+                        match part {
+                            Part::Bytes(b) => self.out.extend_from_slice(&b),
+                            Part::File { offset, len } => {
+                                self.flush(ctx, conn);
+                                if !ctx.send_file(conn, file.clone(), offset, len) {
+                                    self.block(ctx, conn);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if close {
+            self.flush(ctx, conn);
+            ctx.close(conn);
+            self.done = true;
+        } else if self.out.len() >= GATHER {
+            self.flush(ctx, conn);
+        }
+    }
+
+    fn flush(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        if !self.out.is_empty() {
+            if !ctx.write(conn, &self.out) {
+                self.block(ctx, conn);
+            }
+            self.out.clear();
+        }
+    }
+
+    fn block(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        if !self.blocked {
+            self.blocked = true;
+            ctx.pause_read(conn);
+        }
+    }
+
+    /// Arm a loop timer for the machine's deadline when none is armed for
+    /// it or earlier. A timer that fires early re-arms for the rest, so a
+    /// keep-alive connection costs no timer work per request.
+    fn sync_timer(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(deadline) = self.machine.as_ref().and_then(HttpConn::poll_timeout) else {
+            return;
+        };
+        match self.timer {
+            Some((_, at)) if at <= deadline => {}
+            armed => {
+                if let Some((id, _)) = armed {
+                    ctx.cancel_timer(id);
+                }
+                let after = deadline.saturating_duration_since(ctx.now());
+                self.timer = Some((ctx.set_timer(after), deadline));
+            }
+        }
+    }
+
+    /// Input and output are done with after FIN: close once answered.
+    fn finish_after_eof(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        if self.eof && !self.blocked && !self.done {
+            if self.machine.as_ref().is_some_and(HttpConn::in_request) {
+                debug!(%conn, "client closed in the middle of a request");
+            }
+            self.done = true;
+            ctx.close(conn);
+        }
+    }
+}
+
+impl Protocol for Session {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        self.conn = Some(conn);
+        self.machine = Some(HttpConn::new(self.config.limits, ctx.now()));
+        self.sync_timer(ctx);
+    }
+
+    fn on_data(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, data: &[u8]) -> usize {
+        if self.done {
+            return data.len();
+        }
+        if self.inbuf.is_empty() {
+            let used = self.process(ctx, conn, data);
+            if used < data.len() {
+                self.inbuf.extend_from_slice(&data[used..]);
+            }
+        } else {
+            self.inbuf.extend_from_slice(data);
+            let mut buf = std::mem::take(&mut self.inbuf);
+            let used = self.process(ctx, conn, &buf);
+            buf.drain(..used);
+            self.inbuf = buf;
+        }
+        self.sync_timer(ctx);
+        data.len()
+    }
+
+    fn on_writable(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        if !self.blocked || self.done {
+            return;
+        }
+        self.blocked = false;
+        ctx.resume_read(conn);
+        let buf = std::mem::take(&mut self.inbuf);
+        let used = self.process(ctx, conn, &buf);
+        let mut buf = buf;
+        buf.drain(..used);
+        self.inbuf = buf;
+        self.sync_timer(ctx);
+        self.finish_after_eof(ctx, conn);
+    }
+
+    fn on_read_closed(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        self.eof = true;
+        self.finish_after_eof(ctx, conn);
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: TimerId) {
+        if self.timer.map(|(id, _)| id) != Some(timer) {
+            return;
+        }
+        self.timer = None;
+        let (Some(conn), Some(machine)) = (self.conn, self.machine.as_mut()) else {
+            return;
+        };
+        match machine.handle_timeout(ctx.now()) {
+            None => self.sync_timer(ctx),
+            Some(Expired::Quiet) => {
+                debug!(%conn, "no request within head_timeout: closed");
+                self.done = true;
+                ctx.close(conn);
+            }
+            Some(Expired::Error(e)) => {
+                self.refuse(ctx, conn, e, SystemTime::now());
+                self.flush(ctx, conn);
+            }
+        }
+    }
+
+    fn on_close(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, reason: CloseReason) {
+        debug!(%conn, %reason, "http connection closed");
+    }
+}
