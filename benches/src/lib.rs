@@ -18,7 +18,7 @@
 //!   multi-thread runtime; `src/bin/hyper-hello.rs`, the hyper peer for HTTP.
 //! - `src/bin/sink.rs` and `src/bin/blast.rs`: the two ends of a throughput
 //!   run (blast writes N bytes, sink answers the count it read).
-//! - `src/bin/compare.rs`: the side-by-side runner that writes
+//! - `src/bin/compare/` (`main.rs`, `http.rs` for the HTTP scenarios): the side-by-side runner that writes
 //!   docs/benchmarks.md.
 //! - [`report`]: the [`Report`] a load generator run produces, as JSON.
 //! - [`server`]: spawn a server, learn its port from its log, read its CPU
