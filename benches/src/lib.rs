@@ -26,6 +26,7 @@
 //! - [`measure`]: perf syscall counts, callgrind instruction totals, RSS.
 //! - [`stats`]: one [`Sample`] per run, medians, pair-by-pair ratios.
 //! - [`chart`]: the SVG bar chart of the ratios.
+//! - [`wrk`]: wrk's output as numbers (the HTTP scenarios' load).
 //! - [`peer`]: argument parsing and the accept loop the peer binaries share.
 
 #![forbid(unsafe_code)]
@@ -37,6 +38,7 @@ pub mod peer;
 pub mod report;
 pub mod server;
 pub mod stats;
+pub mod wrk;
 
 pub use report::{Mode, Report};
 pub use server::{

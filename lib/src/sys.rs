@@ -215,11 +215,17 @@ pub fn stdin_socket() -> io::Result<std::os::unix::net::UnixStream> {
 /// (openat2 with RESOLVE_BENEATH, Linux 5.6+; `PermissionDenied`). Symlinks
 /// that stay inside `root` are followed. On a kernel without openat2 the
 /// path is canonicalized and checked against `root`'s canonical path.
-pub fn open_beneath(root: &std::fs::File, root_path: &Path, path: &Path) -> io::Result<std::fs::File> {
+/// Opened with O_NONBLOCK, so a FIFO cannot block the caller (reads of
+/// regular files are unaffected).
+pub fn open_beneath(
+    root: &std::fs::File,
+    root_path: &Path,
+    path: &Path,
+) -> io::Result<std::fs::File> {
     use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY)
+        .flags(OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY | OFlag::O_NONBLOCK)
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     loop {
         match openat2(root.as_raw_fd(), path, how) {
@@ -248,5 +254,9 @@ pub fn open_beneath(root: &std::fs::File, root_path: &Path, path: &Path) -> io::
             "path leaves the root directory",
         ));
     }
-    std::fs::File::open(real)
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(real)
 }

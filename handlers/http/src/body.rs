@@ -25,7 +25,11 @@ pub enum BodyDecoder {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Chunked {
     /// Reading the hex chunk size; `digits` so far.
-    Size { size: u64, digits: usize, line: usize },
+    Size {
+        size: u64,
+        digits: usize,
+        line: usize,
+    },
     /// After the size: extensions up to CR.
     Extension { size: u64, line: usize },
     /// Expecting the LF of the size line.
@@ -225,7 +229,11 @@ mod tests {
         out
     }
 
-    fn decode_in_pieces(wire: &[u8], cuts: &[usize], max: usize) -> Result<(Vec<u8>, usize), HttpError> {
+    fn decode_in_pieces(
+        wire: &[u8],
+        cuts: &[usize],
+        max: usize,
+    ) -> Result<(Vec<u8>, usize), HttpError> {
         let mut d = BodyDecoder::chunked();
         let mut out = Vec::new();
         let mut pos = 0;
@@ -267,7 +275,10 @@ mod tests {
     fn too_large_is_refused_from_the_chunk_size() {
         let mut d = BodyDecoder::chunked();
         let mut out = Vec::new();
-        assert_eq!(d.decode(b"100\r\n", &mut out, 255), Err(HttpError::BodyTooLarge));
+        assert_eq!(
+            d.decode(b"100\r\n", &mut out, 255),
+            Err(HttpError::BodyTooLarge)
+        );
         let mut d = BodyDecoder::chunked();
         assert_eq!(
             d.decode(b"ffffffffffffffffff\r\n", &mut out, 255),
@@ -277,7 +288,13 @@ mod tests {
 
     #[test]
     fn malformed_framing_is_400() {
-        for bad in [&b"x\r\n"[..], b"4\nWiki\r\n", b"4\r\nWikiXX", b"\r\n", b"0\r\n\n"] {
+        for bad in [
+            &b"x\r\n"[..],
+            b"4\nWiki\r\n",
+            b"4\r\nWikiXX",
+            b"\r\n",
+            b"0\r\n\n",
+        ] {
             let mut d = BodyDecoder::chunked();
             let mut out = Vec::new();
             assert!(

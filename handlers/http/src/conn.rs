@@ -206,7 +206,11 @@ impl HttpConn {
 mod tests {
     use super::*;
 
-    fn run(conn: &mut HttpConn, input: &[u8], now: Instant) -> Vec<Result<(String, Vec<u8>), HttpError>> {
+    fn run(
+        conn: &mut HttpConn,
+        input: &[u8],
+        now: Instant,
+    ) -> Vec<Result<(String, Vec<u8>), HttpError>> {
         let mut req = Request::default();
         let mut out = Vec::new();
         let mut pos = 0;
@@ -262,12 +266,18 @@ POST /3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n0\r\
         let mut silent = HttpConn::new(limits, t0);
         assert_eq!(silent.poll_timeout(), Some(t0 + limits.head_timeout));
         assert_eq!(silent.handle_timeout(t0 + Duration::from_secs(29)), None);
-        assert_eq!(silent.handle_timeout(t0 + limits.head_timeout), Some(Expired::Quiet));
+        assert_eq!(
+            silent.handle_timeout(t0 + limits.head_timeout),
+            Some(Expired::Quiet)
+        );
 
         let mut slow = HttpConn::new(limits, t0);
         let t1 = t0 + Duration::from_secs(10);
         let mut req = Request::default();
-        assert_eq!(slow.handle_input(b"GET / HTTP/1.1\r\n", t1, &mut req), (0, Step::NeedMore));
+        assert_eq!(
+            slow.handle_input(b"GET / HTTP/1.1\r\n", t1, &mut req),
+            (0, Step::NeedMore)
+        );
         assert_eq!(slow.poll_timeout(), Some(t1 + limits.head_timeout));
         assert_eq!(slow.handle_timeout(t1 + Duration::from_secs(29)), None);
         assert_eq!(
@@ -289,8 +299,15 @@ POST /3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n0\r\
     fn nothing_is_read_after_an_error() {
         let now = Instant::now();
         let mut c = HttpConn::new(ConnLimits::default(), now);
-        let got = run(&mut c, b"GET / HTTP/1.1\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n", now);
+        let got = run(
+            &mut c,
+            b"GET / HTTP/1.1\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            now,
+        );
         assert!(matches!(got[..], [Err(HttpError::BadRequest(_))]));
-        assert_eq!(run(&mut c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", now), vec![]);
+        assert_eq!(
+            run(&mut c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", now),
+            vec![]
+        );
     }
 }

@@ -41,7 +41,13 @@ mod tests {
         let mut d = DateCache::default();
         let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
         assert_eq!(d.at(t), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(d.at(t + Duration::from_millis(999)), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(d.at(t + Duration::from_secs(1)), "Sun, 06 Nov 1994 08:49:38 GMT");
+        assert_eq!(
+            d.at(t + Duration::from_millis(999)),
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+        assert_eq!(
+            d.at(t + Duration::from_secs(1)),
+            "Sun, 06 Nov 1994 08:49:38 GMT"
+        );
     }
 }

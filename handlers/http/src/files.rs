@@ -36,7 +36,10 @@ impl StaticFiles {
     pub fn open(root: &Path, index: &str, max_ranges: usize) -> io::Result<Self> {
         let dir = File::open(root)?;
         if !dir.metadata()?.is_dir() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a directory"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a directory",
+            ));
         }
         Ok(StaticFiles {
             root: dir,
@@ -86,7 +89,13 @@ impl StaticFiles {
         if !meta.is_file() {
             return Response::text(Status::FORBIDDEN, "not a regular file\n");
         }
-        file_response(req, Arc::new(file), &meta, content_type(&name), self.max_ranges)
+        file_response(
+            req,
+            Arc::new(file),
+            &meta,
+            content_type(&name),
+            self.max_ranges,
+        )
     }
 
     fn open_file(&self, rel: &Path) -> io::Result<(File, Metadata)> {
@@ -209,15 +218,13 @@ pub fn file_response(
     };
     let base = validators(Response::new(Status::OK)).header("Accept-Ranges", "bytes");
     match ranges {
-        Ranges::Whole => base
-            .header("Content-Type", content_type)
-            .body(Body::File {
-                file,
-                parts: vec![Part::File {
-                    offset: 0,
-                    len: size,
-                }],
-            }),
+        Ranges::Whole => base.header("Content-Type", content_type).body(Body::File {
+            file,
+            parts: vec![Part::File {
+                offset: 0,
+                len: size,
+            }],
+        }),
         Ranges::Unsatisfiable => {
             let mut r = base
                 .header("Content-Range", format!("bytes */{size}"))
@@ -374,8 +381,14 @@ mod tests {
     #[test]
     fn ordinary_paths_stay_relative() {
         assert_eq!(relative_path("/").unwrap(), PathBuf::from("."));
-        assert_eq!(relative_path("//a/./b%20c/").unwrap(), PathBuf::from("a/b c"));
-        assert_eq!(relative_path("/%2fetc%2fpasswd").unwrap(), PathBuf::from("etc/passwd"));
+        assert_eq!(
+            relative_path("//a/./b%20c/").unwrap(),
+            PathBuf::from("a/b c")
+        );
+        assert_eq!(
+            relative_path("/%2fetc%2fpasswd").unwrap(),
+            PathBuf::from("etc/passwd")
+        );
         assert!(relative_path("/a..b/c").is_ok());
     }
 

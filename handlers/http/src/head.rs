@@ -137,7 +137,8 @@ pub const MAX_HEADERS_LIMIT: usize = 1024;
 /// Parse a complete head (as found by [`HeadScan::scan`]) into `req`,
 /// reusing its buffers.
 pub fn parse(head: &[u8], req: &mut Request) -> Result<(), HttpError> {
-    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS_LIMIT];
     let mut parsed = httparse::Request::new(&mut []);
     match parsed.parse_with_uninit_headers(head, &mut headers) {
         Ok(httparse::Status::Complete(_)) => {}
@@ -187,11 +188,15 @@ pub fn parse(head: &[u8], req: &mut Request) -> Result<(), HttpError> {
             let last = h.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
             chunked = trim(last).eq_ignore_ascii_case(b"chunked");
             if !chunked {
-                return Err(HttpError::NotImplemented("transfer coding other than chunked"));
+                return Err(HttpError::NotImplemented(
+                    "transfer coding other than chunked",
+                ));
             }
             let codings = h.value.split(|&b| b == b',').count();
             if codings > 1 {
-                return Err(HttpError::NotImplemented("transfer codings other than chunked"));
+                return Err(HttpError::NotImplemented(
+                    "transfer codings other than chunked",
+                ));
             }
         } else if name.eq_ignore_ascii_case(b"host") {
             host += 1;
@@ -246,7 +251,9 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
         return Err(HttpError::BadRequest("Content-Length is not a number"));
     }
     v.iter()
-        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+        .try_fold(0u64, |n, &d| {
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
         .ok_or(HttpError::BadRequest("Content-Length is too large"))
 }
 
@@ -302,9 +309,16 @@ mod tests {
         let head = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n";
         let mut scan = HeadScan::default();
         for n in 1..head.len() {
-            assert_eq!(scan.scan(&head[..n], &HeadLimits::default()), Ok(None), "{n}");
+            assert_eq!(
+                scan.scan(&head[..n], &HeadLimits::default()),
+                Ok(None),
+                "{n}"
+            );
         }
-        assert_eq!(scan.scan(head, &HeadLimits::default()), Ok(Some(head.len())));
+        assert_eq!(
+            scan.scan(head, &HeadLimits::default()),
+            Ok(Some(head.len()))
+        );
     }
 
     #[test]
@@ -398,9 +412,10 @@ mod tests {
 
     #[test]
     fn same_content_length_twice_is_accepted() {
-        let req =
-            parse_all(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n")
-                .unwrap();
+        let req = parse_all(
+            b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n",
+        )
+        .unwrap();
         assert_eq!(req.body_kind, BodyKind::Length(2));
     }
 
@@ -436,7 +451,7 @@ mod tests {
             match first {
                 Err(e) => prop_assert_eq!(whole, Err(e)),
                 Ok(Some(n)) => prop_assert_eq!(whole, Ok(Some(n))),
-                Ok(None) => prop_assert_eq!(scan.scan(&bytes, &limits), whole.clone()),
+                Ok(None) => prop_assert_eq!(scan.scan(&bytes, &limits), whole),
             }
             if let Ok(Some(n)) = whole {
                 let mut req = Request::default();

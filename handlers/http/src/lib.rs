@@ -155,9 +155,21 @@ fn build(options: &Options) -> Result<Handler, OptionError> {
     };
     let limits = ConnLimits {
         head: HeadLimits {
-            max_request_line: size_option(options, "max_request_line", defaults.head.max_request_line)?,
-            max_header_line: size_option(options, "max_header_line", defaults.head.max_header_line)?,
-            max_headers_size: size_option(options, "max_headers_size", defaults.head.max_headers_size)?,
+            max_request_line: size_option(
+                options,
+                "max_request_line",
+                defaults.head.max_request_line,
+            )?,
+            max_header_line: size_option(
+                options,
+                "max_header_line",
+                defaults.head.max_header_line,
+            )?,
+            max_headers_size: size_option(
+                options,
+                "max_headers_size",
+                defaults.head.max_headers_size,
+            )?,
             max_headers,
         },
         max_body: size_option(options, "max_body", defaults.max_body)?,
@@ -174,13 +186,13 @@ fn build(options: &Options) -> Result<Handler, OptionError> {
     }
     let files = match options.get("root") {
         None => None,
-        Some(root) => Some(StaticFiles::open(Path::new(root), index, max_ranges).map_err(|e| {
-            OptionError {
+        Some(root) => Some(
+            StaticFiles::open(Path::new(root), index, max_ranges).map_err(|e| OptionError {
                 key: "root".into(),
                 value: root.into(),
                 expected: format!("a readable directory ({e})"),
-            }
-        })?),
+            })?,
+        ),
     };
     let http = Http::new(HttpConfig {
         limits,

@@ -78,8 +78,9 @@ fn number(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    s.iter()
-        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    s.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 #[cfg(test)]
@@ -90,10 +91,22 @@ mod tests {
     #[test]
     fn the_forms_of_a_range() {
         assert_eq!(parse(b"bytes=0-99", 1000, 16), Ranges::Parts(vec![(0, 99)]));
-        assert_eq!(parse(b"bytes=900-", 1000, 16), Ranges::Parts(vec![(900, 999)]));
-        assert_eq!(parse(b"bytes=-100", 1000, 16), Ranges::Parts(vec![(900, 999)]));
-        assert_eq!(parse(b"bytes=-5000", 1000, 16), Ranges::Parts(vec![(0, 999)]));
-        assert_eq!(parse(b"bytes=990-2000", 1000, 16), Ranges::Parts(vec![(990, 999)]));
+        assert_eq!(
+            parse(b"bytes=900-", 1000, 16),
+            Ranges::Parts(vec![(900, 999)])
+        );
+        assert_eq!(
+            parse(b"bytes=-100", 1000, 16),
+            Ranges::Parts(vec![(900, 999)])
+        );
+        assert_eq!(
+            parse(b"bytes=-5000", 1000, 16),
+            Ranges::Parts(vec![(0, 999)])
+        );
+        assert_eq!(
+            parse(b"bytes=990-2000", 1000, 16),
+            Ranges::Parts(vec![(990, 999)])
+        );
         assert_eq!(
             parse(b"bytes=0-0, -1 ,, 5-9", 1000, 16),
             Ranges::Parts(vec![(0, 0), (999, 999), (5, 9)])

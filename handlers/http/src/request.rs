@@ -78,12 +78,16 @@ impl Request {
 
     /// The first header called `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     /// Every header, in the order received.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.headers.iter().map(|(n, v)| (self.text(n), &self.head[v.clone()]))
+        self.headers
+            .iter()
+            .map(|(n, v)| (self.text(n), &self.head[v.clone()]))
     }
 
     /// The body (decoded from chunked when it was sent so).

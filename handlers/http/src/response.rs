@@ -242,7 +242,13 @@ X-A: b  Injected: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
     #[test]
     fn no_content_length_where_no_body_is_allowed() {
         let mut out = Vec::new();
-        write_head(&mut out, &Response::new(Status::NOT_MODIFIED), "D", 0, Connection::Default);
+        write_head(
+            &mut out,
+            &Response::new(Status::NOT_MODIFIED),
+            "D",
+            0,
+            Connection::Default,
+        );
         assert!(!String::from_utf8(out).unwrap().contains("Content-Length"));
     }
 

@@ -58,7 +58,7 @@ impl Router {
         let prefix = prefix.into();
         self.prefixes.retain(|(p, _)| *p != prefix);
         self.prefixes.push((prefix, Arc::new(f)));
-        self.prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.prefixes.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         self
     }
 
@@ -68,7 +68,11 @@ impl Router {
         self.exact
             .iter()
             .find(|(p, _)| p == path)
-            .or_else(|| self.prefixes.iter().find(|(p, _)| path.starts_with(p.as_str())))
+            .or_else(|| {
+                self.prefixes
+                    .iter()
+                    .find(|(p, _)| path.starts_with(p.as_str()))
+            })
             .map(|(_, f)| f)
     }
 

@@ -168,7 +168,15 @@ impl Session {
             Connection::Default
         };
         let len = resp.body.len();
-        DATE.with(|d| write_head(&mut self.out, &resp, d.borrow_mut().at(wall), len, connection));
+        DATE.with(|d| {
+            write_head(
+                &mut self.out,
+                &resp,
+                d.borrow_mut().at(wall),
+                len,
+                connection,
+            )
+        });
         if !head_only && resp.status.allows_body() {
             match resp.body {
                 Body::Empty => {}

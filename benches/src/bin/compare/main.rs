@@ -43,6 +43,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Deserialize;
 
+mod http;
+
 #[derive(FromArgs)]
 /// Run gaidaros and its peers side by side (scenarios a-f) and write the
 /// comparison to docs/benchmarks.md and docs/benchmarks.svg.
@@ -57,10 +59,10 @@ struct Args {
     /// measured seconds per echo run (default 5; 1 with --quick)
     #[argh(option)]
     duration: Option<f64>,
-    /// scenarios to run, letters from "abcdefgh" (g = the generator check,
-    /// h = the handler types;
-    /// default all)
-    #[argh(option, default = "String::from(\"abcdefgh\")")]
+    /// scenarios to run, letters from "abcdefghijk" (g = the generator
+    /// check, h = the handler types, i and j = HTTP hello at 64 and 512
+    /// connections, k = a static file; default all)
+    #[argh(option, default = "String::from(\"abcdefghijk\")")]
     only: String,
     /// skip the callgrind pass (instructions per request)
     #[argh(switch)]
@@ -204,8 +206,8 @@ fn main() -> ExitCode {
         eprintln!("compare: --duration must be a positive number of seconds");
         return ExitCode::from(2);
     }
-    if let Some(bad) = args.only.chars().find(|c| !"abcdefgh".contains(*c)) {
-        eprintln!("compare: --only: unknown scenario {bad:?} (expected letters from abcdefgh)");
+    if let Some(bad) = args.only.chars().find(|c| !"abcdefghijk".contains(*c)) {
+        eprintln!("compare: --only: unknown scenario {bad:?} (expected letters from abcdefghijk)");
         return ExitCode::from(2);
     }
     match run(&args, &plan) {
@@ -320,7 +322,14 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .ok_or("cannot locate the release binaries")?;
-    for b in ["gaidaros", "loadgen", "tokio-echo", "sink", "blast"] {
+    for b in [
+        "gaidaros",
+        "loadgen",
+        "tokio-echo",
+        "hyper-hello",
+        "sink",
+        "blast",
+    ] {
         if !bin.join(b).exists() {
             return Err(format!(
                 "{} is missing: build with cargo build --release",
@@ -346,7 +355,7 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
         notes: Vec::new(),
         failures: Vec::new(),
     };
-    for tool in ["socat", "iperf3", "nginx"] {
+    for tool in ["socat", "iperf3", "nginx", "wrk", "curl"] {
         let found = which(tool);
         ctx.have.insert(tool, found);
         if !found {
@@ -354,6 +363,7 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
                 .push(format!("{tool} is not installed: it is left out."));
         }
     }
+    ctx.have.insert("nginx-http", ctx.have["nginx"]);
     if ctx.have["nginx"] && !Path::new(NGINX_STREAM_MODULE).exists() {
         ctx.have.insert("nginx", false);
         ctx.notes.push(format!(
@@ -403,6 +413,29 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
                 record(&mut ctx, &mut samples, r);
             }
         }
+        let have_wrk = ctx.have["wrk"];
+        for sc in http::HELLO.iter().filter(|h| only(h.key) && have_wrk) {
+            for server in http_servers(&ctx) {
+                eprintln!("== ({}) {server}, pair {}", sc.key, pair + 1);
+                let r = http::hello_run(&ctx, plan, sc, server, pair);
+                record(&mut ctx, &mut samples, r);
+            }
+        }
+        if only("k") && ctx.have["curl"] {
+            match http::file_root(&ctx, plan.stream_bytes) {
+                Ok(root) => {
+                    for server in http::FILE_SERVERS {
+                        if server == "nginx" && !ctx.have["nginx-http"] {
+                            continue;
+                        }
+                        eprintln!("== (k) {server}, pair {}", pair + 1);
+                        let r = http::file_run(&ctx, plan, &root, server, pair);
+                        record(&mut ctx, &mut samples, r);
+                    }
+                }
+                Err(e) => ctx.failures.push(format!("(k): {e}")),
+            }
+        }
     }
     if ctx.callgrind {
         let mut runs: Vec<(&Echo, &str)> = Vec::new();
@@ -418,6 +451,26 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
                     .filter(|k| **k != "proc")
                     .map(|kind| (&POOLS, *kind)),
             );
+        }
+        let have_wrk = ctx.have["wrk"];
+        for sc in http::HELLO.iter().filter(|h| only(h.key) && have_wrk) {
+            for server in http_servers(&ctx) {
+                eprintln!("== ({}) {server} under callgrind", sc.key);
+                match http::hello_instr(&ctx, plan, sc, server) {
+                    Ok(i) => samples.push(Sample {
+                        scenario: sc.key.into(),
+                        server: server.into(),
+                        pair: usize::MAX,
+                        instr_per_req: Some(i),
+                        ..Sample::default()
+                    }),
+                    Err(e) => {
+                        eprintln!("   {e}");
+                        ctx.failures
+                            .push(format!("({}) {server} callgrind: {e}", sc.key));
+                    }
+                }
+            }
         }
         for (sc, server) in runs {
             eprintln!("== ({}) {server} under callgrind", sc.key);
@@ -440,6 +493,14 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
 
     let _ = fs::remove_dir_all(&ctx.work);
     Ok((ctx, samples))
+}
+
+/// The HTTP servers of (i) and (j) that are installed.
+fn http_servers(ctx: &Ctx) -> Vec<&'static str> {
+    http::HTTP_SERVERS
+        .into_iter()
+        .filter(|s| *s != "nginx" || ctx.have["nginx-http"])
+        .collect()
 }
 
 fn record(ctx: &mut Ctx, samples: &mut Vec<Sample>, r: Result<Vec<Sample>, String>) {
@@ -503,6 +564,8 @@ fn install_peers() {
         ("socat", "socat"),
         ("iperf3", "iperf3"),
         ("nginx", "nginx-light"),
+        ("wrk", "wrk"),
+        ("curl", "curl"),
     ] {
         if !which(tool) {
             missing.push(pkg);
@@ -1409,6 +1472,8 @@ fn report(
             fmt_ratios(&r)
         );
     }
+
+    http::report(&mut md, &mut targets, &mut bars, samples, plan);
 
     if !targets.is_empty() {
         let _ = writeln!(md, "### Targets\n");
