@@ -218,7 +218,7 @@ pub fn file_response(
     };
     let base = validators(Response::new(Status::OK)).header("Accept-Ranges", "bytes");
     match ranges {
-        Ranges::Whole => base.header("Content-Type", content_type).body(Body::File {
+        Ranges::Whole => base.content_type(content_type).body(Body::File {
             file,
             parts: vec![Part::File {
                 offset: 0,
@@ -228,7 +228,7 @@ pub fn file_response(
         Ranges::Unsatisfiable => {
             let mut r = base
                 .header("Content-Range", format!("bytes */{size}"))
-                .header("Content-Type", "text/plain; charset=utf-8")
+                .content_type("text/plain; charset=utf-8")
                 .body("range not satisfiable\n");
             r.status = Status::RANGE_NOT_SATISFIABLE;
             r
@@ -236,7 +236,7 @@ pub fn file_response(
         Ranges::Parts(parts) if parts.len() == 1 => {
             let (a, b) = parts[0];
             let mut r = base
-                .header("Content-Type", content_type)
+                .content_type(content_type)
                 .header("Content-Range", format!("bytes {a}-{b}/{size}"))
                 .body(Body::File {
                     file,
@@ -265,10 +265,7 @@ pub fn file_response(
             }
             body.push(Part::Bytes(format!("\r\n--{boundary}--\r\n").into_bytes()));
             let mut r = base
-                .header(
-                    "Content-Type",
-                    format!("multipart/byteranges; boundary={boundary}"),
-                )
+                .content_type(format!("multipart/byteranges; boundary={boundary}"))
                 .body(Body::File { file, parts: body });
             r.status = Status::PARTIAL_CONTENT;
             r

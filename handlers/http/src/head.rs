@@ -163,8 +163,7 @@ pub fn parse(head: &[u8], req: &mut Request) -> Result<(), HttpError> {
     else {
         return Err(HttpError::BadRequest("incomplete request line"));
     };
-    req.method = range_of(method.as_bytes());
-    req.target = range_of(path.as_bytes());
+    req.set_line(method, path);
     req.minor = minor;
 
     let mut content_length: Option<u64> = None;
@@ -239,9 +238,6 @@ pub fn parse(head: &[u8], req: &mut Request) -> Result<(), HttpError> {
             Some(n) => BodyKind::Length(n),
         }
     };
-    if std::str::from_utf8(&req.head[req.target.clone()]).is_err() {
-        return Err(HttpError::BadRequest("request target is not UTF-8"));
-    }
     Ok(())
 }
 

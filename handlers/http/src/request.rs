@@ -22,8 +22,12 @@ pub enum BodyKind {
 #[derive(Debug, Default, Clone)]
 pub struct Request {
     pub(crate) head: Vec<u8>,
-    pub(crate) method: Range<usize>,
-    pub(crate) target: Range<usize>,
+    /// Method and target, checked as UTF-8 once when parsed (the accessors
+    /// slice it without validating again).
+    pub(crate) line: String,
+    pub(crate) method_len: usize,
+    /// The path within `line` (after any authority, before any query).
+    pub(crate) path: Range<usize>,
     pub(crate) minor: u8,
     pub(crate) headers: Vec<(Range<usize>, Range<usize>)>,
     pub(crate) body: Vec<u8>,
@@ -36,6 +40,7 @@ pub struct Request {
 impl Request {
     pub(crate) fn clear(&mut self) {
         self.head.clear();
+        self.line.clear();
         self.headers.clear();
         self.body.clear();
         self.body_kind = BodyKind::None;
@@ -43,32 +48,43 @@ impl Request {
         self.expect_continue = false;
     }
 
-    fn text(&self, r: &Range<usize>) -> &str {
-        // Method and target were checked to be UTF-8 when parsed.
-        std::str::from_utf8(&self.head[r.clone()]).unwrap_or("")
+    /// Set method and target (called by the parser).
+    pub(crate) fn set_line(&mut self, method: &str, target: &str) {
+        self.line.clear();
+        self.line.push_str(method);
+        self.line.push_str(target);
+        self.method_len = method.len();
+        let start = self.method_len + (target.len() - strip_authority(target).len());
+        let end = self.line[start..]
+            .find('?')
+            .map_or(self.line.len(), |q| start + q);
+        self.path = start..end;
     }
 
     /// The method (`GET`, `POST`, ...), case-sensitive as sent.
     pub fn method(&self) -> &str {
-        self.text(&self.method)
+        &self.line[..self.method_len]
     }
 
     /// The request target as sent (path and query, still percent-encoded).
     pub fn target(&self) -> &str {
-        self.text(&self.target)
+        &self.line[self.method_len..]
     }
 
     /// The path of the target, without the query (still percent-encoded).
     /// An absolute-form target (`http://host/path`) gives its path.
     pub fn path(&self) -> &str {
-        let target = self.target();
-        let target = strip_authority(target);
-        target.split_once('?').map_or(target, |(p, _)| p)
+        let p = &self.line[self.path.clone()];
+        if p.is_empty() {
+            "/"
+        } else {
+            p
+        }
     }
 
     /// The query of the target (after `?`), if any.
     pub fn query(&self) -> Option<&str> {
-        self.target().split_once('?').map(|(_, q)| q)
+        self.line.get(self.path.end..)?.strip_prefix('?')
     }
 
     /// The minor version: 0 for HTTP/1.0, 1 for HTTP/1.1.
@@ -78,16 +94,19 @@ impl Request {
 
     /// The first header called `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        self.headers
+            .iter()
+            .find(|(n, _)| self.head[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &self.head[v.clone()])
     }
 
     /// Every header, in the order received.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.headers
-            .iter()
-            .map(|(n, v)| (self.text(n), &self.head[v.clone()]))
+        self.headers.iter().map(|(n, v)| {
+            // httparse accepts only token characters (ASCII) in names.
+            let name = std::str::from_utf8(&self.head[n.clone()]).unwrap_or("");
+            (name, &self.head[v.clone()])
+        })
     }
 
     /// The body (decoded from chunked when it was sent so).
@@ -106,12 +125,20 @@ impl Request {
     }
 }
 
-/// `http://host:port/p?q` -> `/p?q`; origin-form targets are unchanged.
+/// `http://host:port/p?q` -> `/p?q`, a suffix of `target` (`http://host`
+/// gives ``, read as `/`); origin-form targets are unchanged.
 fn strip_authority(target: &str) -> &str {
+    if target.starts_with('/') {
+        return target;
+    }
     for scheme in ["http://", "https://"] {
-        if target.len() > scheme.len() && target[..scheme.len()].eq_ignore_ascii_case(scheme) {
+        if target.len() > scheme.len()
+            && target.is_char_boundary(scheme.len())
+            && target[..scheme.len()].eq_ignore_ascii_case(scheme)
+        {
             let rest = &target[scheme.len()..];
-            return rest.find('/').map_or("/", |i| &rest[i..]);
+            let end = rest.find(['/', '?']).unwrap_or(rest.len());
+            return &rest[end..];
         }
     }
     target

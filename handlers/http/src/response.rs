@@ -94,6 +94,7 @@ impl From<Vec<u8>> for Body {
 pub struct Response {
     /// The status.
     pub status: Status,
+    content_type: Option<Cow<'static, str>>,
     headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
     /// The body.
     pub body: Body,
@@ -106,6 +107,7 @@ impl Response {
     pub fn new(status: Status) -> Self {
         Response {
             status,
+            content_type: None,
             headers: Vec::new(),
             body: Body::Empty,
             close: false,
@@ -115,8 +117,14 @@ impl Response {
     /// A `text/plain` response.
     pub fn text(status: Status, body: impl Into<Body>) -> Self {
         Response::new(status)
-            .header("Content-Type", "text/plain; charset=utf-8")
+            .content_type("text/plain; charset=utf-8")
             .body(body)
+    }
+
+    /// The `Content-Type` (cleaned like [`Response::header`]).
+    pub fn content_type(mut self, media_type: impl Into<Cow<'static, str>>) -> Self {
+        self.content_type = Some(clean(media_type.into()));
+        self
     }
 
     /// The body.
@@ -125,8 +133,9 @@ impl Response {
         self
     }
 
-    /// Add a header. CR, LF and NUL in the name or value are replaced by
-    /// spaces, so a value taken from a request cannot split the response.
+    /// Add a header. CR, LF and NUL in an owned name or value are replaced
+    /// by spaces, so a value built from a request cannot split the
+    /// response (static strings are the program's own and kept as they are).
     pub fn header(
         mut self,
         name: impl Into<Cow<'static, str>>,
@@ -149,10 +158,11 @@ impl Response {
 }
 
 fn clean(s: Cow<'static, str>) -> Cow<'static, str> {
-    if s.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\0')) {
-        Cow::Owned(s.replace(['\r', '\n', '\0'], " "))
-    } else {
-        s
+    match s {
+        Cow::Owned(o) if o.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\0')) => {
+            Cow::Owned(o.replace(['\r', '\n', '\0'], " "))
+        }
+        s => s,
     }
 }
 
@@ -177,13 +187,23 @@ pub fn write_head(
     connection: Connection,
 ) {
     let mut num = itoa_buf();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(fmt_u64(&mut num, u64::from(resp.status.0)));
-    out.push(b' ');
-    out.extend_from_slice(resp.status.reason().as_bytes());
-    out.extend_from_slice(b"\r\nServer: gaidaros\r\nDate: ");
+    match resp.status.0 {
+        200 => out.extend_from_slice(b"HTTP/1.1 200 OK\r\nServer: gaidaros\r\nDate: "),
+        code => {
+            out.extend_from_slice(b"HTTP/1.1 ");
+            out.extend_from_slice(fmt_u64(&mut num, u64::from(code)));
+            out.push(b' ');
+            out.extend_from_slice(resp.status.reason().as_bytes());
+            out.extend_from_slice(b"\r\nServer: gaidaros\r\nDate: ");
+        }
+    }
     out.extend_from_slice(date.as_bytes());
     out.extend_from_slice(b"\r\n");
+    if let Some(ct) = &resp.content_type {
+        out.extend_from_slice(b"Content-Type: ");
+        out.extend_from_slice(ct.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     for (name, value) in &resp.headers {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -229,7 +249,7 @@ mod tests {
     #[test]
     fn head_has_the_framing_headers() {
         let mut out = Vec::new();
-        let resp = Response::text(Status::OK, "hi").header("X-A", "b\r\nInjected: 1");
+        let resp = Response::text(Status::OK, "hi").header("X-A", String::from("b\r\nInjected: 1"));
         write_head(&mut out, &resp, "D", 2, Connection::Close);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
