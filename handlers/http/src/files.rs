@@ -5,8 +5,8 @@
 //! The file is then opened beneath the root by the kernel
 //! ([`gaidaros::sys::open_beneath`]: openat2 with RESOLVE_BENEATH), so a
 //! symlink that leads out of the root is not followed (403) while one that
-//! stays inside is. Conditional requests (If-None-Match, If-Modified-Since,
-//! If-Range) and ranges are answered by [`file_response`], which routes of
+//! stays inside is. Conditional requests (If-Match, If-Unmodified-Since,
+//! If-None-Match, If-Modified-Since, If-Range) and ranges are answered by [`file_response`], which routes of
 //! other crates can use for their own files.
 
 use std::ffi::OsStr;
@@ -177,7 +177,8 @@ pub fn etag(mtime: u64, size: u64) -> String {
     format!("\"{mtime:x}-{size:x}\"")
 }
 
-/// Answer `req` with `file`: 304 when a validator matches, 206 for
+/// Answer `req` with `file`: 412 when If-Match or If-Unmodified-Since
+/// fails, 304 when a validator matches, 206 for
 /// satisfiable ranges (one, or several as multipart/byteranges), 416 for
 /// unsatisfiable ones, 200 otherwise. HEAD gets the same head.
 pub fn file_response(
@@ -200,7 +201,21 @@ pub fn file_response(
             .header("ETag", tag.clone())
     };
 
-    // RFC 9110 13.2.2: If-None-Match first; If-Modified-Since only without it.
+    // RFC 9110 13.2.2: If-Match, else If-Unmodified-Since (412); then
+    // If-None-Match, else If-Modified-Since (304); then If-Range.
+    let precondition_failed = match req.header("if-match") {
+        Some(im) => !etag_list_matches_strong(im, &tag),
+        None => req
+            .header("if-unmodified-since")
+            .and_then(http_date)
+            .is_some_and(|since| mtime > since),
+    };
+    if precondition_failed {
+        return validators(Response::text(
+            Status::PRECONDITION_FAILED,
+            "precondition failed\n",
+        ));
+    }
     let not_modified = match req.header("if-none-match") {
         Some(inm) => etag_list_matches(inm, &tag),
         None => req
@@ -308,6 +323,15 @@ fn if_range_holds(req: &Request, tag: &str, mtime: u64) -> bool {
     }
 }
 
+/// Does an If-Match list name `tag` (strong comparison: a weak tag never
+/// matches), or is it `*`?
+fn etag_list_matches_strong(list: &[u8], tag: &str) -> bool {
+    list.split(|&b| b == b',').any(|t| {
+        let t = crate::head::trim(t);
+        t == b"*" || t == tag.as_bytes()
+    })
+}
+
 /// Does an If-None-Match list name `tag` (weak comparison), or is it `*`?
 fn etag_list_matches(list: &[u8], tag: &str) -> bool {
     let tag = tag.as_bytes();
@@ -387,6 +411,13 @@ mod tests {
             PathBuf::from("etc/passwd")
         );
         assert!(relative_path("/a..b/c").is_ok());
+    }
+
+    #[test]
+    fn strong_lists_refuse_weak_tags() {
+        assert!(etag_list_matches_strong(b"\"a\", \"b\"", "\"b\""));
+        assert!(!etag_list_matches_strong(b"W/\"b\"", "\"b\""));
+        assert!(etag_list_matches_strong(b"*", "\"b\""));
     }
 
     #[test]

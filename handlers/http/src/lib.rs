@@ -18,14 +18,29 @@
 //! framing is answered and the connection closed. Routes run on the loop
 //! thread and must not block.
 //!
-//! Another crate serves its own endpoints with [`Router`] and [`Http`]:
+//! Another crate serves its own endpoints with [`Router`] and [`Http`]
+//! (the example of docs/handlers.md):
 //!
 //! ```
+//! use std::sync::Arc;
+//! use gaidaros::{Handler, HandlerSpec, OptionError, Options};
 //! use gaidaros_http::{ConnLimits, Http, HttpConfig, Response, Router, Status};
-//! let router = Router::new().route("/status", |_req| Response::text(Status::OK, "up\n"));
-//! let http = Http::new(HttpConfig { limits: ConnLimits::default(), router, files: None });
-//! let handler = gaidaros::Handler::Protocol(std::sync::Arc::new(http));
-//! # let _ = handler;
+//!
+//! fn build(_options: &Options) -> Result<Handler, OptionError> {
+//!     let router = Router::new()
+//!         .route("/status", |_req| Response::text(Status::OK, "up\n"))
+//!         .prefix("/echo/", |req| {
+//!             Response::new(Status::OK)
+//!                 .content_type("application/octet-stream")
+//!                 .body(req.body().to_vec())
+//!         });
+//!     let http = Http::new(HttpConfig { limits: ConnLimits::default(), router, files: None });
+//!     Ok(Handler::Protocol(Arc::new(http)))
+//! }
+//!
+//! let spec = HandlerSpec { name: "status", about: "a status endpoint", options: &[], build };
+//! assert!(build(&Options::new()).is_ok());
+//! # let _ = spec;
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
