@@ -8,6 +8,8 @@ pub fn registry() -> gaidaros::Registry {
         .register(gaidaros_echo::spec())
         .register(gaidaros_hello::spec())
         .register(gaidaros_multiline::spec())
-        .register(gaidaros_forward::spec());
+        .register(gaidaros_forward::spec())
+        .register(gaidaros_http::spec())
+        .register(gaidaros_smtp::spec());
     registry
 }

@@ -92,8 +92,8 @@ pub fn default_router() -> Router {
 const OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         name: "root",
-        default: None,
-        help: "directory whose files are served (without it: routes only, 404 elsewhere)",
+        default: Some("unset"),
+        help: "directory whose files are served; unset, only the routes answer (404 elsewhere)",
     },
     OptionSpec {
         name: "index",
