@@ -239,11 +239,13 @@ pub fn open_beneath(
                     "path leaves the root directory",
                 ))
             }
-            Err(nix::errno::Errno::ENOSYS) => break,
+            // No openat2 (before 5.6), or a seccomp filter that refuses it
+            // (older container profiles answer EPERM).
+            Err(nix::errno::Errno::ENOSYS | nix::errno::Errno::EPERM) => break,
             Err(e) => return Err(e.into()),
         }
     }
-    // No openat2 (kernel before 5.6, or filtered): resolve in user space.
+    // Resolve in user space instead.
     // A symlink swapped in between the check and the open could still
     // escape, which is why openat2 is tried first.
     let real_root = root_path.canonicalize()?;

@@ -30,7 +30,9 @@ pub enum Chunked {
         digits: usize,
         line: usize,
     },
-    /// After the size: extensions up to CR.
+    /// After the size: optional whitespace before `;` or CR.
+    SizeWs { size: u64, line: usize },
+    /// After `;`: extensions up to CR.
     Extension { size: u64, line: usize },
     /// Expecting the LF of the size line.
     SizeLf { size: u64 },
@@ -126,7 +128,11 @@ fn decode_chunked(
                             line: line + 1,
                         }
                     }
-                    b';' | b' ' | b'\t' if digits > 0 => Chunked::Extension {
+                    b';' if digits > 0 => Chunked::Extension {
+                        size,
+                        line: line + 1,
+                    },
+                    b' ' | b'\t' if digits > 0 => Chunked::SizeWs {
                         size,
                         line: line + 1,
                     },
@@ -134,17 +140,38 @@ fn decode_chunked(
                     _ => return Err(bad("invalid chunk size")),
                 }
             }
+            Chunked::SizeWs { size, line } => {
+                if line + 1 > MAX_CHUNK_LINE {
+                    return Err(bad("chunk size line too long"));
+                }
+                // RFC 9112 7.1.1: only BWS, then `;` (an extension) or CRLF.
+                match b {
+                    b' ' | b'\t' => Chunked::SizeWs {
+                        size,
+                        line: line + 1,
+                    },
+                    b';' => Chunked::Extension {
+                        size,
+                        line: line + 1,
+                    },
+                    b'\r' => Chunked::SizeLf { size },
+                    _ => return Err(bad("invalid chunk size")),
+                }
+            }
             Chunked::Extension { size, line } => {
                 if line + 1 > MAX_CHUNK_LINE {
                     return Err(bad("chunk extension too long"));
                 }
+                // Tokens, `=`, `;`, quoted strings and whitespace: visible
+                // ASCII, SP and HTAB. Control bytes and non-ASCII are refused
+                // so no proxy in front can read the line differently.
                 match b {
                     b'\r' => Chunked::SizeLf { size },
-                    b'\n' | b'\0' => return Err(bad("bare LF or NUL in a chunk size line")),
-                    _ => Chunked::Extension {
+                    b' ' | b'\t' | 0x21..=0x7e => Chunked::Extension {
                         size,
                         line: line + 1,
                     },
+                    _ => return Err(bad("invalid byte in a chunk extension")),
                 }
             }
             Chunked::SizeLf { size } => {
@@ -262,7 +289,7 @@ mod tests {
 
     #[test]
     fn decodes_chunks_with_extensions_and_trailers() {
-        let wire = b"4\r\nWiki\r\n5;a=b\r\npedia\r\n0\r\nT: 1\r\n\r\nNEXT";
+        let wire = b"4\r\nWiki\r\n5 ;a=\"b c\"\r\npedia\r\n0\r\nT: 1\r\n\r\nNEXT";
         let mut d = BodyDecoder::chunked();
         let mut out = Vec::new();
         let (n, done) = d.decode(wire, &mut out, 100).unwrap();

@@ -9,10 +9,12 @@
 //! If-None-Match, If-Modified-Since, If-Range) and ranges are answered by [`file_response`], which routes of
 //! other crates can use for their own files.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,11 +31,19 @@ pub struct StaticFiles {
     root_path: PathBuf,
     index: String,
     max_ranges: usize,
+    dotfiles: bool,
 }
 
+/// File bodies smaller than this are read into memory and the file closed
+/// at once: cheaper than sendfile for small files, and it bounds the files
+/// one connection can hold open (every queued file range then counts at
+/// least this much towards its output cap).
+pub const SMALL_BODY: u64 = 16 * 1024;
+
 impl StaticFiles {
-    /// Serve `root`; a directory request gets its `index` file.
-    pub fn open(root: &Path, index: &str, max_ranges: usize) -> io::Result<Self> {
+    /// Serve `root`; a directory request gets its `index` file; names
+    /// starting with `.` are served only with `dotfiles`.
+    pub fn open(root: &Path, index: &str, max_ranges: usize, dotfiles: bool) -> io::Result<Self> {
         let dir = File::open(root)?;
         if !dir.metadata()?.is_dir() {
             return Err(io::Error::new(
@@ -43,9 +53,10 @@ impl StaticFiles {
         }
         Ok(StaticFiles {
             root: dir,
-            root_path: root.to_path_buf(),
+            root_path: root.canonicalize()?,
             index: index.to_string(),
             max_ranges,
+            dotfiles,
         })
     }
 
@@ -60,13 +71,22 @@ impl StaticFiles {
             Ok(rel) => rel,
             Err(why) => return Response::text(Status::BAD_REQUEST, why).closing(),
         };
+        if !self.dotfiles
+            && rel
+                .components()
+                .any(|c| c.as_os_str().as_bytes().first() == Some(&b'.') && c.as_os_str() != ".")
+        {
+            return Response::text(Status::FORBIDDEN, "forbidden\n");
+        }
         let (file, meta) = match self.open_file(&rel) {
             Ok(found) => found,
             Err(e) => return error_response(&e),
         };
         let (file, meta, name) = if meta.is_dir() {
             if !req.path().ends_with('/') {
-                let mut location = format!("{}/", req.path());
+                // From the path as sent (valid URI characters), with one
+                // leading slash: `//dir` must not become a host name.
+                let mut location = format!("/{}/", req.path().trim_start_matches('/'));
                 if let Some(q) = req.query() {
                     location.push('?');
                     location.push_str(q);
@@ -172,9 +192,11 @@ fn hex_digit(b: u8) -> Option<u8> {
     (b as char).to_digit(16).map(|d| d as u8)
 }
 
-/// A file's strong validator, as nginx makes it: `"mtime-size"` in hex.
-pub fn etag(mtime: u64, size: u64) -> String {
-    format!("\"{mtime:x}-{size:x}\"")
+/// A file's strong validator: modification time (seconds and
+/// nanoseconds) and size in hex, so a rewrite within the same second
+/// that keeps the size still changes it.
+pub fn etag(mtime: u64, mtime_nsec: u32, size: u64) -> String {
+    format!("\"{mtime:x}.{mtime_nsec:x}-{size:x}\"")
 }
 
 /// Answer `req` with `file`: 412 when If-Match or If-Unmodified-Since
@@ -194,7 +216,7 @@ pub fn file_response(
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    let tag = etag(mtime, size);
+    let tag = etag(mtime, meta.mtime_nsec().clamp(0, 999_999_999) as u32, size);
     let last_modified = httpdate::fmt_http_date(UNIX_EPOCH + std::time::Duration::from_secs(mtime));
     let validators = |r: Response| {
         r.header("Last-Modified", last_modified.clone())
@@ -227,12 +249,15 @@ pub fn file_response(
         return validators(Response::new(Status::NOT_MODIFIED));
     }
 
+    // Range is defined for GET only (RFC 9110 14.2): HEAD gets the 200 head.
     let ranges = match req.header("range") {
-        Some(value) if if_range_holds(req, &tag, mtime) => range::parse(value, size, max_ranges),
+        Some(value) if req.method() == "GET" && if_range_holds(req, &tag, mtime) => {
+            range::parse(value, size, max_ranges)
+        }
         _ => Ranges::Whole,
     };
     let base = validators(Response::new(Status::OK)).header("Accept-Ranges", "bytes");
-    match ranges {
+    let resp = match ranges {
         Ranges::Whole => base.content_type(content_type).body(Body::File {
             file,
             parts: vec![Part::File {
@@ -285,7 +310,78 @@ pub fn file_response(
             r.status = Status::PARTIAL_CONTENT;
             r
         }
+    };
+    if req.method() == "HEAD" {
+        resp
+    } else {
+        small_in_memory(resp)
     }
+}
+
+/// A file body whose file ranges add up to less than [`SMALL_BODY`] is
+/// read now and the file closed. A read error answers 500.
+fn small_in_memory(mut resp: Response) -> Response {
+    let Body::File { file, parts } = &resp.body else {
+        return resp;
+    };
+    let file_bytes: u64 = parts
+        .iter()
+        .map(|p| match p {
+            Part::File { len, .. } => *len,
+            Part::Bytes(_) => 0,
+        })
+        .sum();
+    if file_bytes >= SMALL_BODY {
+        return resp;
+    }
+    let mut out = Vec::with_capacity(resp.body.len() as usize);
+    for part in parts {
+        match part {
+            Part::Bytes(b) => out.extend_from_slice(b),
+            Part::File { offset, len } => {
+                let start = out.len();
+                out.resize(start + *len as usize, 0);
+                if let Err(e) = file.read_exact_at(&mut out[start..], *offset) {
+                    tracing::warn!("static file: read: {e}");
+                    return Response::text(Status::INTERNAL_SERVER_ERROR, "internal error\n")
+                        .closing();
+                }
+            }
+        }
+    }
+    resp.body = Body::Owned(out);
+    resp
+}
+
+/// The path routes are matched against: the request's path itself when it
+/// is already canonical (no escapes, no empty, `.` or `..` segments: the
+/// common case, borrowed), else its decoded and normalized form, so a
+/// route cannot be bypassed with `/%61dmin` or `//admin`. What
+/// [`relative_path`] refuses is refused here too.
+pub fn route_path(path: &str) -> Result<Cow<'_, str>, &'static str> {
+    let canonical = path.starts_with('/')
+        && !path.contains('%')
+        && !path.contains("//")
+        && !path.contains("/./")
+        && !path.contains("/../")
+        && !path.ends_with("/.")
+        && !path.ends_with("/..");
+    if canonical {
+        return Ok(Cow::Borrowed(path));
+    }
+    let rel = relative_path(path)?;
+    let mut out = String::with_capacity(path.len());
+    for c in rel.components() {
+        let c = c.as_os_str();
+        if c != "." {
+            out.push('/');
+            out.push_str(&String::from_utf8_lossy(c.as_bytes()));
+        }
+    }
+    if out.is_empty() || path.ends_with('/') {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
 }
 
 /// A multipart boundary unlikely to occur in the file: 20 hex digits from a
@@ -397,6 +493,21 @@ mod tests {
         ] {
             assert!(relative_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn routes_see_one_spelling_of_a_path() {
+        assert!(matches!(route_path("/hello"), Ok(Cow::Borrowed("/hello"))));
+        for same in ["/%61dmin", "//admin", "/./admin", "/x/../admin"] {
+            let got = route_path(same);
+            if same.contains("..") {
+                assert!(got.is_err(), "{same}");
+            } else {
+                assert_eq!(got.unwrap(), "/admin", "{same}");
+            }
+        }
+        assert_eq!(route_path("//dir/").unwrap(), "/dir/");
+        assert_eq!(route_path("/%2e").unwrap(), "/");
     }
 
     #[test]

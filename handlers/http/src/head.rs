@@ -169,6 +169,7 @@ pub fn parse(head: &[u8], req: &mut Request) -> Result<(), HttpError> {
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut transfer_encoding = false;
+    let mut codings = 0usize;
     let mut host = 0usize;
     let mut close_token = false;
     let mut keep_alive_token = false;
@@ -191,7 +192,7 @@ pub fn parse(head: &[u8], req: &mut Request) -> Result<(), HttpError> {
                     "transfer coding other than chunked",
                 ));
             }
-            let codings = h.value.split(|&b| b == b',').count();
+            codings += h.value.split(|&b| b == b',').count();
             if codings > 1 {
                 return Err(HttpError::NotImplemented(
                     "transfer codings other than chunked",
@@ -208,7 +209,8 @@ pub fn parse(head: &[u8], req: &mut Request) -> Result<(), HttpError> {
                     keep_alive_token = true;
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"expect") {
+        } else if name.eq_ignore_ascii_case(b"expect") && minor >= 1 {
+            // HTTP/1.0 has no 1xx: its Expect is ignored (RFC 9110 10.1.1).
             if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
                 req.expect_continue = true;
             } else {
@@ -228,8 +230,10 @@ pub fn parse(head: &[u8], req: &mut Request) -> Result<(), HttpError> {
             "more than one Host header"
         }));
     }
-    // HTTP/1.0 closes unless asked to keep alive; `close` always wins.
-    req.keep_alive = !close_token && (minor == 1 || keep_alive_token);
+    // HTTP/1.0 closes unless asked to keep alive; `close` always wins. A
+    // 1.0 request framed by Transfer-Encoding is suspect: answer, then close
+    // (RFC 9112 6.1).
+    req.keep_alive = !close_token && (minor == 1 || (keep_alive_token && !transfer_encoding));
     req.body_kind = if chunked {
         BodyKind::Chunked
     } else {
@@ -404,6 +408,27 @@ mod tests {
             parse_all(b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"),
             Err(HttpError::NotImplemented(_))
         ));
+    }
+
+    #[test]
+    fn transfer_encoding_rules() {
+        assert!(matches!(
+            parse_all(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Err(HttpError::NotImplemented(_))
+        ));
+        let r = parse_all(
+            b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+        )
+        .unwrap();
+        assert!(!r.keep_alive);
+        let r = parse_all(b"POST / HTTP/1.0\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n")
+            .unwrap();
+        assert!(!r.expect_continue);
+        let r = parse_all(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .unwrap();
+        assert!(r.expect_continue);
     }
 
     #[test]

@@ -69,7 +69,9 @@ pub use body::BodyDecoder;
 pub use conn::{ConnLimits, Expired, HttpConn, Step};
 pub use date::DateCache;
 pub use error::HttpError;
-pub use files::{content_type, etag, file_response, relative_path, StaticFiles};
+pub use files::{
+    content_type, etag, file_response, relative_path, route_path, StaticFiles, SMALL_BODY,
+};
 pub use head::{HeadLimits, HeadScan, MAX_HEADERS_LIMIT};
 pub use range::Ranges;
 pub use request::{BodyKind, Request};
@@ -99,6 +101,16 @@ const OPTIONS: &[OptionSpec] = &[
         name: "index",
         default: Some("index.html"),
         help: "file answered for a directory path ending in /",
+    },
+    OptionSpec {
+        name: "dotfiles",
+        default: Some("false"),
+        help: "serve files and directories whose name starts with . (false: 403)",
+    },
+    OptionSpec {
+        name: "dotfiles",
+        default: Some("false"),
+        help: "serve files and directories whose name starts with . (false: 403)",
     },
     OptionSpec {
         name: "max_request_line",
@@ -199,13 +211,16 @@ fn build(options: &Options) -> Result<Handler, OptionError> {
             expected: "a file name without /".into(),
         });
     }
+    let dotfiles = options.parse_or("dotfiles", false, "true or false")?;
     let files = match options.get("root") {
         None => None,
         Some(root) => Some(
-            StaticFiles::open(Path::new(root), index, max_ranges).map_err(|e| OptionError {
-                key: "root".into(),
-                value: root.into(),
-                expected: format!("a readable directory ({e})"),
+            StaticFiles::open(Path::new(root), index, max_ranges, dotfiles).map_err(|e| {
+                OptionError {
+                    key: "root".into(),
+                    value: root.into(),
+                    expected: format!("a readable directory ({e})"),
+                }
             })?,
         ),
     };

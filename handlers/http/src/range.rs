@@ -19,8 +19,9 @@ pub enum Ranges {
 pub fn parse(value: &[u8], size: u64, max_ranges: usize) -> Ranges {
     let value = trim(value);
     let Some(specs) = value
-        .strip_prefix(b"bytes=")
-        .or_else(|| value.strip_prefix(b"BYTES="))
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case(b"bytes="))
+        .map(|_| &value[6..])
     else {
         return Ranges::Whole;
     };
@@ -64,10 +65,16 @@ pub fn parse(value: &[u8], size: u64, max_ranges: usize) -> Ranges {
         return Ranges::Whole;
     }
     if parts.is_empty() {
-        Ranges::Unsatisfiable
-    } else {
-        Ranges::Parts(parts)
+        return Ranges::Unsatisfiable;
     }
+    // Overlapping ranges would send the same bytes several times (RFC 9110
+    // 14.2 lets a server ignore them): answer with the whole representation.
+    let mut sorted = parts.clone();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w[1].0 <= w[0].1) {
+        return Ranges::Whole;
+    }
+    Ranges::Parts(parts)
 }
 
 fn first_is_empty(spec: &[u8]) -> bool {
@@ -111,6 +118,10 @@ mod tests {
             parse(b"bytes=0-0, -1 ,, 5-9", 1000, 16),
             Ranges::Parts(vec![(0, 0), (999, 999), (5, 9)])
         );
+        assert_eq!(
+            parse(b"bytes=0-0,1-1", 1000, 16),
+            Ranges::Parts(vec![(0, 0), (1, 1)])
+        );
     }
 
     #[test]
@@ -123,6 +134,9 @@ mod tests {
         assert_eq!(parse(b"bytes=abc", 1000, 16), Ranges::Whole);
         assert_eq!(parse(b"bytes=", 1000, 16), Ranges::Whole);
         assert_eq!(parse(b"bytes=1-2,3-4,5-6", 1000, 2), Ranges::Whole);
+        assert_eq!(parse(b"bytes=0-,0-", 1000, 16), Ranges::Whole);
+        assert_eq!(parse(b"bytes=0-10,5-20", 1000, 16), Ranges::Whole);
+        assert_eq!(parse(b"Bytes=0-0", 1000, 16), Ranges::Parts(vec![(0, 0)]));
     }
 
     proptest! {

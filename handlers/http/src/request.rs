@@ -42,6 +42,10 @@ impl Request {
         self.head.clear();
         self.line.clear();
         self.headers.clear();
+        if self.body.capacity() > 64 * 1024 {
+            // A large body must not pin its size for the connection's life.
+            self.body = Vec::new();
+        }
         self.body.clear();
         self.body_kind = BodyKind::None;
         self.keep_alive = false;

@@ -135,13 +135,29 @@ impl Response {
 
     /// Add a header. CR, LF and NUL in an owned name or value are replaced
     /// by spaces, so a value built from a request cannot split the
-    /// response (static strings are the program's own and kept as they are).
+    /// response (static strings are the program's own and kept as they
+    /// are). The framing headers the server writes itself
+    /// (`Content-Length`, `Transfer-Encoding`, `Connection`, `Date`,
+    /// `Server`) are ignored: set the body and [`Response::closing`]
+    /// instead.
     pub fn header(
         mut self,
         name: impl Into<Cow<'static, str>>,
         value: impl Into<Cow<'static, str>>,
     ) -> Self {
-        self.headers.push((clean(name.into()), clean(value.into())));
+        let name = name.into();
+        const OURS: [&str; 5] = [
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "date",
+            "server",
+        ];
+        if OURS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            tracing::debug!(%name, "header set by the server: ignored");
+            return self;
+        }
+        self.headers.push((clean(name), clean(value.into())));
         self
     }
 
@@ -270,6 +286,18 @@ X-A: b  Injected: 1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
             Connection::Default,
         );
         assert!(!String::from_utf8(out).unwrap().contains("Content-Length"));
+    }
+
+    #[test]
+    fn framing_headers_cannot_be_set_twice() {
+        let mut out = Vec::new();
+        let resp = Response::text(Status::OK, "hi")
+            .header("content-length", "99")
+            .header("Connection", "keep-alive");
+        write_head(&mut out, &resp, "D", 2, Connection::Default);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.matches("Content-Length").count(), 1);
+        assert!(!text.contains("99") && !text.contains("Connection"));
     }
 
     #[test]

@@ -46,11 +46,15 @@ pub struct HttpConfig {
 
 impl HttpConfig {
     fn answer(&self, req: &Request) -> Response {
-        if let Some(route) = self.router.find(req.path()) {
+        let path = match crate::files::route_path(req.path()) {
+            Ok(path) => path,
+            Err(why) => return Response::text(Status::BAD_REQUEST, why).closing(),
+        };
+        if let Some(route) = self.router.find(&path) {
             return match panic::catch_unwind(AssertUnwindSafe(|| route(req))) {
                 Ok(resp) => resp,
                 Err(_) => {
-                    error!(path = req.path(), "route panicked: answered 500");
+                    error!(path = %path, "route panicked: answered 500");
                     Response::text(Status::INTERNAL_SERVER_ERROR, "internal error\n").closing()
                 }
             };
@@ -122,7 +126,7 @@ impl Session {
             return input.len();
         };
         let now = ctx.now();
-        let wall = SystemTime::now();
+        let mut wall = None;
         let mut pos = 0;
         while !self.blocked && !self.done {
             let (n, step) = machine.handle_input(&input[pos..], now, &mut self.req);
@@ -131,12 +135,15 @@ impl Session {
                 Step::NeedMore => break,
                 Step::Continue => self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
                 Step::Request => {
-                    self.req.peer = ctx.peer_addr(conn);
                     let resp = self.config.answer(&self.req);
                     let head_only = self.req.method() == "HEAD";
+                    let wall = *wall.get_or_insert_with(SystemTime::now);
                     self.respond(ctx, conn, resp, head_only, wall);
                 }
-                Step::Error(e) => self.refuse(ctx, conn, e, wall),
+                Step::Error(e) => {
+                    let wall = *wall.get_or_insert_with(SystemTime::now);
+                    self.refuse(ctx, conn, e, wall);
+                }
             }
         }
         self.machine = Some(machine);
@@ -180,6 +187,8 @@ impl Session {
         if !head_only && resp.status.allows_body() {
             match resp.body {
                 Body::Empty => {}
+                Body::Static(b) if b.len() >= GATHER => self.write_large(ctx, conn, b),
+                Body::Owned(b) if b.len() >= GATHER => self.write_large(ctx, conn, &b),
                 Body::Static(b) => self.out.extend_from_slice(b),
                 Body::Owned(b) => self.out.extend_from_slice(&b),
                 Body::File { file, parts } => {
@@ -213,6 +222,18 @@ impl Session {
             }
             self.out.clear();
         }
+        if self.out.capacity() > 2 * GATHER {
+            // One large response must not pin its size for the connection's life.
+            self.out = Vec::new();
+        }
+    }
+
+    /// A large body goes to the loop in one copy, not through `out`.
+    fn write_large(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, body: &[u8]) {
+        self.flush(ctx, conn);
+        if !ctx.write(conn, body) {
+            self.block(ctx, conn);
+        }
     }
 
     fn block(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
@@ -241,6 +262,13 @@ impl Session {
         }
     }
 
+    /// Give back the memory of a burst of pipelined requests once handled.
+    fn shrink_inbuf(&mut self) {
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * GATHER {
+            self.inbuf = Vec::new();
+        }
+    }
+
     /// Input and output are done with after FIN: close once answered.
     fn finish_after_eof(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
         if self.eof && !self.blocked && !self.done {
@@ -256,6 +284,7 @@ impl Session {
 impl Protocol for Session {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
         self.conn = Some(conn);
+        self.req.peer = ctx.peer_addr(conn);
         self.machine = Some(HttpConn::new(self.config.limits, ctx.now()));
         self.sync_timer(ctx);
     }
@@ -276,6 +305,7 @@ impl Protocol for Session {
             buf.drain(..used);
             self.inbuf = buf;
         }
+        self.shrink_inbuf();
         self.sync_timer(ctx);
         data.len()
     }
@@ -291,6 +321,7 @@ impl Protocol for Session {
         let mut buf = buf;
         buf.drain(..used);
         self.inbuf = buf;
+        self.shrink_inbuf();
         self.sync_timer(ctx);
         self.finish_after_eof(ctx, conn);
     }
@@ -301,7 +332,7 @@ impl Protocol for Session {
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: TimerId) {
-        if self.timer.map(|(id, _)| id) != Some(timer) {
+        if self.done || self.timer.map(|(id, _)| id) != Some(timer) {
             return;
         }
         self.timer = None;
