@@ -3,8 +3,12 @@
 //! raw sessions get the exact reply codes for the limits (message size,
 //! SIZE=, text and command line lengths, recipients), for SMTP smuggling
 //! attempts (a bare-LF dot never ends DATA, nothing smuggled is stored),
-//! for a maildir that stops being writable (452, nothing accepted is lost,
-//! the server keeps serving) and for a client that keeps erring (421).
+//! for a maildir that stops being writable (451, nothing accepted is lost,
+//! the server keeps serving), for a write that fails mid-message (451, the
+//! session goes on) and for a client that keeps erring (421) — but not for
+//! a pipelining client whose MAIL was refused. Large messages go to `tmp/`
+//! as they arrive (the server's memory does not grow with them), and
+//! nothing of a refused or abandoned message stays in `tmp/`.
 //!
 //! swaks and python3 are required: a missing one fails the test with the
 //! package to install.
@@ -107,8 +111,24 @@ fn split_trace<'a>(stored: &'a [u8], sender: &str, helo: &str) -> &'a [u8] {
         received.starts_with(&want),
         "{received:?} starts with {want:?}"
     );
-    assert!(received.ends_with(" GMT"), "{received:?} ends with a date");
+    assert!(
+        is_rfc5322_date(&received[want.len()..]),
+        "{received:?} ends with a date"
+    );
     &rest[end + 2..]
+}
+
+/// `Sun, 22 Nov 2026 05:11:21 +0000`: RFC 5322, numeric zone.
+fn is_rfc5322_date(date: &str) -> bool {
+    let shape = date
+        .bytes()
+        .map(|b| match b {
+            b'0'..=b'9' => b'9',
+            b'A'..=b'Z' | b'a'..=b'z' => b'a',
+            other => other,
+        })
+        .collect::<Vec<u8>>();
+    shape == b"aaa, 99 aaa 9999 99:99:99 +9999" && date.ends_with(" +0000")
 }
 
 /// A raw SMTP client.
@@ -483,6 +503,7 @@ fn oversized_message_gets_552_after_its_end_and_the_session_goes_on() {
     let messages = mail.messages();
     assert_eq!(messages.len(), 2, "exactly max_size and the small one");
     assert!(messages.iter().all(|m| m.len() < 11 * 1024));
+    mail.assert_tmp_empty();
     server.stop();
 }
 
@@ -503,7 +524,7 @@ fn size_parameter_over_the_limit_gets_552_at_once() {
 }
 
 #[test]
-fn text_line_over_1000_octets_gets_500_and_nothing_is_stored() {
+fn text_line_over_1000_octets_gets_554_and_nothing_is_stored() {
     let mail = Mail::new("smtp-text-line");
     let server = start(&mail, Mode::Blocking, &[]);
     let mut c = Client::ehlo(server.addr());
@@ -513,16 +534,26 @@ fn text_line_over_1000_octets_gets_500_and_nothing_is_stored() {
         [250, 250, 354, 250],
         "1000 octets with CRLF"
     );
+    // 998 octets of text starting with a dot: 1001 on the wire, stuffed.
+    let dotted = format!(".{}\r\n", "d".repeat(997));
+    assert_eq!(
+        send_message(&mut c, format!(".{dotted}.\r\n").as_bytes()),
+        [250, 250, 354, 250],
+        "a stuffed dot does not count (RFC 5321 4.5.3.1.6)"
+    );
     let over = format!("{}\r\n", "b".repeat(999));
     c.send(ENVELOPE);
     assert_eq!(c.codes(3), [250, 250, 354]);
     c.send(format!("{over}more text\r\n.\r\n").as_bytes());
-    let r = c.expect(500, Some("5.5.2"));
+    let r = c.expect(554, Some("5.6.0"));
     assert!(r.text.contains("1000"), "{r:?}");
     c.quit();
-    let messages = mail.messages();
-    assert_eq!(messages.len(), 1);
+    let mut messages = mail.messages();
+    assert_eq!(messages.len(), 2);
+    messages.sort_by_key(|m| m.ends_with(dotted.as_bytes()));
     assert!(messages[0].ends_with(fits.as_bytes()));
+    assert!(messages[1].ends_with(format!("\r\n{dotted}").as_bytes()));
+    mail.assert_tmp_empty();
     server.stop();
 }
 
@@ -597,7 +628,7 @@ per_server_type!(
 );
 
 #[test]
-fn unwritable_maildir_gets_452_keeps_what_was_accepted_and_recovers() {
+fn unwritable_maildir_gets_451_keeps_what_was_accepted_and_recovers() {
     let mail = Mail::new("smtp-452");
     let server = start(&mail, Mode::Blocking, &[]);
     let mut c = Client::ehlo(server.addr());
@@ -612,7 +643,7 @@ fn unwritable_maildir_gets_452_keeps_what_was_accepted_and_recovers() {
     c.send(ENVELOPE);
     assert_eq!(c.codes(3), [250, 250, 354]);
     c.send(b"second\r\n.\r\n");
-    c.expect(452, Some("4.3.0"));
+    c.expect(451, Some("4.3.0"));
     let messages = mail.messages();
     assert_eq!(messages.len(), 1, "only the first");
     assert!(messages[0].ends_with(b"\r\nfirst\r\n"));
@@ -719,6 +750,233 @@ fn too_many_errors_get_421_and_a_close() {
         String::from_utf8_lossy(&rest)
     );
     server.stop();
+}
+
+#[test]
+fn a_pipelined_transaction_whose_mail_is_refused_is_not_cut_off_with_421() {
+    let mail = Mail::new("smtp-pipelined-refusal");
+    let server = start(&mail, Mode::Blocking, &["max_size=10K"]);
+    let mut c = Client::ehlo(server.addr());
+    // What a PIPELINING client sends before it sees a reply: MAIL (too
+    // big), 25 RCPTs and DATA. Every RCPT and the DATA get 503; none of
+    // those 26 counts towards the limit of 20 errors.
+    let mut batch = b"MAIL FROM:<sender@example.org> SIZE=20000\r\n".to_vec();
+    for i in 0..25 {
+        batch.extend_from_slice(format!("RCPT TO:<r{i}@example.net>\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"DATA\r\n");
+    c.send(&batch);
+    c.expect(552, Some("5.3.4"));
+    for _ in 0..26 {
+        c.expect(503, Some("5.5.1"));
+    }
+    c.send(b"RSET\r\n");
+    c.expect(250, Some("2.0.0"));
+    assert_eq!(
+        send_message(&mut c, b"smaller\r\n.\r\n"),
+        [250, 250, 354, 250]
+    );
+    c.quit();
+    assert_eq!(mail.messages().len(), 1);
+    server.stop();
+}
+
+/// The sizes of the files in `dir`.
+fn sizes(dir: &Path) -> Vec<u64> {
+    files(dir)
+        .iter()
+        .map(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .collect()
+}
+
+#[test]
+fn large_messages_stream_to_tmp_and_do_not_grow_the_server() {
+    const TEXT: usize = 12_000_000;
+    let mail = Mail::new("smtp-stream");
+    let server = start(&mail, Mode::Blocking, &["max_size=64M"]);
+    let before = server.rss_kib();
+    let line = format!("{}\r\n", "s".repeat(78));
+    let text = line.repeat(TEXT / line.len());
+    // Three clients, each in the middle of a 12 MB message.
+    let mut clients: Vec<Client> = (0..3).map(|_| Client::ehlo(server.addr())).collect();
+    for c in &mut clients {
+        c.send(ENVELOPE);
+        assert_eq!(c.codes(3), [250, 250, 354]);
+        c.send(text.as_bytes());
+    }
+    let tmp = mail.root.join("tmp");
+    let arrived = util::wait_for(Duration::from_secs(20), || {
+        let s = sizes(&tmp);
+        // All but the last piece, up to 64 KiB, which waits for more.
+        s.len() == 3 && s.iter().all(|&n| n > (TEXT - 64 * 1024) as u64)
+    });
+    assert!(
+        arrived,
+        "the text is in tmp/ before its end: {:?}",
+        sizes(&tmp)
+    );
+    assert!(sizes(&mail.root.join("new")).is_empty());
+    // Held in memory, the three would take 36 MB.
+    let grown = server.rss_kib().saturating_sub(before);
+    assert!(
+        grown < 12 * 1024,
+        "the server grew by {grown} KiB for 3 messages of 12 MB in transit"
+    );
+    for c in &mut clients {
+        c.send(b".\r\n");
+        c.expect(250, Some("2.0.0"));
+    }
+    for c in clients {
+        c.quit();
+    }
+    let stored = sizes(&mail.root.join("new"));
+    assert_eq!(stored.len(), 3);
+    assert!(
+        stored
+            .iter()
+            .all(|&n| n > TEXT as u64 && n < TEXT as u64 + 1000),
+        "{stored:?}"
+    );
+    mail.assert_tmp_empty();
+    server.stop();
+}
+
+#[test]
+fn a_client_gone_mid_message_leaves_nothing_in_tmp() {
+    let mail = Mail::new("smtp-gone");
+    let server = start(&mail, Mode::Blocking, &[]);
+    let mut c = Client::ehlo(server.addr());
+    c.send(ENVELOPE);
+    assert_eq!(c.codes(3), [250, 250, 354]);
+    c.send(format!("{}\r\n", "g".repeat(98)).repeat(2000).as_bytes());
+    let tmp = mail.root.join("tmp");
+    assert!(
+        util::wait_for(Duration::from_secs(10), || sizes(&tmp)
+            .iter()
+            .any(|&n| n > 100_000)),
+        "the text is in tmp/: {:?}",
+        sizes(&tmp)
+    );
+    drop(c);
+    assert!(
+        util::wait_for(Duration::from_secs(10), || files(&tmp).is_empty()),
+        "tmp/ emptied after the client left: {:?}",
+        files(&tmp)
+    );
+    assert!(mail.messages().is_empty());
+    let mut c = Client::ehlo(server.addr());
+    assert_eq!(send_message(&mut c, b"next\r\n.\r\n"), [250, 250, 354, 250]);
+    c.quit();
+    server.stop();
+}
+
+/// `gaidaros --handler smtp` on `mail` that may not write files over
+/// `limit` octets (RLIMIT_FSIZE) and ignores SIGXFSZ, so that a write past
+/// it fails (EFBIG) instead of killing it: a write error mid-message, as
+/// from a full disk, without filling one.
+struct LimitedServer {
+    child: std::process::Child,
+    addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl LimitedServer {
+    fn start(mail: &Mail, limit: u64) -> LimitedServer {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(util::BIN);
+        cmd.args(["--port", "0", "-S", "blocking", "--handler", "smtp", "-o"])
+            .arg(mail.option())
+            .args(["-o", &format!("hostname={HOSTNAME}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GAIDAROS_") {
+                cmd.env_remove(k);
+            }
+        }
+        // SAFETY: the closure runs in the forked child before exec and
+        // makes two async-signal-safe system calls (setrlimit, sigaction);
+        // it takes no lock and allocates nothing. The ignored SIGXFSZ
+        // stays ignored across exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                use nix::sys::resource::{setrlimit, Resource};
+                use nix::sys::signal::{signal, SigHandler, Signal};
+                setrlimit(Resource::RLIMIT_FSIZE, limit, limit).map_err(io::Error::from)?;
+                signal(Signal::SIGXFSZ, SigHandler::SigIgn).map_err(io::Error::from)?;
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn gaidaros");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { return };
+                    if let Some((_, addr)) = util::parse_listening(&line) {
+                        let _ = tx.send(addr);
+                    }
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let mut server = LimitedServer {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+        };
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => server.addr = addr,
+            Err(_) => panic!("gaidaros did not start; log:\n{}", server.log()),
+        }
+        server
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for LimitedServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_write_failure_mid_message_gets_451_and_the_session_goes_on() {
+    let mail = Mail::new("smtp-efbig");
+    let server = LimitedServer::start(&mail, 256 * 1024);
+    let mut c = Client::ehlo(server.addr);
+    // 1 MB: the file cannot grow past 256 KiB.
+    let text = format!("{}\r\n", "f".repeat(98)).repeat(10_000);
+    c.send(ENVELOPE);
+    assert_eq!(c.codes(3), [250, 250, 354]);
+    c.send(text.as_bytes());
+    c.send(b".\r\n");
+    c.expect(451, Some("4.3.0"));
+    assert!(
+        server.log().contains("delivery failed, answering 451"),
+        "{}",
+        server.log()
+    );
+    mail.assert_tmp_empty();
+    assert!(mail.messages().is_empty());
+    // The same session delivers a message that fits.
+    assert_eq!(
+        send_message(&mut c, b"small\r\n.\r\n"),
+        [250, 250, 354, 250]
+    );
+    c.quit();
+    assert_eq!(mail.messages().len(), 1);
+    mail.assert_tmp_empty();
 }
 
 #[test]

@@ -187,6 +187,17 @@ impl fmt::Display for Command {
     }
 }
 
+/// Is `line` (or the start of it) a MAIL or RCPT command, valid or not?
+/// Tells which refusals belong to a transaction.
+pub fn is_mail_or_rcpt(line: &[u8]) -> bool {
+    let end = line
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(line.len());
+    let verb = &line[..end];
+    verb.eq_ignore_ascii_case(b"MAIL") || verb.eq_ignore_ascii_case(b"RCPT")
+}
+
 /// Parse one command line, given without its CRLF.
 pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
     let line = trim_end(line);
@@ -678,6 +689,31 @@ mod tests {
         assert!(parse(longest.as_bytes()).is_ok());
         let over = format!("RCPT TO:<{local}@{domain}d>");
         assert_eq!(parse(over.as_bytes()), Err(CommandError::BadRecipient));
+    }
+
+    #[test]
+    fn mail_and_rcpt_are_told_apart_even_when_malformed() {
+        for line in [
+            &b"MAIL FROM:<a@b>"[..],
+            b"rcpt TO:<bad",
+            b"Mail",
+            b"RCPT\r\n",
+        ] {
+            assert!(is_mail_or_rcpt(line), "{:?}", String::from_utf8_lossy(line));
+        }
+        for line in [
+            &b"DATA"[..],
+            b"MAILX FROM:<a@b>",
+            b"",
+            b" MAIL",
+            b"NOOP MAIL",
+        ] {
+            assert!(
+                !is_mail_or_rcpt(line),
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
     }
 
     #[test]

@@ -4,37 +4,47 @@
 //! HELP and QUIT, and offers PIPELINING, SIZE, 8BITMIME and
 //! ENHANCEDSTATUSCODES. Every message accepted with a `250` is in the
 //! maildir's `new/`, complete and synced to disk; a message that cannot be
-//! stored gets `452` and nothing of it stays. There is no relaying, no
-//! authentication and no TLS: it is a final destination for mail.
+//! stored gets `451` (`452` when the disk or quota is full) and nothing of
+//! it stays. There is no relaying, no authentication and no TLS: it is a
+//! final destination for mail.
 //!
 //! ```text
 //!                 bytes                  handle_input(bytes, now)               parse(line)
 //!  client ───────────────► protocol.rs ─────────────────────────► session.rs ─────────────► command.rs
 //!    ▲                    (the loop's    ◄── poll_reply ─────────  (state      ◄── Command ──
-//!    │      replies        Protocol)     ◄── poll_event: Deliver ── machine)
-//!    └───────────────────────  │  │                                   ▲   │ refusals
-//!                              │  └── delivered(Ok(id) | Err) ────────┘   ▼
-//!                              │       → 250 / 452                      reply.rs: error enums
-//!                              ▼                                         → reply codes
-//!                  maildir.rs: tmp/NAME ─write, fsync─► rename ─► new/NAME, fsync new/
+//!    │      replies        Protocol)     ◄── poll_event ─────────   machine)
+//!    └───────────────────────  │  │        Begin, Append(text)…,        ▲   │ refusals
+//!                              │  │        Finish | Abort               │   ▼
+//!                              │  └── delivered(Ok(id) | Err) ──────────┤  reply.rs: error enums
+//!                              │      store_failed(Err) ────────────────┘   → reply codes
+//!                              ▼
+//!          maildir.rs: begin ─► tmp/NAME ─append…─► fsync, link ─► new/NAME, fsync new/
+//!                                 └── Abort, error or connection gone: unlink ──┘
 //! ```
 //!
 //! - [`session`] is the protocol, without I/O: bytes and the time in,
-//!   replies and "store this message" out. Line limits (512 octets for a
-//!   command, 1000 for a text line), the message size limit, the recipient
-//!   limit and the end of DATA (only `CRLF "." CRLF`: no SMTP smuggling)
-//!   are enforced there, with bounded memory.
+//!   replies and the message text out, in pieces. Line limits (512 octets
+//!   for a command, 1000 for a text line, not counting a stuffed dot), the
+//!   message size limit, the recipient limit and the end of DATA (only
+//!   `CRLF "." CRLF`: no SMTP smuggling) are enforced there, with memory
+//!   bounded by a constant.
 //! - [`command`] parses one command line; [`reply`] holds every reply and
 //!   the error enums that map to them.
-//! - [`maildir`] stores a message atomically; [`protocol`] connects the
-//!   session to the loop.
+//! - [`maildir`] writes a message into `tmp/` as it arrives and moves it
+//!   into `new/` atomically at its end; [`protocol`] connects the session
+//!   to the loop.
 //!
 //! The stored message is the client's text (dot-unstuffed, lines ended by
 //! CRLF) after two trace headers: `Return-Path: <sender>` and
-//! `Received: from HELO-NAME ([PEER-IP]) by HOSTNAME with ESMTP; DATE`.
+//! `Received: from HELO-NAME ([PEER-IP]) by HOSTNAME with ESMTP; DATE`,
+//! dated when the DATA command was taken.
 //!
-//! Storing a message syncs it to disk (fsync) on the loop thread, which
-//! blocks the loop's other connections meanwhile: spread connections over
+//! A message is never held whole in memory: its text goes to its file in
+//! `tmp/` in pieces of at most 64 KiB, so a connection holds at most 64 KiB
+//! of it plus one line, whatever `max_size` (the disk holds the rest; see
+//! [`session::Config::buffer_bound`]). Writing and syncing happen on the
+//! loop thread, which blocks the loop's other connections meanwhile (the
+//! fsync at the end of each message above all): spread connections over
 //! several loops with `-S thread -N <loops>`.
 //!
 //! Options (`-o KEY=VALUE`, or in a `[listener.NAME]` section with
@@ -62,9 +72,11 @@ pub use session::{Config, Session};
 
 /// Default of `max_size`: 10 MiB, about Postfix's `message_size_limit`.
 pub const DEFAULT_MAX_SIZE: usize = 10 << 20;
-/// The largest `max_size` allowed: a message is held in memory until it is
-/// stored, so each connection may hold this much.
-pub const MAX_MAX_SIZE: usize = 1 << 30;
+/// The largest `max_size` allowed: 2 GiB. A message is not held in memory
+/// (it goes to `tmp/` as it arrives), but each connection may fill this
+/// much of the disk before it is refused, and few mail readers cope with
+/// larger messages.
+pub const MAX_MAX_SIZE: usize = 2 << 30;
 /// Default of `max_recipients`: the minimum RFC 5321 4.5.3.1.8 requires.
 pub const DEFAULT_MAX_RECIPIENTS: usize = 100;
 /// The largest `max_recipients` allowed (each takes up to 256 octets).
@@ -84,7 +96,7 @@ const OPTIONS: &[OptionSpec] = &[
     OptionSpec {
         name: "max_size",
         default: Some("10MiB"),
-        help: "largest message (K/M suffixes), advertised with SIZE; larger ones get 552 5.3.4; held in memory per connection until stored (at most 1GiB)",
+        help: "largest message (K/M/G suffixes, at most 2GiB), advertised with SIZE; larger ones get 552 5.3.4; written to tmp/ as it arrives, not held in memory",
     },
     OptionSpec {
         name: "max_recipients",
@@ -149,7 +161,7 @@ fn config(options: &Options) -> Result<Config, OptionError> {
             .ok_or_else(|| OptionError {
                 key: "max_size".into(),
                 value: v.into(),
-                expected: "a size from 1 to 1GiB: bytes, or with a suffix K, M, G (KiB, MiB, GiB)"
+                expected: "a size from 1 to 2GiB: bytes, or with a suffix K, M, G (KiB, MiB, GiB)"
                     .into(),
             })?,
     };
@@ -167,6 +179,7 @@ fn config(options: &Options) -> Result<Config, OptionError> {
         hostname,
         max_size,
         max_recipients,
+        text_buffer: session::TEXT_BUFFER,
     })
 }
 
@@ -214,11 +227,12 @@ mod tests {
             ("64K", 64 << 10),
             ("2MiB", 2 << 20),
             ("1G", 1 << 30),
+            ("2G", 2 << 30),
         ] {
             let c = config(&options(&[("maildir", "/m"), ("max_size", text)])).unwrap();
             assert_eq!(c.max_size, want, "{text}");
         }
-        for bad in ["0", "2G", "ten", "-1", "1T"] {
+        for bad in ["0", "3G", "2049M", "ten", "-1", "1T"] {
             let e = config(&options(&[("maildir", "/m"), ("max_size", bad)])).unwrap_err();
             assert_eq!(e.key, "max_size", "{bad}");
         }

@@ -1,15 +1,30 @@
-//! Atomic delivery into a maildir.
+//! Atomic delivery into a maildir, written as the message arrives.
 //!
-//! A message is written under a unique name into `tmp/`, synced to disk,
-//! renamed into `new/`, and `new/` itself is synced so the rename survives
-//! a crash. A reader of the maildir only ever sees complete messages in
-//! `new/`; a failure at any step removes what was written and returns the
-//! error, so the client is told to retry and nothing half-written stays.
+//! A message is a [`Delivery`]: [`Maildir::begin`] creates its file in
+//! `tmp/` under a unique name and writes the first bytes (the trace
+//! headers), [`Delivery::append`] adds the text piece by piece as it comes
+//! off the wire, and [`Maildir::finish`] syncs the file to disk, links it
+//! into `new/` and syncs `new/` so the link survives a crash. A reader of
+//! the maildir only ever sees complete messages in `new/`. A delivery that
+//! is dropped unfinished ([`Delivery::abort`], a failed step, a connection
+//! gone mid-message) removes its file from `tmp/`: nothing half-written
+//! stays.
+//!
+//! ```text
+//!  begin(head) ──► tmp/NAME ──append──► … ──finish: fsync, link ──► new/NAME ──► fsync new/
+//!                     │                                │ (EEXIST: another NAME)
+//!                     └── abort / drop / error ──► unlink tmp/NAME
+//! ```
+//!
+//! A message never replaces another: it goes into `new/` with link(2),
+//! which fails when the name is taken (then another name is tried),
+//! rather than rename(2), which would overwrite. Opening the maildir
+//! checks that its file system can make such links.
 //!
 //! Unique names follow the maildir convention
 //! `{secs}.M{micros}P{pid}Q{counter}.{host}`: the time, the process (read at
 //! each delivery: worker processes fork after start-up) and a counter
-//! shared by every thread of the process.
+//! shared by every thread and every listener of the process.
 
 use std::fmt;
 use std::fs::{self, DirBuilder, File, OpenOptions};
@@ -17,9 +32,18 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::reply::StoreError;
+
+/// The `Q` part of unique names: one counter for the whole process, so two
+/// listeners (or two loops) on the same maildir never pick the same name in
+/// the same microsecond.
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// How many names a delivery tries before giving up, when the names it
+/// picks are taken (by files a process with the same pid left behind).
+const NAME_ATTEMPTS: u32 = 10;
 
 /// A maildir ready to take messages.
 #[derive(Debug)]
@@ -28,7 +52,22 @@ pub struct Maildir {
     new: PathBuf,
     /// The host part of unique names, with `/` and `:` escaped.
     host: String,
-    counter: AtomicU64,
+}
+
+/// A message being written into `tmp/`; see the module docs. Dropping it
+/// unfinished removes its file.
+#[derive(Debug)]
+pub struct Delivery {
+    file: File,
+    /// Its path in `tmp/`.
+    tmp: PathBuf,
+    /// Its unique name (in `tmp/`, and in `new/` unless that is taken).
+    name: String,
+    /// When it began, since the epoch: the time part of its names.
+    since: Duration,
+    written: u64,
+    /// Is the file still in `tmp/` (to be removed on drop)?
+    in_tmp: bool,
 }
 
 /// The step of a delivery (or of opening the maildir) that failed.
@@ -42,8 +81,8 @@ pub enum Step {
     Write,
     /// Syncing the file.
     Sync,
-    /// Renaming it from `tmp/` into `new/`.
-    Rename,
+    /// Linking it from `tmp/` into `new/`.
+    Link,
     /// Syncing `new/`.
     SyncDir,
 }
@@ -55,7 +94,7 @@ impl fmt::Display for Step {
             Step::Create => "create",
             Step::Write => "write",
             Step::Sync => "fsync",
-            Step::Rename => "rename into new/",
+            Step::Link => "link into new/",
             Step::SyncDir => "fsync directory",
         })
     }
@@ -112,7 +151,7 @@ impl std::error::Error for MaildirError {
 impl Maildir {
     /// Use the maildir at `root`, creating `root`, `tmp/`, `new/` and
     /// `cur/` when missing (mode 0700), and check that a file can be
-    /// written in `tmp/` and renamed into `new/` (a dot-file, which maildir
+    /// written in `tmp/` and linked into `new/` (a dot-file, which maildir
     /// readers skip, removed at once). `host` names this machine in unique
     /// names.
     pub fn open(root: &Path, host: &str) -> Result<Maildir, MaildirError> {
@@ -128,7 +167,6 @@ impl Maildir {
             tmp: root.join("tmp"),
             new: root.join("new"),
             host: host.replace('/', "\\057").replace(':', "\\072"),
-            counter: AtomicU64::new(0),
         };
         maildir.probe()?;
         Ok(maildir)
@@ -143,49 +181,82 @@ impl Maildir {
                 File::create(&tmp).map_err(|e| MaildirError::new(Step::Create, &tmp, e))?;
             file.write_all(b"probe\n")
                 .map_err(|e| MaildirError::new(Step::Write, &tmp, e))?;
-            fs::rename(&tmp, &new).map_err(|e| MaildirError::new(Step::Rename, &new, e))
+            let _ = fs::remove_file(&new);
+            fs::hard_link(&tmp, &new).map_err(|e| MaildirError::new(Step::Link, &new, e))
         })();
         let _ = fs::remove_file(&tmp);
         let _ = fs::remove_file(&new);
         result
     }
 
-    /// Store a message made of `parts` (written one after the other);
-    /// `now` goes into its unique name, which is returned. On error nothing
-    /// of it is left in the maildir.
-    pub fn deliver(&self, parts: &[&[u8]], now: SystemTime) -> Result<String, MaildirError> {
-        let (file, name) = self.create_unique(now)?;
-        let tmp = self.tmp.join(&name);
-        let new = self.new.join(&name);
-        let written = write_and_sync(file, parts, &tmp).and_then(|()| {
-            fs::rename(&tmp, &new).map_err(|e| MaildirError::new(Step::Rename, &new, e))
-        });
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e);
-        }
-        // The rename is durable only once the directory is synced.
+    /// Start a message: create its file in `tmp/` under a unique name
+    /// (`now` goes into it) and write `head` (the trace headers). Nothing
+    /// is left behind on error.
+    pub fn begin(&self, head: &[u8], now: SystemTime) -> Result<Delivery, MaildirError> {
+        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let (file, name) = self.create_unique(since)?;
+        let mut delivery = Delivery {
+            file,
+            tmp: self.tmp.join(&name),
+            name,
+            since,
+            written: 0,
+            in_tmp: true,
+        };
+        delivery.append(head)?;
+        Ok(delivery)
+    }
+
+    /// Complete a message: sync its file, link it into `new/` under a
+    /// name no other message has, remove it from `tmp/` and sync `new/`.
+    /// Returns the name in `new/`. On error nothing of it is left in the
+    /// maildir.
+    pub fn finish(&self, mut delivery: Delivery) -> Result<String, MaildirError> {
+        // On every error below, dropping `delivery` removes the tmp/ file.
+        delivery
+            .file
+            .sync_all()
+            .map_err(|e| MaildirError::new(Step::Sync, &delivery.tmp, e))?;
+        let name = self.link_into_new(&delivery)?;
+        delivery.remove_tmp();
+        // The link is durable only once the directory is synced.
         if let Err(e) = File::open(&self.new).and_then(|dir| dir.sync_all()) {
             // Unsure to survive a crash: take it back, the client retries.
-            let _ = fs::remove_file(&new);
+            let _ = fs::remove_file(self.new.join(&name));
             return Err(MaildirError::new(Step::SyncDir, &self.new, e));
         }
         Ok(name)
     }
 
+    /// Store a whole message made of `parts` (written one after the
+    /// other): [`Maildir::begin`], [`Delivery::append`] and
+    /// [`Maildir::finish`] in one call.
+    pub fn deliver(&self, parts: &[&[u8]], now: SystemTime) -> Result<String, MaildirError> {
+        let mut delivery = self.begin(&[], now)?;
+        for part in parts {
+            delivery.append(part)?;
+        }
+        self.finish(delivery)
+    }
+
+    /// `{secs}.M{micros}P{pid}Q{counter}.{host}`, never the same twice in
+    /// this process.
+    fn unique_name(&self, since: Duration) -> String {
+        format!(
+            "{}.M{}P{}Q{}.{}",
+            since.as_secs(),
+            since.subsec_micros(),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            self.host
+        )
+    }
+
     /// Create a new file in `tmp/` under a name no other delivery uses.
-    fn create_unique(&self, now: SystemTime) -> Result<(File, String), MaildirError> {
-        let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let mut attempts = 0;
+    fn create_unique(&self, since: Duration) -> Result<(File, String), MaildirError> {
+        let mut attempts = 1;
         loop {
-            let name = format!(
-                "{}.M{}P{}Q{}.{}",
-                since.as_secs(),
-                since.subsec_micros(),
-                std::process::id(),
-                self.counter.fetch_add(1, Ordering::Relaxed),
-                self.host
-            );
+            let name = self.unique_name(since);
             let path = self.tmp.join(&name);
             match OpenOptions::new()
                 .write(true)
@@ -196,22 +267,73 @@ impl Maildir {
                 Ok(file) => return Ok((file, name)),
                 // Left over by a process with our pid before a restart:
                 // the counter gives another name.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 10 => {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < NAME_ATTEMPTS => {
                     attempts += 1;
                 }
                 Err(e) => return Err(MaildirError::new(Step::Create, &path, e)),
             }
         }
     }
+
+    /// Link the file of `delivery` into `new/`: under its own name, or
+    /// under a new one when a message there has it already. link(2) fails
+    /// on a taken name where rename(2) would replace that message.
+    fn link_into_new(&self, delivery: &Delivery) -> Result<String, MaildirError> {
+        let mut name = delivery.name.clone();
+        let mut attempts = 1;
+        loop {
+            let new = self.new.join(&name);
+            match fs::hard_link(&delivery.tmp, &new) {
+                Ok(()) => return Ok(name),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < NAME_ATTEMPTS => {
+                    attempts += 1;
+                    name = self.unique_name(delivery.since);
+                }
+                Err(e) => return Err(MaildirError::new(Step::Link, &new, e)),
+            }
+        }
+    }
 }
 
-fn write_and_sync(mut file: File, parts: &[&[u8]], path: &Path) -> Result<(), MaildirError> {
-    for part in parts {
-        file.write_all(part)
-            .map_err(|e| MaildirError::new(Step::Write, path, e))?;
+impl Delivery {
+    /// Write the next part of the message. On error the delivery is
+    /// useless: drop it (which removes its file).
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), MaildirError> {
+        self.file
+            .write_all(bytes)
+            .map_err(|e| MaildirError::new(Step::Write, &self.tmp, e))?;
+        self.written += bytes.len() as u64;
+        Ok(())
     }
-    file.sync_all()
-        .map_err(|e| MaildirError::new(Step::Sync, path, e))
+
+    /// Octets written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Its unique name in `tmp/` (also its name in `new/`, unless a message
+    /// there has it already).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Give the message up: its file is removed from `tmp/` (as on drop).
+    pub fn abort(self) {}
+
+    fn remove_tmp(&mut self) {
+        if std::mem::take(&mut self.in_tmp) {
+            // After the link into new/, a failure here leaves a second link
+            // in tmp/, which is harmless: readers skip tmp/, and clean it of
+            // files older than 36 hours.
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.remove_tmp();
+    }
 }
 
 #[cfg(test)]
@@ -310,8 +432,79 @@ mod tests {
         fs::remove_dir(dir.0.join("new")).unwrap();
         fs::write(dir.0.join("new"), b"in the way").unwrap();
         let err = md.deliver(&[b"message"], SystemTime::now()).unwrap_err();
-        assert_eq!(err.step, Step::Rename, "{err}");
+        assert_eq!(err.step, Step::Link, "{err}");
         assert!(names(&dir.0.join("tmp")).is_empty(), "tmp file removed");
+    }
+
+    #[test]
+    fn a_message_streamed_in_pieces_is_stored_whole() {
+        let dir = TempDir::new("stream");
+        let md = Maildir::open(&dir.0, "mx").unwrap();
+        let mut d = md.begin(b"Return-Path: <>\r\n", SystemTime::now()).unwrap();
+        let tmp_name = d.name().to_string();
+        assert_eq!(names(&dir.0.join("tmp")), vec![tmp_name.clone()]);
+        for i in 0..100 {
+            d.append(format!("line {i}\r\n").as_bytes()).unwrap();
+        }
+        assert!(
+            names(&dir.0.join("new")).is_empty(),
+            "not in new/ before finish"
+        );
+        let written = d.written();
+        let id = md.finish(d).unwrap();
+        assert_eq!(id, tmp_name, "same name in new/");
+        let stored = fs::read(dir.0.join("new").join(&id)).unwrap();
+        assert_eq!(stored.len() as u64, written);
+        assert!(stored.starts_with(b"Return-Path: <>\r\nline 0\r\n"));
+        assert!(stored.ends_with(b"line 99\r\n"));
+        assert!(names(&dir.0.join("tmp")).is_empty());
+    }
+
+    #[test]
+    fn an_aborted_or_dropped_delivery_leaves_nothing() {
+        let dir = TempDir::new("abort");
+        let md = Maildir::open(&dir.0, "mx").unwrap();
+        let mut d = md.begin(b"head\r\n", SystemTime::now()).unwrap();
+        d.append(b"some text\r\n").unwrap();
+        d.abort();
+        let d = md.begin(b"head\r\n", SystemTime::now()).unwrap();
+        drop(d);
+        assert!(names(&dir.0.join("tmp")).is_empty());
+        assert!(names(&dir.0.join("new")).is_empty());
+    }
+
+    #[test]
+    fn a_message_in_new_is_never_overwritten() {
+        let dir = TempDir::new("nooverwrite");
+        let md = Maildir::open(&dir.0, "mx").unwrap();
+        let mut d = md.begin(b"", SystemTime::now()).unwrap();
+        d.append(b"second").unwrap();
+        // Another message took the name in new/ meanwhile.
+        let taken = dir.0.join("new").join(d.name());
+        fs::write(&taken, b"first").unwrap();
+        let id = md.finish(d).unwrap();
+        assert_ne!(dir.0.join("new").join(&id), taken);
+        assert_eq!(fs::read(&taken).unwrap(), b"first", "left alone");
+        assert_eq!(fs::read(dir.0.join("new").join(&id)).unwrap(), b"second");
+        assert!(names(&dir.0.join("tmp")).is_empty());
+    }
+
+    #[test]
+    fn two_maildir_handles_on_one_directory_never_share_a_name() {
+        // Two listeners on one maildir deliver in the same microsecond.
+        let dir = TempDir::new("twohandles");
+        let a = Maildir::open(&dir.0, "mx").unwrap();
+        let b = Maildir::open(&dir.0, "mx").unwrap();
+        let now = SystemTime::now();
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            ids.push(a.deliver(&[format!("a{i}").as_bytes()], now).unwrap());
+            ids.push(b.deliver(&[format!("b{i}").as_bytes()], now).unwrap());
+        }
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 10);
+        assert_eq!(names(&dir.0.join("new")).len(), 10, "none overwritten");
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! The loop adapter: drives a [`Session`] from [`Protocol`] callbacks.
 //!
 //! It sends the greeting on open, feeds every byte it is given to the
-//! session (consuming all of it: the session keeps its own bounded partial
-//! line), writes the replies, stores each message in the maildir at once
-//! (blocking, on the loop thread), and closes after QUIT or 421. When the
-//! client does not read its replies and the output reaches the cap,
-//! reading pauses until it drains.
+//! session, writes the replies, and carries out the session's events on
+//! the maildir at once (blocking, on the loop thread): a message's file is
+//! created in `tmp/` when its text starts, each piece of text is appended
+//! as it comes, and at its end the file is synced and moved into `new/`.
+//! A refused message, a failed write and a connection that goes away
+//! mid-message leave nothing behind (dropping the [`Delivery`] removes its
+//! file). It closes after QUIT or 421. When the client does not read its
+//! replies and the output reaches the cap, reading pauses until it drains.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -14,8 +17,9 @@ use std::time::SystemTime;
 use gaidaros::{CloseReason, ConnId, Ctx, Protocol, ProtocolFactory};
 use tracing::{debug, info, warn};
 
-use crate::maildir::Maildir;
-use crate::session::{Config, Delivery, Event, Session};
+use crate::maildir::{Delivery, Maildir, MaildirError};
+use crate::reply::{Refusal, StoreError};
+use crate::session::{Config, Envelope, Event, Session};
 
 /// Creates one [`SmtpConnection`] per accepted connection.
 #[derive(Debug, Clone)]
@@ -40,6 +44,8 @@ impl ProtocolFactory for SmtpFactory {
             config: self.config.clone(),
             maildir: self.maildir.clone(),
             session: None,
+            incoming: None,
+            peer: None,
         })
     }
 }
@@ -51,6 +57,17 @@ pub struct SmtpConnection {
     maildir: Arc<Maildir>,
     /// Made in `on_open`, when the peer's address is known.
     session: Option<Session>,
+    /// The message being written, between [`Event::Begin`] and
+    /// [`Event::Finish`] or [`Event::Abort`].
+    incoming: Option<Incoming>,
+    peer: Option<IpAddr>,
+}
+
+/// A message being written, and who it is from and for (for the log).
+#[derive(Debug)]
+struct Incoming {
+    delivery: Delivery,
+    envelope: Envelope,
 }
 
 impl SmtpConnection {
@@ -69,57 +86,92 @@ impl SmtpConnection {
                 // commands until they drain (on_writable).
                 ctx.pause_read(conn);
             }
-            match session.poll_event() {
-                Some(Event::Deliver(delivery)) => {
-                    let result = store(
-                        &self.maildir,
-                        &delivery,
-                        ctx.peer_addr(conn).map(|a| a.ip()),
-                    );
+            let Some(event) = session.poll_event() else {
+                return;
+            };
+            match event {
+                Event::Begin { envelope, trace } => {
+                    match self.maildir.begin(&trace, SystemTime::now()) {
+                        Ok(delivery) => {
+                            self.incoming = Some(Incoming { delivery, envelope });
+                        }
+                        Err(e) => session.store_failed(failed(&e, self.peer)),
+                    }
+                }
+                Event::Append(text) => {
+                    // None after a failure: the session sends no more text
+                    // then, but a stray piece is harmless.
+                    if let Some(incoming) = self.incoming.as_mut() {
+                        if let Err(e) = incoming.delivery.append(&text) {
+                            // Dropping the delivery removes its file.
+                            self.incoming = None;
+                            session.store_failed(failed(&e, self.peer));
+                        }
+                    }
+                }
+                Event::Finish => {
+                    let result = match self.incoming.take() {
+                        Some(incoming) => finish(&self.maildir, incoming, self.peer),
+                        // The session sends Finish only after a Begin that
+                        // worked and appends that did.
+                        None => Err(StoreError::Failed),
+                    };
                     session.delivered(result.as_deref().map_err(|e| *e));
                 }
-                Some(Event::Close) => {
+                Event::Abort => {
+                    // Refused for its content: the session answers at its
+                    // end; its file goes now.
+                    if let Some(incoming) = self.incoming.take() {
+                        incoming.delivery.abort();
+                    }
+                }
+                Event::Close => {
                     ctx.close(conn);
                     return;
                 }
-                None => return,
             }
         }
     }
 }
 
-/// Store `delivery`, logging the outcome.
-fn store(
+/// Move a complete message into `new/`, logging the outcome.
+fn finish(
     maildir: &Maildir,
-    delivery: &Delivery,
+    incoming: Incoming,
     peer: Option<IpAddr>,
-) -> Result<String, crate::reply::StoreError> {
-    match maildir.deliver(&delivery.parts(), SystemTime::now()) {
+) -> Result<String, StoreError> {
+    let size = incoming.delivery.written();
+    let envelope = incoming.envelope;
+    match maildir.finish(incoming.delivery) {
         Ok(id) => {
             info!(
                 %id,
-                size = delivery.len(),
-                recipients = delivery.envelope.recipients.len(),
-                from = %delivery.envelope.reverse_path,
+                size,
+                recipients = envelope.recipients.len(),
+                from = %envelope.reverse_path,
                 "message delivered"
             );
             Ok(id)
         }
-        Err(e) => {
-            warn!(
-                peer = ?peer,
-                size = delivery.len(),
-                "delivery failed, answering 452: {e}"
-            );
-            Err(e.store_error())
-        }
+        Err(e) => Err(failed(&e, peer)),
     }
+}
+
+/// Log a failed delivery; what the client is told.
+fn failed(error: &MaildirError, peer: Option<IpAddr>) -> StoreError {
+    let answer = error.store_error();
+    warn!(
+        peer = ?peer,
+        "delivery failed, answering {}: {error}",
+        answer.reply().code()
+    );
+    answer
 }
 
 impl Protocol for SmtpConnection {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
-        let peer = ctx.peer_addr(conn).map(|a| a.ip());
-        self.session = Some(Session::new(self.config.clone(), peer));
+        self.peer = ctx.peer_addr(conn).map(|a| a.ip());
+        self.session = Some(Session::new(self.config.clone(), self.peer));
         self.pump(ctx, conn);
     }
 
@@ -128,21 +180,22 @@ impl Protocol for SmtpConnection {
         let mut rest = data;
         while let Some(session) = self.session.as_mut() {
             if session.is_closed() {
-                break;
+                // Bytes after QUIT or 421 are dropped.
+                return data.len();
             }
             let used = session.handle_input(rest, now);
             rest = rest.get(used..).unwrap_or_default();
-            // Stores a message that ended in `data`, which lets the session
-            // take the rest.
+            // Writes the text and stores a message that ended in `data`,
+            // which lets the session take the rest.
             self.pump(ctx, conn);
-            let stuck = self.session.as_ref().is_some_and(Session::is_delivering);
-            if rest.is_empty() || (used == 0 && stuck) {
+            let waiting = self.session.as_ref().is_some_and(Session::is_waiting);
+            if rest.is_empty() || (used == 0 && waiting) {
                 break;
             }
         }
-        // Everything is consumed: the session keeps what it needs, and
-        // bytes after QUIT or 421 are dropped.
-        data.len()
+        // All of it, unless the session still waits (it never does after
+        // `pump`); the session keeps its own bounded partial line.
+        data.len() - rest.len()
     }
 
     fn on_writable(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
@@ -150,6 +203,10 @@ impl Protocol for SmtpConnection {
     }
 
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, reason: CloseReason) {
+        if let Some(incoming) = self.incoming.take() {
+            debug!(%conn, written = incoming.delivery.written(), "message abandoned mid-text");
+            incoming.delivery.abort();
+        }
         debug!(%conn, %reason, "smtp connection closed");
     }
 }

@@ -18,18 +18,27 @@
 //! | | [`CommandError::BadSender`] / [`CommandError::BadRecipient`] | `501 5.1.7` / `501 5.1.3` |
 //! | | [`CommandError::BadParameter`] (a bad SIZE or BODY value) | `501 5.5.4` |
 //! | | [`CommandError::UnknownParameter`] | `555 5.5.4` |
-//! | command order | [`SequenceError`] | `503 5.5.1` |
+//! | command order | [`SequenceError`] (not counted as an error when it follows a refused MAIL or RCPT of the same transaction) | `503 5.5.1` |
 //! | the transaction | [`TransactionError::SizeExceeded`] (MAIL SIZE=n over the limit) | `552 5.3.4` |
 //! | | [`TransactionError::TooManyRecipients`] | `452 4.5.3` |
 //! | | [`TransactionError::ParametersWithoutEhlo`] | `555 5.5.4` |
 //! | the message text | [`MessageError::TooBig`] | `552 5.3.4` |
-//! | | [`MessageError::LineTooLong`] (over 1000 octets with CRLF) | `500 5.5.2` |
+//! | | [`MessageError::LineTooLong`] (over 1000 octets with CRLF, not counting a stuffed dot) | `554 5.6.0` |
 //! | | [`MessageError::BareLineEnding`] (RFC 5321 2.3.8) | `550 5.5.2` |
-//! | storing the message | [`StoreError::Full`] / [`StoreError::Failed`] | `452 4.3.1` / `452 4.3.0` |
+//! | storing the message | [`StoreError::Full`] (no space or quota left) | `452 4.3.1` |
+//! | | [`StoreError::Failed`] (any other local failure) | `451 4.3.0` |
 //! | the session | [`SessionError::TooManyErrors`] | `421 4.7.0`, then close |
 //!
 //! The greeting, the answers to EHLO and HELO and the 354 go without an
 //! enhanced code, as RFC 2034 says.
+//!
+//! The refusals of a message come after its end, where RFC 5321 4.3.2
+//! allows 552, 554, 451, 452 and 550. A text line over the limit is a fault
+//! of the content, not of a command: `554` (transaction failed) with
+//! `5.6.0` (RFC 3463: other or undefined media error), where a command line
+//! over the limit gets `500 5.5.2`. A local failure to store the message
+//! gets the conventional `451 4.3.0` (local error in processing, try
+//! later), and a full disk or quota `452 4.3.1` (insufficient storage).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -395,8 +404,8 @@ pub enum MessageError {
         /// The limit, in octets.
         limit: usize,
     },
-    /// A text line over `limit` octets, CRLF included (RFC 5321
-    /// 4.5.3.1.6).
+    /// A text line over `limit` octets, CRLF included, not counting the
+    /// dot of a dot-stuffed line (RFC 5321 4.5.3.1.6).
     LineTooLong {
         /// The limit, in octets.
         limit: usize,
@@ -428,9 +437,11 @@ impl Refusal for MessageError {
                 format!("Message size exceeds fixed limit of {limit} octets"),
             ),
             MessageError::LineTooLong { limit } => Reply::new(
-                500,
-                "5.5.2",
-                format!("Line too long in message text (limit {limit} octets including CRLF)"),
+                554,
+                "5.6.0",
+                format!(
+                    "Message refused: line too long in message text (limit {limit} octets including CRLF)"
+                ),
             ),
             MessageError::BareLineEnding => Reply::new(
                 550,
@@ -445,12 +456,13 @@ impl Refusal for MessageError {
     }
 }
 
-/// The message could not be stored; the client keeps it and retries.
+/// The message could not be stored (creating, writing, syncing or moving
+/// its file failed); the client keeps it and retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreError {
     /// No space (or quota) left.
     Full,
-    /// Any other failure to write, sync or rename.
+    /// Any other failure to create, write, sync or link.
     Failed,
 }
 
@@ -472,7 +484,7 @@ impl Refusal for StoreError {
                 "Insufficient system storage, message not stored; try again later",
             ),
             StoreError::Failed => Reply::new(
-                452,
+                451,
                 "4.3.0",
                 "Local error in storing the message, not stored; try again later",
             ),
@@ -581,5 +593,17 @@ mod tests {
             );
             assert!(r.code() >= 400, "{r} is an error");
         }
+    }
+
+    #[test]
+    fn content_and_store_refusals_use_end_of_data_codes() {
+        // RFC 5321 4.3.2: after the end of DATA, only 250, 552, 554, 451,
+        // 452, 450 and 550.
+        let line = MessageError::LineTooLong { limit: 1000 }.reply();
+        assert_eq!((line.code(), line.status()), (554, Some("5.6.0")));
+        let failed = StoreError::Failed.reply();
+        assert_eq!((failed.code(), failed.status()), (451, Some("4.3.0")));
+        let full = StoreError::Full.reply();
+        assert_eq!((full.code(), full.status()), (452, Some("4.3.1")));
     }
 }

@@ -4,50 +4,74 @@
 //! this order:
 //!
 //! 1. [`Session::handle_input`] with the bytes that arrived and the current
-//!    time; it returns how many it consumed (all of them, unless a message
-//!    waits to be stored, see 3.);
+//!    time; it returns how many it consumed: all of them, unless it stopped
+//!    to wait for the driver (see [`Session::is_waiting`]);
 //! 2. [`Session::poll_reply`] until `None`, and writes the replies;
-//! 3. [`Session::poll_event`] until `None`: an [`Event::Deliver`] hands over
-//!    a complete message; the driver stores it and reports with
-//!    [`Session::delivered`], which produces the `250` or `452` reply (back
-//!    to 2.). Until then the session takes no input: pipelined commands
-//!    after the message wait, so replies keep their order. An
-//!    [`Event::Close`] asks to close once the replies are written;
+//! 3. [`Session::poll_event`] until `None`, and carries each event out:
+//!    - [`Event::Begin`] (after the 354): a message starts; create its file
+//!      and write its trace headers;
+//!    - [`Event::Append`]: the next piece of its text; append it;
+//!    - [`Event::Finish`]: its text is complete; store it for good and
+//!      report with [`Session::delivered`], which produces the `250` or
+//!      `451`/`452` reply (back to 2.);
+//!    - [`Event::Abort`]: it is refused (the reply comes at its end);
+//!      remove what was written;
+//!    - [`Event::Close`]: close once the replies are written.
+//!
+//!    When creating or appending fails, the driver removes what it wrote
+//!    and calls [`Session::store_failed`]: the rest of the text is read and
+//!    dropped, and its end is answered `451` or `452`. The session goes on.
 //! 4. [`Session::handle_input`] again with what it did not consume.
 //!
-//! Memory is bounded per session: a partial line is kept up to the line
-//! limit (512 octets for commands, 1000 for message text) and the rest of
-//! a longer line is counted and dropped; a message is kept up to
-//! `max_size` octets and, once over, dropped while the rest of it is read
-//! to its end.
+//! While an event about the message waits to be polled, and from
+//! [`Event::Finish`] until [`Session::delivered`], the session takes no
+//! input: the driver keeps up with the text as it arrives, and pipelined
+//! commands after a message wait, so replies keep their order.
+//!
+//! Memory is bounded per session by a constant, whatever `max_size`: a
+//! partial line is kept up to the line limit (512 octets for commands,
+//! 1001 for message text) and the rest of a longer line is counted and
+//! dropped; message text is handed over in pieces of at most
+//! [`Config::text_buffer`] octets (64 KiB by default), one piece at a time.
+//! [`Session::buffered`] tells how much is held.
 //!
 //! Lines end in CRLF, and only `CRLF "." CRLF` ends the message text. A
 //! bare LF or bare CR anywhere in the text makes the message refused once
 //! its real end comes (RFC 5321 2.3.8), so `<LF>.<LF>`, `<CR><LF>.<LF>`,
 //! `<LF>.<CR><LF>` or `<CR>.<CR><LF>` can neither end the data early nor
-//! slip a second, smuggled message in.
+//! slip a second, smuggled message in. A message found faulty (too big, a
+//! line too long, a bare line ending) is aborted at once and refused at its
+//! end: nothing of it is stored.
 
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::debug;
 
 use crate::command::{self, Body, Command, ForwardPath, ReversePath};
 use crate::reply::{
-    LineError, MessageError, Refusal, Reply, SequenceError, SessionError, StoreError,
+    CommandError, LineError, MessageError, Refusal, Reply, SequenceError, SessionError, StoreError,
     TransactionError,
 };
 
 /// The longest command line, CRLF included (RFC 5321 4.5.3.1.4).
 pub const COMMAND_LINE_LIMIT: usize = 512;
-/// The longest line of message text, CRLF included (RFC 5321 4.5.3.1.6).
+/// The longest line of message text, CRLF included (RFC 5321 4.5.3.1.6),
+/// not counting the dot of a dot-stuffed line (which may be one longer on
+/// the wire).
 pub const TEXT_LINE_LIMIT: usize = 1000;
+/// Default of [`Config::text_buffer`]: message text held before it is
+/// handed to the driver.
+pub const TEXT_BUFFER: usize = 64 << 10;
 /// Protocol errors (unknown or malformed commands, commands out of order)
 /// a session may make before it is closed with 421: plenty for a confused
 /// but honest client, few enough to make a scanner's probing short.
-/// Postfix's `smtpd_hard_error_limit` is also 20.
+/// Postfix's `smtpd_hard_error_limit` is also 20. The 503s that follow
+/// from a refused MAIL or RCPT in the same transaction (a pipelining
+/// client sends its RCPTs and DATA before it sees the refusal) do not
+/// count.
 pub const MAX_ERRORS: u32 = 20;
 
 /// What every session of a listener shares.
@@ -60,6 +84,22 @@ pub struct Config {
     pub max_size: usize,
     /// The most recipients of one message.
     pub max_recipients: usize,
+    /// The most message text held before it is handed to the driver with
+    /// [`Event::Append`] (a single line longer than this is handed over
+    /// alone). [`TEXT_BUFFER`] unless testing.
+    pub text_buffer: usize,
+}
+
+impl Config {
+    /// The most octets a session of this config holds
+    /// ([`Session::buffered`]), whatever `max_size`: text not handed over
+    /// yet, or a piece waiting to be polled (at most `text_buffer`, or one
+    /// line when that is longer), plus a partial line or the line that
+    /// starts the next piece (at most 1001 octets; the trace headers are
+    /// shorter and wait alone).
+    pub fn buffer_bound(&self) -> usize {
+        self.text_buffer.max(TEXT_LINE_LIMIT) + TEXT_LINE_LIMIT + 1
+    }
 }
 
 /// Who a message is from and for.
@@ -75,42 +115,38 @@ pub struct Envelope {
     pub declared_size: Option<u64>,
 }
 
-/// A complete message, ready to be stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// Its envelope.
-    pub envelope: Envelope,
-    /// The trace headers this server adds (`Return-Path`, `Received`).
-    pub trace: Vec<u8>,
-    /// The message text as the client sent it, after dot-unstuffing, lines
-    /// ended by CRLF, without the final `.` line.
-    pub content: Vec<u8>,
-}
-
-impl Delivery {
-    /// What to store, in order: the trace headers, then the content.
-    pub fn parts(&self) -> [&[u8]; 2] {
-        [&self.trace, &self.content]
-    }
-
-    /// The stored size: trace headers plus content.
-    pub fn len(&self) -> usize {
-        self.trace.len() + self.content.len()
-    }
-
-    /// Nothing to store? (Never: there are always trace headers.)
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// What the session asks of its driver.
+/// What the session asks of its driver. The events about one message come
+/// in this order: `Begin`, any number of `Append`, then `Finish` or
+/// `Abort` (or none of them after [`Session::store_failed`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Store this message, then call [`Session::delivered`].
-    Deliver(Delivery),
+    /// A message starts (its 354 is sent): create its file and write
+    /// `trace` into it. On failure, call [`Session::store_failed`].
+    Begin {
+        /// Who it is from and for.
+        envelope: Envelope,
+        /// The trace headers this server adds (`Return-Path`,
+        /// `Received`), the first bytes of the stored message.
+        trace: Vec<u8>,
+    },
+    /// The next piece of the message text (dot-unstuffed, lines ended by
+    /// CRLF): append it. On failure, call [`Session::store_failed`].
+    Append(Vec<u8>),
+    /// The text is complete (the final `.` is not part of it): store the
+    /// message for good, then call [`Session::delivered`].
+    Finish,
+    /// The message is refused (the reply comes at the end of its text):
+    /// remove what was written of it.
+    Abort,
     /// Close the connection once the replies so far are written.
     Close,
+}
+
+impl Event {
+    /// Is it about the message being received (not `Close`)?
+    fn is_message(&self) -> bool {
+        !matches!(self, Event::Close)
+    }
 }
 
 /// How the client introduced itself.
@@ -120,25 +156,52 @@ struct Hello {
     extended: bool,
 }
 
+/// Why a message is refused at its end.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    /// Its text breaks a limit or a rule.
+    Message(MessageError),
+    /// The driver could not write it.
+    Store(StoreError),
+}
+
 /// The message text being received.
 #[derive(Debug)]
 struct Message {
-    envelope: Envelope,
-    /// The text so far, unstuffed; dropped (empty) once `fault` is set.
-    content: Vec<u8>,
+    /// Octets of text so far, after dot-unstuffing.
+    size: usize,
+    /// Text not handed over yet; dropped (empty) once `fault` is set.
+    text: Vec<u8>,
     /// Did the previous line end in CRLF? True at the start: the CRLF that
     /// ended the DATA command counts.
     after_crlf: bool,
     /// The first reason to refuse the message, reported at its end.
-    fault: Option<MessageError>,
+    fault: Option<Fault>,
 }
 
 impl Message {
-    fn refuse(&mut self, fault: MessageError) {
+    fn new() -> Message {
+        Message {
+            size: 0,
+            text: Vec::new(),
+            after_crlf: true,
+            fault: None,
+        }
+    }
+
+    /// Keep the first fault and drop the text.
+    fn fail(&mut self, fault: Fault) {
         if self.fault.is_none() {
             self.fault = Some(fault);
         }
-        self.content = Vec::new();
+        self.text = Vec::new();
+    }
+
+    /// Refuse the message for its content: the driver removes what it
+    /// wrote now, the reply comes at the end.
+    fn refuse(&mut self, fault: MessageError, events: &mut VecDeque<Event>) {
+        self.fail(Fault::Message(fault));
+        events.push_back(Event::Abort);
     }
 }
 
@@ -148,8 +211,8 @@ enum Phase {
     Command,
     /// Reading message text, after a 354.
     Data(Message),
-    /// A message was handed over with [`Event::Deliver`]; no input is
-    /// taken until [`Session::delivered`].
+    /// The text ended and [`Event::Finish`] was sent; no input is taken
+    /// until [`Session::delivered`].
     Delivering,
     /// After QUIT or 421: input is dropped.
     Closed,
@@ -233,8 +296,14 @@ pub struct Session {
     hello: Option<Hello>,
     /// The open transaction, between MAIL and DATA.
     envelope: Option<Envelope>,
+    /// A MAIL or RCPT of the current transaction was refused: the 503s
+    /// that follow from it (RCPT or DATA without MAIL, DATA without a
+    /// recipient) are answered but not counted as errors. Cleared by a
+    /// MAIL taken, DATA, RSET, EHLO and HELO.
+    transaction_refused: bool,
     phase: Phase,
     partial: PartialLine,
+    /// Protocol errors so far, towards [`MAX_ERRORS`].
     errors: u32,
     replies: VecDeque<Reply>,
     events: VecDeque<Event>,
@@ -249,6 +318,7 @@ impl Session {
             peer,
             hello: None,
             envelope: None,
+            transaction_refused: false,
             phase: Phase::Command,
             partial: PartialLine::default(),
             errors: 0,
@@ -258,17 +328,19 @@ impl Session {
     }
 
     /// Take bytes from the client; `now` dates the Received header of a
-    /// message that ends in them. Returns how many bytes were consumed:
-    /// all, except while a message waits for [`Session::delivered`] (then
-    /// the bytes after its end are left to be given again). After QUIT or
-    /// 421 every byte is consumed and dropped.
+    /// message that starts in them. Returns how many bytes were consumed:
+    /// all, except when the session stops to wait for the driver (see
+    /// [`Session::is_waiting`]); then the bytes after the line it stopped
+    /// at are left to be given again. After QUIT or 421 every byte is
+    /// consumed and dropped.
     pub fn handle_input(&mut self, data: &[u8], now: SystemTime) -> usize {
         let mut used = 0;
         while used < data.len() {
-            match self.phase {
-                Phase::Delivering => return used,
-                Phase::Closed => return data.len(),
-                Phase::Command | Phase::Data(_) => {}
+            if self.is_closed() {
+                return data.len();
+            }
+            if self.is_waiting() {
+                return used;
             }
             let limit = self.line_limit();
             let rest = &data[used..];
@@ -291,7 +363,7 @@ impl Session {
         used
     }
 
-    /// The result of storing the message of the last [`Event::Deliver`]:
+    /// The result of storing the message of the last [`Event::Finish`]:
     /// the id it was stored under, or why it was not.
     pub fn delivered(&mut self, result: Result<&str, StoreError>) {
         if !matches!(self.phase, Phase::Delivering) {
@@ -302,6 +374,24 @@ impl Session {
         match result {
             Ok(id) => self.replies.push_back(Reply::queued(id)),
             Err(e) => self.refuse(e),
+        }
+    }
+
+    /// Creating the file of the message ([`Event::Begin`]) or appending to
+    /// it ([`Event::Append`]) failed, and the driver removed what it wrote.
+    /// The rest of the message's events are dropped; its text is read to
+    /// its end and answered with `error`'s reply (`451` or `452`).
+    pub fn store_failed(&mut self, error: StoreError) {
+        // Only this message's events can be queued: input waits while one
+        // is (see `is_waiting`).
+        self.events.retain(|e| !e.is_message());
+        match &mut self.phase {
+            Phase::Data(message) => message.fail(Fault::Store(error)),
+            // Finish was queued behind the piece that failed.
+            Phase::Delivering => self.delivered(Err(error)),
+            Phase::Command | Phase::Closed => {
+                debug_assert!(false, "store_failed() without a message");
+            }
         }
     }
 
@@ -320,57 +410,72 @@ impl Session {
         matches!(self.phase, Phase::Closed)
     }
 
-    /// Is a message waiting for [`Session::delivered`]?
-    pub fn is_delivering(&self) -> bool {
-        matches!(self.phase, Phase::Delivering)
+    /// Does the session take no input until the driver acts: an event
+    /// about the message waits to be polled, or a message waits for
+    /// [`Session::delivered`]?
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.phase, Phase::Delivering) || self.events.iter().any(Event::is_message)
     }
 
-    /// Octets of input held (the start of an unfinished line), and of
-    /// message text held: never more than the line limit plus `max_size`.
+    /// Octets held: the start of an unfinished line, message text not
+    /// handed over yet, and text and trace headers in events not polled
+    /// yet. Never more than [`Config::buffer_bound`].
     pub fn buffered(&self) -> usize {
-        let message = match &self.phase {
-            Phase::Data(m) => m.content.len(),
+        let text = match &self.phase {
+            Phase::Data(m) => m.text.len(),
             _ => 0,
         };
-        self.partial.head.len() + message
+        let queued: usize = self
+            .events
+            .iter()
+            .map(|e| match e {
+                Event::Begin { trace, .. } => trace.len(),
+                Event::Append(piece) => piece.len(),
+                _ => 0,
+            })
+            .sum();
+        self.partial.head.len() + text + queued
     }
 
     fn line_limit(&self) -> usize {
         match self.phase {
-            Phase::Data(_) => TEXT_LINE_LIMIT,
+            // One more for a stuffed dot.
+            Phase::Data(_) => TEXT_LINE_LIMIT + 1,
             _ => COMMAND_LINE_LIMIT,
         }
     }
 
     fn on_line(&mut self, line: Line<'_>, now: SystemTime) {
         if matches!(self.phase, Phase::Data(_)) {
-            self.on_text_line(line, now);
+            self.on_text_line(line);
         } else {
-            self.on_command_line(line);
+            self.on_command_line(line, now);
         }
     }
 
-    fn on_command_line(&mut self, line: Line<'_>) {
-        if line.len > COMMAND_LINE_LIMIT {
-            return self.refuse(LineError::TooLong {
-                limit: COMMAND_LINE_LIMIT,
-            });
+    fn on_command_line(&mut self, line: Line<'_>, now: SystemTime) {
+        let error = match read_command(line) {
+            Ok(cmd) => return self.on_command(cmd, now),
+            Err(error) => error,
+        };
+        // A MAIL or RCPT that cannot be read is refused as much as one
+        // that breaks a limit.
+        if command::is_mail_or_rcpt(line.head) {
+            self.transaction_refused = true;
         }
-        match line.text() {
-            Some(text) if line.crlf && !text.contains(&b'\r') => match command::parse(text) {
-                Ok(cmd) => self.on_command(cmd),
-                Err(e) => self.refuse(e),
-            },
-            _ => self.refuse(LineError::BareLineEnding),
+        match error {
+            BadLine::Line(e) => self.refuse(e),
+            BadLine::Command(e) => self.refuse(e),
         }
     }
 
-    fn on_command(&mut self, cmd: Command) {
+    fn on_command(&mut self, cmd: Command, now: SystemTime) {
         let hostname = &self.config.hostname;
         match cmd {
             Command::Ehlo(name) => {
                 // A new EHLO or HELO ends any transaction (RFC 5321 4.1.4).
                 self.envelope = None;
+                self.transaction_refused = false;
                 self.hello = Some(Hello {
                     name,
                     extended: true,
@@ -380,6 +485,7 @@ impl Session {
             }
             Command::Helo(name) => {
                 self.envelope = None;
+                self.transaction_refused = false;
                 self.hello = Some(Hello {
                     name,
                     extended: false,
@@ -389,18 +495,19 @@ impl Session {
             }
             Command::Mail { from, params } => {
                 let Some(hello) = &self.hello else {
-                    return self.refuse(SequenceError::NeedHello);
+                    return self.refuse_transaction(SequenceError::NeedHello);
                 };
                 if self.envelope.is_some() {
-                    return self.refuse(SequenceError::NestedMail);
+                    return self.refuse_transaction(SequenceError::NestedMail);
                 }
                 if !hello.extended && !params.is_empty() {
-                    return self.refuse(TransactionError::ParametersWithoutEhlo);
+                    return self.refuse_transaction(TransactionError::ParametersWithoutEhlo);
                 }
                 let limit = self.config.max_size;
                 if params.size.is_some_and(|size| size > limit as u64) {
-                    return self.refuse(TransactionError::SizeExceeded { limit });
+                    return self.refuse_transaction(TransactionError::SizeExceeded { limit });
                 }
+                self.transaction_refused = false;
                 self.envelope = Some(Envelope {
                     reverse_path: from,
                     recipients: Vec::new(),
@@ -412,32 +519,31 @@ impl Session {
             Command::Rcpt { to } => {
                 let limit = self.config.max_recipients;
                 let Some(envelope) = &mut self.envelope else {
-                    return self.refuse(SequenceError::NeedMail);
+                    return self.refuse_sequence(SequenceError::NeedMail);
                 };
                 if envelope.recipients.len() >= limit {
-                    return self.refuse(TransactionError::TooManyRecipients { limit });
+                    return self.refuse_transaction(TransactionError::TooManyRecipients { limit });
                 }
                 envelope.recipients.push(to);
                 self.replies.push_back(Reply::recipient_ok());
             }
             Command::Data => match self.envelope.take() {
-                None => self.refuse(SequenceError::NeedMail),
+                None => self.refuse_sequence(SequenceError::NeedMail),
                 Some(envelope) if envelope.recipients.is_empty() => {
                     self.envelope = Some(envelope);
-                    self.refuse(SequenceError::NeedRecipient);
+                    self.refuse_sequence(SequenceError::NeedRecipient);
                 }
                 Some(envelope) => {
+                    self.transaction_refused = false;
                     self.replies.push_back(Reply::start_data());
-                    self.phase = Phase::Data(Message {
-                        envelope,
-                        content: Vec::new(),
-                        after_crlf: true,
-                        fault: None,
-                    });
+                    let trace = self.trace_headers(&envelope, now);
+                    self.events.push_back(Event::Begin { envelope, trace });
+                    self.phase = Phase::Data(Message::new());
                 }
             },
             Command::Rset => {
                 self.envelope = None;
+                self.transaction_refused = false;
                 self.replies.push_back(Reply::ok());
             }
             Command::Noop => self.replies.push_back(Reply::ok()),
@@ -451,49 +557,63 @@ impl Session {
         }
     }
 
-    fn on_text_line(&mut self, line: Line<'_>, now: SystemTime) {
+    fn on_text_line(&mut self, line: Line<'_>) {
         let max_size = self.config.max_size;
+        let text_buffer = self.config.text_buffer;
         let Phase::Data(message) = &mut self.phase else {
             return;
         };
         if message.after_crlf && line.len == 3 && line.head == b".\r\n" {
-            return self.end_of_data(now);
+            return self.end_of_data();
         }
         message.after_crlf = line.crlf;
         if message.fault.is_some() {
             // Refused already: only the end is looked for.
             return;
         }
-        let Some(text) = line.text() else {
-            return message.refuse(MessageError::LineTooLong {
+        // RFC 5321 4.5.3.1.6: the limit does not count a stuffed dot.
+        let stuffed = line.head.first() == Some(&b'.');
+        let limit = TEXT_LINE_LIMIT + usize::from(stuffed);
+        let Some(text) = line.text().filter(|_| line.len <= limit) else {
+            let fault = MessageError::LineTooLong {
                 limit: TEXT_LINE_LIMIT,
-            });
+            };
+            return message.refuse(fault, &mut self.events);
         };
         if !line.crlf || text.contains(&b'\r') {
-            return message.refuse(MessageError::BareLineEnding);
+            return message.refuse(MessageError::BareLineEnding, &mut self.events);
         }
         // Dot-unstuffing (RFC 5321 4.5.2): a leading "." was doubled.
-        let unstuffed = line.head.strip_prefix(b".").unwrap_or(line.head);
-        if message.content.len() + unstuffed.len() > max_size {
-            return message.refuse(MessageError::TooBig { limit: max_size });
+        let unstuffed = if stuffed { &line.head[1..] } else { line.head };
+        message.size += unstuffed.len();
+        if message.size > max_size {
+            let fault = MessageError::TooBig { limit: max_size };
+            return message.refuse(fault, &mut self.events);
         }
-        message.content.extend_from_slice(unstuffed);
+        if !message.text.is_empty() && message.text.len() + unstuffed.len() > text_buffer {
+            // Hand the text over before it passes the buffer; input waits
+            // until the driver polls it.
+            let piece = std::mem::take(&mut message.text);
+            self.events.push_back(Event::Append(piece));
+        }
+        message.text.extend_from_slice(unstuffed);
     }
 
-    fn end_of_data(&mut self, now: SystemTime) {
+    fn end_of_data(&mut self) {
         let Phase::Data(message) = std::mem::replace(&mut self.phase, Phase::Command) else {
             return;
         };
-        if let Some(fault) = message.fault {
-            return self.refuse(fault);
+        match message.fault {
+            Some(Fault::Message(e)) => self.refuse(e),
+            Some(Fault::Store(e)) => self.refuse(e),
+            None => {
+                if !message.text.is_empty() {
+                    self.events.push_back(Event::Append(message.text));
+                }
+                self.events.push_back(Event::Finish);
+                self.phase = Phase::Delivering;
+            }
         }
-        let trace = self.trace_headers(&message.envelope, now);
-        self.events.push_back(Event::Deliver(Delivery {
-            envelope: message.envelope,
-            trace,
-            content: message.content,
-        }));
-        self.phase = Phase::Delivering;
     }
 
     /// `Return-Path` and `Received` (RFC 5321 4.4), each one line well
@@ -513,16 +633,14 @@ impl Session {
             "Return-Path: {}\r\nReceived: from {name}{peer} by {} with {protocol}; {}\r\n",
             envelope.reverse_path,
             self.config.hostname,
-            httpdate::fmt_http_date(now),
+            rfc5322_date(now),
         )
         .into_bytes()
     }
 
     /// Answer with `error`'s reply; close after too many client faults.
     fn refuse<E: Refusal>(&mut self, error: E) {
-        let reply = error.reply();
-        debug!(code = reply.code(), "refused: {error}");
-        self.replies.push_back(reply);
+        self.answer(&error);
         if error.is_client_fault() {
             self.errors += 1;
             if self.errors >= MAX_ERRORS {
@@ -536,11 +654,71 @@ impl Session {
         }
     }
 
+    /// Refuse a MAIL or RCPT: the 503s that follow from it in this
+    /// transaction are not counted as errors.
+    fn refuse_transaction<E: Refusal>(&mut self, error: E) {
+        self.transaction_refused = true;
+        self.refuse(error);
+    }
+
+    /// A command out of order: counted as an error, unless it follows
+    /// from a refused MAIL or RCPT of the same transaction (a pipelining
+    /// client sent it before it saw that refusal).
+    fn refuse_sequence(&mut self, error: SequenceError) {
+        if self.transaction_refused {
+            self.answer(&error);
+        } else {
+            self.refuse(error);
+        }
+    }
+
+    fn answer<E: Refusal>(&mut self, error: &E) {
+        let reply = error.reply();
+        debug!(code = reply.code(), "refused: {error}");
+        self.replies.push_back(reply);
+    }
+
     fn close(&mut self) {
         self.phase = Phase::Closed;
         self.envelope = None;
         self.partial = PartialLine::default();
         self.events.push_back(Event::Close);
+    }
+}
+
+/// Why a command line is no command.
+enum BadLine {
+    Line(LineError),
+    Command(CommandError),
+}
+
+/// The command on a command line.
+fn read_command(line: Line<'_>) -> Result<Command, BadLine> {
+    if line.len > COMMAND_LINE_LIMIT {
+        return Err(BadLine::Line(LineError::TooLong {
+            limit: COMMAND_LINE_LIMIT,
+        }));
+    }
+    match line.text() {
+        Some(text) if line.crlf && !text.contains(&b'\r') => {
+            command::parse(text).map_err(BadLine::Command)
+        }
+        _ => Err(BadLine::Line(LineError::BareLineEnding)),
+    }
+}
+
+/// The last second [`httpdate`] can format: 9999-12-31 23:59:59 UTC.
+const LAST_DATE: Duration = Duration::from_secs(253_402_300_799);
+
+/// `now` as an RFC 5322 date-time in UTC with a numeric zone, as in
+/// `Tue, 14 Nov 2023 22:13:20 +0000`. (The HTTP date's `GMT` is obsolete
+/// syntax in RFC 5322 4.3.) A clock before 1970 or after 9999 is clamped.
+fn rfc5322_date(now: SystemTime) -> String {
+    let now = now.clamp(UNIX_EPOCH, UNIX_EPOCH + LAST_DATE);
+    let http = httpdate::fmt_http_date(now);
+    match http.strip_suffix(" GMT") {
+        Some(date) => format!("{date} +0000"),
+        None => http,
     }
 }
 
@@ -553,12 +731,15 @@ mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     const MAX_SIZE: usize = 2000;
+    /// Small, so that messages of the tests go over in several pieces.
+    const TEXT_BUFFER: usize = 300;
 
     fn config() -> Arc<Config> {
         Arc::new(Config {
             hostname: "mx.test".into(),
             max_size: MAX_SIZE,
             max_recipients: 100,
+            text_buffer: TEXT_BUFFER,
         })
     }
 
@@ -567,13 +748,34 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000)
     }
 
-    /// Drives a session as the protocol adapter does, storing in memory.
+    /// A message as the driver stored it.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    struct Stored {
+        envelope: Envelope,
+        trace: Vec<u8>,
+        content: Vec<u8>,
+    }
+
+    /// Drives a session as the protocol adapter does, storing in memory,
+    /// and checks the order of the events.
     struct Driver {
         session: Session,
         replies: Vec<Reply>,
-        delivered: Vec<Delivery>,
-        /// The result the next deliveries get (`None`: stored).
+        /// The message being written (between Begin and Finish or Abort).
+        incoming: Option<Stored>,
+        delivered: Vec<Stored>,
+        /// Messages aborted after Begin.
+        aborted: usize,
+        /// The sizes of the Append pieces.
+        pieces: Vec<usize>,
+        /// The result the next Finish gets (`None`: stored).
         store_fails: Option<StoreError>,
+        /// Creating the file at Begin fails with this.
+        begin_fails: Option<StoreError>,
+        /// Append fails once this much text of a message is written.
+        append_fails_after: Option<(usize, StoreError)>,
+        /// The most octets the session held, seen after each input.
+        most_buffered: usize,
         closed: bool,
     }
 
@@ -586,8 +788,14 @@ mod tests {
             let mut d = Driver {
                 session: Session::new(config, peer),
                 replies: Vec::new(),
+                incoming: None,
                 delivered: Vec::new(),
+                aborted: 0,
+                pieces: Vec::new(),
                 store_fails: None,
+                begin_fails: None,
+                append_fails_after: None,
+                most_buffered: 0,
                 closed: false,
             };
             d.drain();
@@ -607,12 +815,13 @@ mod tests {
                 let used = self.session.handle_input(bytes, now());
                 assert!(used <= bytes.len());
                 bytes = &bytes[used..];
-                let blocked = self.session.is_delivering();
+                let waiting = self.session.is_waiting();
+                self.most_buffered = self.most_buffered.max(self.session.buffered());
                 self.drain();
                 if bytes.is_empty() {
                     return;
                 }
-                assert!(used > 0 || blocked, "input refused without a delivery");
+                assert!(used > 0 || waiting, "input refused without a reason");
             }
         }
 
@@ -621,20 +830,51 @@ mod tests {
                 while let Some(r) = self.session.poll_reply() {
                     self.replies.push(r);
                 }
-                match self.session.poll_event() {
-                    Some(Event::Deliver(d)) => {
-                        let n = self.delivered.len();
-                        self.delivered.push(d);
-                        match self.store_fails {
-                            None => self.session.delivered(Ok(&format!("id{n}"))),
-                            Some(e) => {
-                                self.delivered.pop();
-                                self.session.delivered(Err(e));
+                let Some(event) = self.session.poll_event() else {
+                    return;
+                };
+                match event {
+                    Event::Begin { envelope, trace } => {
+                        assert!(self.incoming.is_none(), "Begin inside a message");
+                        match self.begin_fails {
+                            None => {
+                                self.incoming = Some(Stored {
+                                    envelope,
+                                    trace,
+                                    content: Vec::new(),
+                                })
+                            }
+                            Some(e) => self.session.store_failed(e),
+                        }
+                    }
+                    Event::Append(piece) => {
+                        let m = self.incoming.as_mut().expect("Append after Begin");
+                        assert!(!piece.is_empty(), "no empty pieces");
+                        self.pieces.push(piece.len());
+                        m.content.extend_from_slice(&piece);
+                        if let Some((after, e)) = self.append_fails_after {
+                            if m.content.len() > after {
+                                self.incoming = None;
+                                self.session.store_failed(e);
                             }
                         }
                     }
-                    Some(Event::Close) => self.closed = true,
-                    None => return,
+                    Event::Finish => {
+                        let m = self.incoming.take().expect("Finish after Begin");
+                        match self.store_fails {
+                            None => {
+                                let id = format!("id{}", self.delivered.len());
+                                self.delivered.push(m);
+                                self.session.delivered(Ok(&id));
+                            }
+                            Some(e) => self.session.delivered(Err(e)),
+                        }
+                    }
+                    Event::Abort => {
+                        self.incoming.take().expect("Abort after Begin");
+                        self.aborted += 1;
+                    }
+                    Event::Close => self.closed = true,
                 }
             }
         }
@@ -693,7 +933,7 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&m.trace),
             "Return-Path: <a@example.org>\r\n\
-             Received: from client.test ([192.0.2.7]) by mx.test with ESMTP; Tue, 14 Nov 2023 22:13:20 GMT\r\n"
+             Received: from client.test ([192.0.2.7]) by mx.test with ESMTP; Tue, 14 Nov 2023 22:13:20 +0000\r\n"
         );
         assert_eq!(m.content, b"Subject: hi\r\n\r\nHello\r\n");
         assert_eq!(m.envelope.recipients.len(), 2);
@@ -718,19 +958,39 @@ mod tests {
     }
 
     #[test]
-    fn input_waits_while_a_message_is_being_stored() {
+    fn input_waits_for_the_driver_at_each_message_event() {
         let mut s = Session::new(config(), None);
-        let input = b"EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n";
-        let used = s.handle_input(input, now());
-        assert_eq!(&input[used..], b"NOOP\r\n", "stops after the end of data");
-        assert!(matches!(s.poll_event(), Some(Event::Deliver(_))));
-        assert_eq!(
-            s.handle_input(b"NOOP\r\n", now()),
-            0,
-            "no input until delivered"
+        let long = format!("{}\r\n", "l".repeat(198)); // 200 octets
+        let input = format!(
+            "EHLO c\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\nDATA\r\n{long}{long}x\r\n.\r\nNOOP\r\n"
         );
+        let mut rest = input.as_bytes();
+        let mut take = |s: &mut Session, want_left: &str| {
+            let used = s.handle_input(rest, now());
+            rest = &rest[used..];
+            assert!(rest.starts_with(want_left.as_bytes()), "{want_left:?}");
+            assert!(s.is_waiting());
+            assert_eq!(s.handle_input(rest, now()), 0, "nothing until polled");
+        };
+        take(&mut s, &long);
+        assert!(matches!(s.poll_event(), Some(Event::Begin { .. })));
+        // The second line would pass the 300-octet buffer: the first goes.
+        take(&mut s, "x\r\n");
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::Append(long.clone().into_bytes()))
+        );
+        take(&mut s, "NOOP\r\n");
+        assert_eq!(
+            s.poll_event(),
+            Some(Event::Append(format!("{long}x\r\n").into_bytes()))
+        );
+        assert_eq!(s.poll_event(), Some(Event::Finish));
+        assert_eq!(s.poll_event(), None);
+        assert!(s.is_waiting(), "waits for delivered()");
+        assert_eq!(s.handle_input(rest, now()), 0, "no input until delivered");
         s.delivered(Ok("x1"));
-        assert_eq!(s.handle_input(b"NOOP\r\n", now()), 6);
+        assert_eq!(s.handle_input(rest, now()), 6);
         let codes: Vec<u16> = std::iter::from_fn(|| s.poll_reply())
             .map(|r| r.code())
             .collect();
@@ -812,6 +1072,8 @@ mod tests {
             [250, 250, 354, 250]
         );
         assert_eq!(d.delivered[0].content.len(), MAX_SIZE);
+        assert!(d.pieces.len() >= MAX_SIZE / TEXT_BUFFER, "{:?}", d.pieces);
+        assert!(d.pieces.iter().all(|&n| n <= TEXT_BUFFER), "{:?}", d.pieces);
         // One octet more, in a line that starts with a stuffed dot (which
         // does not count).
         let over = format!("..y\r\n{}z\r\n", &exactly[..MAX_SIZE - 6]);
@@ -821,21 +1083,55 @@ mod tests {
             [250, 250, 354, 552]
         );
         assert_eq!(d.delivered.len(), 1);
+        assert_eq!(d.aborted, 1, "what was written of it is removed");
         // The session goes on.
         assert_eq!(send(&mut d, b"small\r\n.\r\n"), [250, 250, 354, 250]);
     }
 
     #[test]
-    fn oversized_message_is_not_kept_in_memory() {
+    fn oversized_message_is_aborted_at_once_and_refused_at_its_end() {
         let mut d = Driver::greeted();
         d.feed(ENVELOPE);
         let chunk = format!("{}\r\n", "y".repeat(500)).repeat(20);
         for _ in 0..50 {
             d.feed(chunk.as_bytes());
-            assert!(d.session.buffered() <= MAX_SIZE + TEXT_LINE_LIMIT);
+            assert!(d.session.buffered() <= config().buffer_bound());
+        }
+        assert_eq!(d.aborted, 1, "aborted when it passed max_size");
+        assert!(d.pieces.iter().sum::<usize>() <= MAX_SIZE);
+        assert_eq!(d.codes(), [250, 250, 354], "refused only at its end");
+        d.feed(b".\r\n");
+        assert_eq!(d.codes(), [552]);
+        assert!(d.delivered.is_empty());
+    }
+
+    #[test]
+    fn a_large_message_streams_through_in_bounded_memory() {
+        let config = Arc::new(Config {
+            hostname: "mx.test".into(),
+            max_size: 64 << 20,
+            max_recipients: 100,
+            text_buffer: super::TEXT_BUFFER,
+        });
+        let mut d = Driver::with(config.clone(), None);
+        d.feed(b"EHLO c\r\n");
+        d.feed(ENVELOPE);
+        let line = format!("{}\r\n", "m".repeat(78));
+        let chunk = line.repeat(1000); // 80 000 octets, not a multiple of 64 KiB
+        for _ in 0..200 {
+            d.feed(chunk.as_bytes());
         }
         d.feed(b".\r\n");
-        assert_eq!(d.codes(), [250, 250, 354, 552]);
+        assert_eq!(d.codes(), [220, 250, 250, 250, 354, 250]);
+        assert_eq!(d.delivered[0].content.len(), 16_000_000);
+        assert!(d.pieces.iter().all(|&n| n <= super::TEXT_BUFFER));
+        assert!(
+            d.most_buffered <= config.buffer_bound(),
+            "{} held, bound {}",
+            d.most_buffered,
+            config.buffer_bound()
+        );
+        assert!(config.buffer_bound() < 70_000, "about 64 KiB");
     }
 
     #[test]
@@ -865,7 +1161,7 @@ mod tests {
     }
 
     #[test]
-    fn text_line_of_1000_octets_is_taken_and_1001_gets_500_after_the_end() {
+    fn text_line_of_1000_octets_is_taken_and_1001_gets_554_after_the_end() {
         let mut d = Driver::greeted();
         let fits = format!("{}\r\n", "b".repeat(998));
         assert_eq!(
@@ -874,24 +1170,43 @@ mod tests {
         );
         assert_eq!(d.delivered[0].content, fits.as_bytes());
         let over = format!("{}\r\n", "b".repeat(999));
-        assert_eq!(
-            send(&mut d, format!("{over}more\r\n.\r\n").as_bytes()),
-            [250, 250, 354, 500]
-        );
+        d.feed(ENVELOPE);
+        d.feed(format!("{over}more\r\n.\r\n").as_bytes());
+        let last = d.replies.last().unwrap();
+        assert_eq!((last.code(), last.status()), (554, Some("5.6.0")));
+        assert!(last.lines()[0].contains("1000"), "{last}");
+        assert_eq!(d.codes(), [250, 250, 354, 554]);
         assert_eq!(d.delivered.len(), 1);
-        // A stuffed dot counts: the line is 1000 octets as sent.
-        let stuffed = format!(".{}\r\n", "b".repeat(997));
-        assert_eq!(
-            send(&mut d, format!("{stuffed}.\r\n").as_bytes()),
-            [250, 250, 354, 250]
-        );
         // An overlong line made of a long line split over many inputs.
         d.feed(ENVELOPE);
         for _ in 0..10 {
             d.feed(&[b'c'; 300]);
         }
         d.feed(b"\r\n.\r\nNOOP\r\n");
-        assert_eq!(d.codes(), [250, 250, 354, 500, 250]);
+        assert_eq!(d.codes(), [250, 250, 354, 554, 250]);
+    }
+
+    #[test]
+    fn a_stuffed_dot_does_not_count_towards_the_line_limit() {
+        // RFC 5321 4.5.3.1.6: 998 octets of text starting with "." arrive
+        // as 1001 octets with the stuffed dot and CRLF.
+        let mut d = Driver::greeted();
+        let text = format!(".{}\r\n", "d".repeat(997));
+        assert_eq!(text.len(), 1000);
+        let wire = format!(".{text}.\r\n");
+        assert_eq!(send(&mut d, wire.as_bytes()), [250, 250, 354, 250]);
+        assert_eq!(d.delivered[0].content, text.as_bytes());
+        // Split anywhere, the same.
+        d.feed(ENVELOPE);
+        for piece in wire.as_bytes().chunks(7) {
+            d.feed(piece);
+        }
+        assert_eq!(d.codes(), [250, 250, 354, 250]);
+        assert_eq!(d.delivered[1].content, text.as_bytes());
+        // One more octet is one too many, dot or not.
+        let over = format!("..{}\r\n.\r\n", "d".repeat(998));
+        assert_eq!(send(&mut d, over.as_bytes()), [250, 250, 354, 554]);
+        assert_eq!(d.delivered.len(), 2);
     }
 
     const SMUGGLED: &[u8] =
@@ -999,6 +1314,44 @@ mod tests {
     }
 
     #[test]
+    fn sequence_errors_after_a_refused_mail_do_not_count() {
+        // A pipelining client sends MAIL, its RCPTs and DATA at once; the
+        // MAIL is refused, so every RCPT and the DATA get 503.
+        let mut d = Driver::greeted();
+        let mut batch = format!("MAIL FROM:<a@b> SIZE={}\r\n", MAX_SIZE + 1);
+        for i in 0..25 {
+            batch.push_str(&format!("RCPT TO:<r{i}@example.net>\r\n"));
+        }
+        batch.push_str("DATA\r\n");
+        d.feed(batch.as_bytes());
+        let codes = d.codes();
+        assert_eq!(codes[0], 552);
+        assert_eq!(codes[1..], [503; 26], "no 421");
+        assert!(!d.closed);
+        // The same after a MAIL refused for its syntax, and after RCPTs
+        // that were all refused.
+        let mut batch = String::from("MAIL FROM:<bad\r\n");
+        batch.push_str(&"RCPT TO:<r@example.net>\r\n".repeat(25));
+        batch.push_str("DATA\r\nMAIL FROM:<a@b>\r\n");
+        batch.push_str(&"RCPT TO:<bad>\r\n".repeat(5));
+        batch.push_str("DATA\r\nRSET\r\n");
+        d.feed(batch.as_bytes());
+        let codes = d.codes();
+        assert_eq!(codes[0], 501);
+        assert_eq!(codes[1..27], [503; 26]);
+        assert_eq!(codes[27..], [250, 501, 501, 501, 501, 501, 503, 250]);
+        assert!(!d.closed, "6 counted errors (the 501s) only");
+        // DATA ended that transaction: out of order again, they count.
+        for _ in 0..MAX_ERRORS - 7 {
+            d.feed(b"RCPT TO:<r@example.net>\r\n");
+        }
+        assert!(!d.closed);
+        d.feed(b"DATA\r\n");
+        assert_eq!(d.codes().last(), Some(&421));
+        assert!(d.closed);
+    }
+
+    #[test]
     fn recipients_beyond_the_limit_get_452_and_the_message_goes_to_the_rest() {
         let mut d = Driver::greeted();
         d.feed(b"MAIL FROM:<a@b>\r\n");
@@ -1015,12 +1368,20 @@ mod tests {
     }
 
     #[test]
-    fn failed_store_gets_452_and_the_session_goes_on() {
+    fn failed_store_gets_451_or_452_and_the_session_goes_on() {
         let mut d = Driver::greeted();
         d.store_fails = Some(StoreError::Failed);
-        assert_eq!(send(&mut d, b"x\r\n.\r\n"), [250, 250, 354, 452]);
+        d.feed(ENVELOPE);
+        d.feed(b"x\r\n.\r\n");
+        let last = d.replies.last().unwrap();
+        assert_eq!((last.code(), last.status()), (451, Some("4.3.0")));
+        d.replies.clear();
         d.store_fails = Some(StoreError::Full);
-        send(&mut d, b"x\r\n.\r\n");
+        d.feed(ENVELOPE);
+        d.feed(b"x\r\n.\r\n");
+        let last = d.replies.last().unwrap();
+        assert_eq!((last.code(), last.status()), (452, Some("4.3.1")));
+        d.replies.clear();
         d.store_fails = None;
         assert_eq!(send(&mut d, b"y\r\n.\r\n"), [250, 250, 354, 250]);
         assert_eq!(d.delivered.len(), 1);
@@ -1028,13 +1389,65 @@ mod tests {
     }
 
     #[test]
-    fn failed_store_reply_codes() {
+    fn a_write_failure_mid_message_drops_the_rest_and_gets_452_at_its_end() {
         let mut d = Driver::greeted();
-        d.store_fails = Some(StoreError::Full);
+        d.append_fails_after = Some((500, StoreError::Full));
         d.feed(ENVELOPE);
-        d.feed(b"x\r\n.\r\n");
-        let last = d.replies.last().unwrap();
-        assert_eq!((last.code(), last.status()), (452, Some("4.3.1")));
+        let line = format!("{}\r\n", "w".repeat(98));
+        for _ in 0..15 {
+            d.feed(line.as_bytes());
+        }
+        // The disk filled up after the second piece; the Driver panics on
+        // any piece after the failure.
+        assert!(d.incoming.is_none());
+        assert_eq!(d.pieces.iter().sum::<usize>(), 600);
+        assert_eq!(d.codes(), [250, 250, 354], "nothing said before the end");
+        d.feed(b".\r\nNOOP\r\n");
+        assert_eq!(d.codes(), [452, 250]);
+        assert!(d.delivered.is_empty());
+        assert!(!d.closed);
+        // A failure on the last piece, queued with Finish.
+        d.append_fails_after = Some((0, StoreError::Failed));
+        assert_eq!(send(&mut d, b"tiny\r\n.\r\n"), [250, 250, 354, 451]);
+        d.append_fails_after = None;
+        assert_eq!(send(&mut d, b"ok\r\n.\r\n"), [250, 250, 354, 250]);
+        assert_eq!(d.delivered[0].content, b"ok\r\n");
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_created_gets_451_at_the_end_of_the_text() {
+        let mut d = Driver::greeted();
+        d.begin_fails = Some(StoreError::Failed);
+        let text = format!("{}\r\n", "q".repeat(98)).repeat(10);
+        assert_eq!(
+            send(&mut d, format!("{text}.\r\n").as_bytes()),
+            [250, 250, 354, 451]
+        );
+        assert!(d.pieces.is_empty(), "no text after a failed Begin");
+        // Too big as well: the first fault (the store) is the answer.
+        let big = format!("{}\r\n", "q".repeat(98)).repeat(30);
+        assert_eq!(
+            send(&mut d, format!("{big}.\r\n").as_bytes()),
+            [250, 250, 354, 451]
+        );
+        d.begin_fails = None;
+        assert_eq!(send(&mut d, b"z\r\n.\r\n"), [250, 250, 354, 250]);
+    }
+
+    #[test]
+    fn received_date_has_a_numeric_zone() {
+        let at = |secs: u64| rfc5322_date(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(1_795_324_281), "Sun, 22 Nov 2026 05:11:21 +0000");
+        assert_eq!(at(1_700_000_000), "Tue, 14 Nov 2023 22:13:20 +0000");
+        assert_eq!(at(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(at(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        // A clock outside what can be written is clamped, not a panic.
+        let before = UNIX_EPOCH - Duration::from_secs(86_400);
+        assert_eq!(rfc5322_date(before), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(
+            at(u64::from(u32::MAX) * 100),
+            "Fri, 31 Dec 9999 23:59:59 +0000"
+        );
     }
 
     /// Bits of SMTP, good and bad, to build inputs from.
@@ -1065,8 +1478,8 @@ mod tests {
         prop::collection::vec(token(), 0..60).prop_map(|t| t.concat())
     }
 
-    /// Replies (on the wire) and delivered contents.
-    fn outcome(d: &mut Driver) -> (String, Vec<Vec<u8>>, bool) {
+    /// Replies (on the wire), stored messages, aborts and the end.
+    fn outcome(d: &mut Driver) -> (String, Vec<Stored>, usize, bool) {
         let wire = String::from_utf8_lossy(&{
             let mut out = Vec::new();
             for r in d.replies.drain(..) {
@@ -1075,8 +1488,7 @@ mod tests {
             out
         })
         .into_owned();
-        let contents = d.delivered.iter().map(|m| m.content.clone()).collect();
-        (wire, contents, d.closed)
+        (wire, d.delivered.clone(), d.aborted, d.closed)
     }
 
     proptest! {
@@ -1106,8 +1518,50 @@ mod tests {
             d.feed(ENVELOPE);
             for chunk in chunks {
                 d.feed(&chunk);
-                prop_assert!(d.session.buffered() <= MAX_SIZE + TEXT_LINE_LIMIT);
+                prop_assert!(d.session.buffered() <= config().buffer_bound());
             }
+        }
+
+        #[test]
+        fn any_message_streams_whole_in_bounded_memory(
+            lines in prop::collection::vec(("[ -~]{0,40}", 0..960usize), 0..80),
+            cuts in prop::collection::vec(1..5000usize, 1..20),
+        ) {
+            let config = Arc::new(Config {
+                hostname: "mx.test".into(),
+                max_size: 1 << 20,
+                max_recipients: 100,
+                text_buffer: TEXT_BUFFER,
+            });
+            let mut d = Driver::with(config.clone(), None);
+            d.feed(b"EHLO c\r\n");
+            d.feed(ENVELOPE);
+            let mut wire = Vec::new();
+            let mut want = Vec::new();
+            for (start, pad) in &lines {
+                let line = format!("{start}{}", "p".repeat(*pad));
+                if line.starts_with('.') {
+                    wire.push(b'.');
+                }
+                wire.extend_from_slice(line.as_bytes());
+                wire.extend_from_slice(b"\r\n");
+                want.extend_from_slice(line.as_bytes());
+                want.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b".\r\n");
+            let mut at = 0;
+            for cut in cuts.iter().cycle() {
+                if at == wire.len() {
+                    break;
+                }
+                let end = (at + cut).min(wire.len());
+                d.feed(&wire[at..end]);
+                at = end;
+            }
+            prop_assert_eq!(d.codes(), [220, 250, 250, 250, 354, 250]);
+            prop_assert_eq!(&d.delivered[0].content, &want);
+            prop_assert!(d.pieces.iter().all(|&n| n <= TEXT_BUFFER.max(TEXT_LINE_LIMIT)));
+            prop_assert!(d.most_buffered <= config.buffer_bound());
         }
 
         #[test]
