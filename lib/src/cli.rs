@@ -300,6 +300,12 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Every process role: a file-size limit fails a write (EFBIG, answered
+    // by the handler), it does not kill the process.
+    if let Err(e) = sys::ignore_file_size_signal() {
+        eprintln!("gaidaros: cannot ignore SIGXFSZ: {e}");
+        return ExitCode::FAILURE;
+    }
     if args.pool_worker {
         let level = raise(settings.server.log_level, args.verbose);
         let _ = tracing_subscriber::fmt()

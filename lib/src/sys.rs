@@ -262,3 +262,14 @@ pub fn open_beneath(
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(real)
 }
+
+/// Ignore SIGXFSZ, so a write past RLIMIT_FSIZE fails with EFBIG (which the
+/// handler answers, for example SMTP's 451) instead of killing the server.
+pub fn ignore_file_size_signal() -> io::Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_IGN installs no handler code, so nothing can run in
+    // signal context; this only changes the disposition of SIGXFSZ.
+    unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }
+        .map(|_| ())
+        .map_err(io::Error::from)
+}
