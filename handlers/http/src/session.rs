@@ -66,7 +66,7 @@ impl HttpConfig {
     }
 }
 
-/// The HTTP protocol factory: one [`Session`] per connection.
+/// The HTTP protocol factory: one session per connection.
 #[derive(Debug, Clone)]
 pub struct Http {
     config: Arc<HttpConfig>,
