@@ -12,27 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use util::{connect, free_port, gaidaros, read_exactly, read_to_eof, End, Mode, Server};
+use util::{connect, free_port, gaidaros, read_exactly, read_to_eof, End, Mode, Pattern, Server};
 
 const MIB: usize = 1 << 20;
 /// Bytes sent each way.
 const VOLUME: usize = 64 * MIB;
 /// Socket timeouts in this file: generous, the upstream is slow on purpose.
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A deterministic pseudo-random byte stream (xorshift64).
-struct Pattern(u64);
-
-impl Pattern {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
-        }
-    }
-}
 
 /// What one side sent or received: length and SHA-256.
 #[derive(Debug, PartialEq, Eq)]

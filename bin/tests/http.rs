@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
-use util::{connect, gaidaros, read_to_eof, End, Mode, Server, TempDir, IO_TIMEOUT};
+use util::{connect, gaidaros, read_to_eof, End, Mode, Pattern, Server, TempDir, IO_TIMEOUT};
 
 /// How long one run of a client program may take.
 const CLIENT_LIMIT: Duration = Duration::from_secs(30);
@@ -50,20 +50,6 @@ const A_DAY_EARLIER: &str = "Tue, 31 Dec 2019 00:00:00 GMT";
 const SECRET: &str = "gaidaros-secret-outside-the-root-7f3a9c";
 
 // --- Fixtures ---------------------------------------------------------------
-
-/// A deterministic pseudo-random byte stream (xorshift64).
-struct Pattern(u64);
-
-impl Pattern {
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
-        }
-    }
-}
 
 fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()

@@ -718,3 +718,19 @@ pub fn children(pid: i32) -> Vec<i32> {
     kids.sort_unstable();
     kids
 }
+
+/// A deterministic pseudo-random byte stream (xorshift64), for payloads
+/// whose every byte is checked.
+pub struct Pattern(pub u64);
+
+impl Pattern {
+    /// Fill `buf` with the next bytes of the stream.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
+        }
+    }
+}

@@ -456,43 +456,44 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
         for sc in http::HELLO.iter().filter(|h| only(h.key) && have_wrk) {
             for server in http_servers(&ctx) {
                 eprintln!("== ({}) {server} under callgrind", sc.key);
-                match http::hello_instr(&ctx, plan, sc, server) {
-                    Ok(i) => samples.push(Sample {
-                        scenario: sc.key.into(),
-                        server: server.into(),
-                        pair: usize::MAX,
-                        instr_per_req: Some(i),
-                        ..Sample::default()
-                    }),
-                    Err(e) => {
-                        eprintln!("   {e}");
-                        ctx.failures
-                            .push(format!("({}) {server} callgrind: {e}", sc.key));
-                    }
-                }
+                let r = http::hello_instr(&ctx, plan, sc, server);
+                record_instr(&mut ctx, &mut samples, sc.key, server, r);
             }
         }
         for (sc, server) in runs {
             eprintln!("== ({}) {server} under callgrind", sc.key);
-            match instr_run(&ctx, plan, sc, server) {
-                Ok(i) => samples.push(Sample {
-                    scenario: sc.key.into(),
-                    server: server.into(),
-                    pair: usize::MAX,
-                    instr_per_req: Some(i),
-                    ..Sample::default()
-                }),
-                Err(e) => {
-                    eprintln!("   {e}");
-                    ctx.failures
-                        .push(format!("({}) {server} callgrind: {e}", sc.key));
-                }
-            }
+            let r = instr_run(&ctx, plan, sc, server);
+            record_instr(&mut ctx, &mut samples, sc.key, server, r);
         }
     }
 
     let _ = fs::remove_dir_all(&ctx.work);
     Ok((ctx, samples))
+}
+
+/// Keep an instructions-per-request count (a sample outside the pairs), or
+/// note why there is none.
+fn record_instr(
+    ctx: &mut Ctx,
+    samples: &mut Vec<Sample>,
+    scenario: &str,
+    server: &str,
+    r: Result<f64, String>,
+) {
+    match r {
+        Ok(i) => samples.push(Sample {
+            scenario: scenario.into(),
+            server: server.into(),
+            pair: usize::MAX,
+            instr_per_req: Some(i),
+            ..Sample::default()
+        }),
+        Err(e) => {
+            eprintln!("   {e}");
+            ctx.failures
+                .push(format!("({scenario}) {server} callgrind: {e}"));
+        }
+    }
 }
 
 /// The HTTP servers of (i) and (j) that are installed.
