@@ -59,7 +59,8 @@ pub struct Args {
     #[argh(option, short = 'N')]
     pub loops: Option<usize>,
 
-    /// poll backend: edge (epoll edge-triggered) (default: edge)
+    /// poll backend: edge (epoll edge-triggered), level (epoll
+    /// level-triggered), completion (io_uring) (default: edge)
     #[argh(option, short = 'T')]
     pub poll: Option<String>,
 

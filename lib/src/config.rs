@@ -152,7 +152,8 @@ macro_rules! keys {
 pub const SERVER_KEYS: &[KeySpec] = keys! {
     "type" = "thread" : "server type: blocking (one loop in the main thread) | thread (loops threads) | procpool (a master and loops worker processes) | proc (a worker process per connection)";
     "loops" = "0" : "loop threads for type = thread, worker processes for procpool; 0 = one per core";
-    "poll" = "edge" : "poll backend: edge (epoll edge-triggered, through mio)";
+    "poll" = "edge" : "poll backend: edge (epoll edge-triggered, through mio) | level (epoll level-triggered) | completion (io_uring)";
+    "poll_fallback" = "none" : "when io_uring is refused (old kernel, seccomp, sysctl) for poll = completion: none (fail at start) | edge | level (warn and use it)";
     "handler_type" = "blocking" : "where service requests run: blocking (inline on the loop) | thread | threadpool | gthread | gthreadpool";
     "pool_size" = "30" : "threads of threadpool, requests in flight of thread and gthreadpool";
     "pool_queue" = "1024" : "requests waiting for a threadpool worker (and in flight under gthread); reading pauses when full";
@@ -181,12 +182,7 @@ pub const LISTENER_KEYS: &[KeySpec] = keys! {
     "max_pipelined" = "64" : "requests of one connection running in a handler pool (-X) at once; reading pauses at the limit";
 };
 
-/// The poll backend (`-T`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PollType {
-    /// epoll, edge-triggered, through mio.
-    Edge,
-}
+pub use crate::poll::PollType;
 
 /// Process-wide settings.
 #[derive(Debug, Clone)]
@@ -197,6 +193,8 @@ pub struct ServerSettings {
     pub loops: usize,
     /// `-T`.
     pub poll: PollType,
+    /// What `-T completion` falls back to when io_uring is refused.
+    pub poll_fallback: Option<PollType>,
     /// One SO_REUSEPORT socket per loop.
     pub reuseport: bool,
     /// Drain bound on shutdown.
@@ -537,8 +535,11 @@ impl Settings {
             (ServerType::ProcPool, n) => n,
             (ServerType::Proc, _) => 1,
         };
-        let poll = server.get("poll", "edge (the only backend so far)", |s| match s {
-            "edge" => Some(PollType::Edge),
+        let poll = server.get("poll", "edge, level or completion", |s| s.parse().ok())?;
+        let poll_fallback = server.get("poll_fallback", "none, edge or level", |s| match s {
+            "none" => Some(None),
+            "edge" => Some(Some(PollType::Edge)),
+            "level" => Some(Some(PollType::Level)),
             _ => None,
         })?;
         let reuseport = server.get("reuseport", "true or false", parse_bool)?;
@@ -583,6 +584,7 @@ impl Settings {
                 server_type,
                 loops,
                 poll,
+                poll_fallback,
                 reuseport,
                 drain_timeout,
                 log_level,

@@ -46,6 +46,7 @@ pub mod event_loop;
 pub mod handler;
 pub mod master;
 pub mod net;
+pub mod poll;
 pub mod protocol;
 pub mod server;
 pub mod service;
