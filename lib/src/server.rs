@@ -25,6 +25,7 @@ use crate::dispatch;
 use crate::event_loop::{ListenerSetup, Loop, LoopHandle, LoopSettings};
 use crate::handler::Registry;
 use crate::net::{self, BindSpec, ConnOptions};
+use crate::poll::{self, PollType};
 
 /// The server type (`-S`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +129,9 @@ pub enum ServeError {
     },
     /// Any other OS failure (poll creation, signal setup, thread spawn).
     Io(String, io::Error),
+    /// `-T completion` where the kernel refuses io_uring, with no
+    /// `poll_fallback`.
+    Uring(io::Error),
 }
 
 impl fmt::Display for ServeError {
@@ -145,11 +149,39 @@ impl fmt::Display for ServeError {
                 write!(f, "listener {listener}: {source}")
             }
             ServeError::Io(what, e) => write!(f, "{what}: {e}"),
+            ServeError::Uring(e) => write!(
+                f,
+                "-T completion: {}; set [server] poll_fallback = edge or level to run on epoll instead",
+                poll::uring_refusal(e)
+            ),
         }
     }
 }
 
 impl std::error::Error for ServeError {}
+
+/// The backend the loops use: `-T completion` only where the kernel lets
+/// this process set up an io_uring; otherwise `poll_fallback` (with a
+/// warning) or an error naming the reason.
+fn resolve_poll(settings: &Settings) -> Result<PollType, ServeError> {
+    let wanted = settings.server.poll;
+    if wanted != PollType::Completion {
+        return Ok(wanted);
+    }
+    let Err(e) = poll::probe_uring() else {
+        return Ok(wanted);
+    };
+    match settings.server.poll_fallback {
+        Some(fallback) => {
+            warn!(
+                "{}; using -T {fallback} instead (poll_fallback)",
+                poll::uring_refusal(&e)
+            );
+            Ok(fallback)
+        }
+        None => Err(ServeError::Uring(e)),
+    }
+}
 
 /// A bound, ready-to-run server: call [`Server::run`].
 pub struct Server {
@@ -254,6 +286,7 @@ impl Server {
         let loop_settings = LoopSettings {
             drain_timeout: settings.server.drain_timeout,
             exit_when_idle: false,
+            poll: resolve_poll(settings)?,
         };
         let mut loops = Vec::new();
         let mut handles = Vec::new();
@@ -288,6 +321,7 @@ impl Server {
             LoopSettings {
                 drain_timeout: settings.server.drain_timeout,
                 exit_when_idle: true,
+                poll: resolve_poll(settings)?,
             },
         )
         .map_err(|e| ServeError::Io("cannot serve the connection".into(), e))?;

@@ -75,6 +75,16 @@ impl Pipe {
         })
     }
 
+    /// The read end.
+    pub fn read_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
+    /// The write end.
+    pub fn write_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.write.as_fd()
+    }
+
     /// Bytes the pipe holds when full.
     pub fn capacity(&self) -> usize {
         self.capacity

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use mio::Waker;
+use crate::poll::Waker;
 
 use super::{Admission, HandlerType, Job, Pool};
 use crate::service::{Keep, Service, ServiceError};

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::Sender;
-use mio::Waker;
+use crate::poll::Waker;
 
 use crate::protocol::ConnId;
 use crate::service::{self, Keep, Service, ServiceError};

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 use super::wire::{self, Kind};
-use mio::Waker;
+use crate::poll::Waker;
 
 use super::{spawn_with_job, Admission, HandlerType, Job, JobQueue, Pool};
 use crate::config::Settings;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use mio::Waker;
+use crate::poll::Waker;
 
 use super::{spawn_with_job, Admission, HandlerType, Job, JobQueue, Pool};
 

@@ -26,6 +26,7 @@
 //!   connection goes to the back of the ready queue, so one fast peer cannot
 //!   starve the others.
 
+mod completion;
 mod ctx;
 // The output queue is internal; the `bench-internals` feature opens it to
 // the criterion benchmarks in benches/ (it is not a stable API).
@@ -36,9 +37,10 @@ pub mod output;
 pub(crate) mod output;
 pub(crate) mod timer;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Read};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -46,7 +48,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Registry, Token, Waker};
+
 use slab::Slab;
 use tracing::{debug, error, trace, warn};
 
@@ -56,6 +58,7 @@ use crate::dispatch::Job;
 use crate::dispatch::{Done, HandlerType, Pool, ReplyTo};
 use crate::handler::Handler;
 use crate::net::{self, ConnOptions};
+use crate::poll::{self as backend, Cqe, Event, Interest, PollType, Readiness, Ring, Waker};
 use crate::protocol::{CloseReason, ConnId, Protocol, TimerId};
 use crate::service::{self, BatchEnd, Keep, Service, ServiceError};
 use crate::sys;
@@ -72,10 +75,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// How long a loop with requests out in a handler pool polls for their
 /// answers before it sleeps.
 const JOB_SPIN: Duration = Duration::from_micros(50);
+/// Provided buffers of a `-T completion` loop (each of the largest
+/// `recv_size` of its listeners).
+const RING_BUFFERS: u16 = 256;
 /// How long a listener stops accepting after EMFILE/ENFILE or at
 /// `max_connections`.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-const WAKER: Token = Token(usize::MAX);
+const WAKER: usize = usize::MAX;
 const LISTENER_BASE: usize = usize::MAX / 2;
 
 /// The limits of one listener. Each is a conf key of `[listener.NAME]`.
@@ -250,6 +256,10 @@ pub(crate) struct Conn {
     /// Shutting down while this connection's request was still arriving:
     /// it gets until then to complete and be answered.
     shutdown_deadline: Option<Instant>,
+    /// What the readiness backend watches it for.
+    interest: Interest,
+    /// Its submissions under `-T completion`.
+    io: completion::Inflight,
 }
 
 impl Conn {
@@ -286,6 +296,8 @@ impl Conn {
             dispatch_waiting: false,
             fresh: true,
             shutdown_deadline: None,
+            interest: Interest::NONE,
+            io: completion::Inflight::default(),
         }
     }
 
@@ -350,7 +362,14 @@ pub(crate) struct Core {
     sessions: Slab<Session>,
     next_generation: u64,
     setups: Vec<Arc<ListenerSetup>>,
-    registry: Registry,
+    /// The readiness backend (`-T edge`, `-T level`)...
+    poller: Option<Box<dyn Readiness>>,
+    /// ...or the ring (`-T completion`).
+    ring: Option<Box<Ring>>,
+    /// Level-triggered: interest follows what the loop can act on.
+    level: bool,
+    /// Closed connections whose submissions are still out (completion).
+    zombies: HashMap<(usize, u32), Conn>,
     timers: Timers,
     cancelled: HashSet<TimerId>,
     pool: BufPool,
@@ -378,6 +397,11 @@ struct ListenerSlot {
     sock: Option<TcpListener>,
     paused: bool,
     last_warning: Option<Instant>,
+    /// A multishot accept is out (completion).
+    armed: bool,
+    /// Connections the kernel accepted while the listener was at its
+    /// limit (completion): served when it resumes.
+    backlog: VecDeque<std::net::TcpStream>,
 }
 
 /// Settings of a loop that are not per listener.
@@ -388,6 +412,8 @@ pub struct LoopSettings {
     /// Return from [`Loop::run`] once the last connection has closed (a
     /// loop serving one adopted connection, `-S proc`).
     pub exit_when_idle: bool,
+    /// The poll backend (`-T`).
+    pub poll: PollType,
 }
 
 impl Default for LoopSettings {
@@ -395,14 +421,16 @@ impl Default for LoopSettings {
         LoopSettings {
             drain_timeout: Duration::from_secs(10),
             exit_when_idle: false,
+            poll: PollType::Edge,
         }
     }
 }
 
 /// One event loop: a poll instance, its listeners and connections.
 pub struct Loop {
-    poll: Poll,
-    events: Events,
+    events: Vec<Event>,
+    cqes: Vec<Cqe>,
+    waker: Arc<Waker>,
     core: Core,
     listeners: Vec<ListenerSlot>,
     scratch: Vec<u8>,
@@ -440,7 +468,8 @@ impl Loop {
         }
         let (mut lp, handle) =
             Loop::build(setups.into_iter().map(|s| (None, s)).collect(), settings)?;
-        stream.set_nonblocking(true)?;
+        // The ring does the waiting under -T completion: its sockets block.
+        stream.set_nonblocking(lp.core.ring.is_none())?;
         let peer = stream.peer_addr()?;
         lp.adopt(listener, TcpStream::from_std(stream), peer);
         Ok((lp, handle))
@@ -450,27 +479,50 @@ impl Loop {
         listeners: Vec<(Option<std::net::TcpListener>, Arc<ListenerSetup>)>,
         settings: LoopSettings,
     ) -> io::Result<(Loop, LoopHandle)> {
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let registry = poll.registry().try_clone()?;
+        let waker = Arc::new(Waker::new()?);
+        let mut scratch_len = 0;
+        for (_, setup) in &listeners {
+            scratch_len = scratch_len.max(setup.limits.recv_size.max(1));
+        }
+        let (mut poller, mut ring) = match settings.poll {
+            PollType::Completion => (
+                None,
+                Some(Box::new(Ring::new(RING_BUFFERS, scratch_len)?)),
+            ),
+            kind => (Some(backend::readiness(kind)?), None),
+        };
+        let level = poller.as_ref().is_some_and(|p| p.is_level());
+        if let Some(p) = poller.as_mut() {
+            p.set_interest(waker.as_fd(), WAKER, Interest::NONE, Interest::READ)?;
+        }
+        if let Some(r) = ring.as_mut() {
+            r.read_waker(waker.raw_fd())?;
+        }
         let mut slots = Vec::new();
         let mut setups = Vec::new();
-        let mut scratch_len = 0;
         for (i, (std_listener, setup)) in listeners.into_iter().enumerate() {
             let sock = match std_listener {
                 Some(l) => {
-                    l.set_nonblocking(true)?;
-                    let mut sock = TcpListener::from_std(l);
-                    registry.register(&mut sock, Token(LISTENER_BASE + i), Interest::READABLE)?;
+                    l.set_nonblocking(ring.is_none())?;
+                    let sock = TcpListener::from_std(l);
+                    if let Some(p) = poller.as_mut() {
+                        p.set_interest(
+                            sock.as_fd(),
+                            LISTENER_BASE + i,
+                            Interest::NONE,
+                            Interest::READ,
+                        )?;
+                    }
                     Some(sock)
                 }
                 None => None,
             };
-            scratch_len = scratch_len.max(setup.limits.recv_size.max(1));
             slots.push(ListenerSlot {
                 sock,
                 paused: false,
                 last_warning: None,
+                armed: false,
+                backlog: VecDeque::new(),
             });
             setups.push(setup);
         }
@@ -494,7 +546,10 @@ impl Loop {
             sessions: Slab::new(),
             next_generation: 0,
             setups,
-            registry,
+            poller,
+            ring,
+            level,
+            zombies: HashMap::new(),
             timers: Timers::default(),
             cancelled: HashSet::new(),
             pool: BufPool::new(),
@@ -509,15 +564,21 @@ impl Loop {
             jobs_out: 0,
             spin_for_jobs,
         };
-        let lp = Loop {
-            poll,
-            events: Events::with_capacity(1024),
+        let mut lp = Loop {
+            events: Vec::with_capacity(1024),
+            cqes: Vec::with_capacity(1024),
+            waker: handle.waker.clone(),
             core,
             listeners: slots,
             scratch: vec![0; scratch_len],
             stop,
             settings,
         };
+        if lp.core.ring.is_some() {
+            for li in 0..lp.listeners.len() {
+                lp.accept(li);
+            }
+        }
         Ok((lp, handle))
     }
 
@@ -543,22 +604,14 @@ impl Loop {
                 && self.spin_for_jobs()?;
             if spun {
                 // The events found while spinning are in self.events.
-            } else if let Err(e) = self.poll.poll(&mut self.events, timeout) {
+            } else if let Err(e) = self.wait(timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
                 return Err(e);
             }
             self.core.now = Instant::now();
-            let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
-            for ev in events.iter() {
-                match ev.token() {
-                    WAKER => self.core.complete_jobs(),
-                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
-                    Token(slot) => self.conn_event(slot, ev),
-                }
-            }
-            self.events = events;
+            self.dispatch();
             self.run_ready();
             self.run_timers();
             self.settle();
@@ -585,13 +638,50 @@ impl Loop {
         }
     }
 
+    /// Wait for events or completions, at most `timeout`.
+    fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if let Some(ring) = self.core.ring.as_deref_mut() {
+            return ring.wait(&mut self.cqes, timeout);
+        }
+        match self.core.poller.as_deref_mut() {
+            Some(p) => p.wait(&mut self.events, timeout),
+            None => Ok(()),
+        }
+    }
+
+    /// Act on what the last wait brought.
+    fn dispatch(&mut self) {
+        if self.core.ring.is_some() {
+            let cqes = std::mem::take(&mut self.cqes);
+            for cqe in &cqes {
+                self.on_cqe(*cqe);
+            }
+            self.cqes = cqes;
+            return;
+        }
+        let events = std::mem::take(&mut self.events);
+        for ev in &events {
+            match ev.token {
+                WAKER => {
+                    if self.core.level {
+                        self.waker.reset();
+                    }
+                    self.core.complete_jobs();
+                }
+                t if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                slot => self.conn_event(slot, ev),
+            }
+        }
+        self.events = events;
+    }
+
     /// Poll without sleeping for up to [`JOB_SPIN`] while jobs are out.
-    /// True when events came (they are in `self.events`).
+    /// True when events came (they are in `self.events` or `self.cqes`).
     fn spin_for_jobs(&mut self) -> io::Result<bool> {
         let start = Instant::now();
         while start.elapsed() < JOB_SPIN {
-            match self.poll.poll(&mut self.events, Some(Duration::ZERO)) {
-                Ok(()) if !self.events.is_empty() => return Ok(true),
+            match self.wait(Some(Duration::ZERO)) {
+                Ok(()) if !self.events.is_empty() || !self.cqes.is_empty() => return Ok(true),
                 Ok(()) => std::hint::spin_loop(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -603,9 +693,22 @@ impl Loop {
     fn begin_shutdown(&mut self) {
         self.core.stopping = true;
         for (i, l) in self.listeners.iter_mut().enumerate() {
-            if let Some(mut sock) = l.sock.take() {
-                if let Err(e) = self.core.registry.deregister(&mut sock) {
+            let Some(sock) = l.sock.take() else {
+                continue;
+            };
+            if let Some(p) = self.core.poller.as_deref_mut() {
+                if let Err(e) =
+                    p.set_interest(sock.as_fd(), LISTENER_BASE + i, Interest::READ, Interest::NONE)
+                {
                     debug!("deregister listener {i}: {e}");
+                }
+            }
+            if let Some(ring) = self.core.ring.as_deref_mut() {
+                l.backlog.clear();
+                if l.armed {
+                    if let Err(e) = ring.cancel(backend::user_data(backend::Op::Accept, i, 0)) {
+                        debug!("cancel accept of listener {i}: {e}");
+                    }
                 }
             }
         }
@@ -636,6 +739,10 @@ impl Loop {
 
     fn pause_listener(&mut self, li: usize, why: &str) {
         let now = self.core.now;
+        if self.listeners[li].paused {
+            return;
+        }
+        self.listener_interest(li, Interest::READ, Interest::NONE);
         let l = &mut self.listeners[li];
         l.paused = true;
         if l.last_warning
@@ -653,7 +760,28 @@ impl Loop {
             .arm(now + ACCEPT_BACKOFF, Due::Listener(li));
     }
 
+    /// Level-triggered: a listener that is not accepting must not be
+    /// watched, or its queue would be reported again and again.
+    fn listener_interest(&mut self, li: usize, old: Interest, new: Interest) {
+        if !self.core.level {
+            return;
+        }
+        let (Some(sock), Some(p)) = (
+            self.listeners[li].sock.as_ref(),
+            self.core.poller.as_deref_mut(),
+        ) else {
+            return;
+        };
+        if let Err(e) = p.set_interest(sock.as_fd(), LISTENER_BASE + li, old, new) {
+            warn!(listener = %self.core.setups[li].name, "cannot change listener interest: {e}");
+        }
+    }
+
     fn accept(&mut self, li: usize) {
+        if self.core.ring.is_some() {
+            self.uring_accept(li);
+            return;
+        }
         let setup = self.core.setups[li].clone();
         loop {
             let slot = &self.listeners[li];
@@ -699,7 +827,7 @@ impl Loop {
             warn!(listener = %setup.name, %peer, "cannot set socket options: {e}");
             return;
         }
-        match self.core.add_conn(stream, li, Interest::READABLE) {
+        match self.core.add_conn(stream, li, Interest::READ) {
             Ok(slot) => {
                 setup.active.fetch_add(1, Ordering::Relaxed);
                 let conn = &mut self.core.conns[slot];
@@ -713,17 +841,20 @@ impl Loop {
                     self.core.call(key, |p, ctx| p.on_open(ctx, id));
                 }
                 self.core.ensure_armed(slot);
+                if self.core.ring.is_some() {
+                    self.core.uring_arm_recv(slot);
+                }
             }
             Err(e) => warn!(listener = %setup.name, "cannot register connection: {e}"),
         }
     }
 
-    fn conn_event(&mut self, slot: usize, ev: &mio::event::Event) {
+    fn conn_event(&mut self, slot: usize, ev: &Event) {
         let Some(conn) = self.core.conns.get(slot) else {
             return;
         };
         if conn.connect_deadline.is_some() {
-            if ev.is_writable() || ev.is_error() || ev.is_write_closed() {
+            if ev.writable || ev.error || ev.write_closed {
                 self.core.finish_connect(slot);
             }
             if !self.core.conns.contains(slot) {
@@ -731,13 +862,13 @@ impl Loop {
                 return;
             }
         }
-        if ev.is_writable() {
+        if ev.writable {
             self.core.mark_dirty(slot);
         }
-        if ev.is_read_closed() || ev.is_error() {
+        if ev.read_closed || ev.error {
             self.core.conns[slot].hup = true;
         }
-        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+        if ev.readable || ev.read_closed || ev.error {
             self.read(slot);
         }
         self.settle();
@@ -757,6 +888,10 @@ impl Loop {
     }
 
     fn read(&mut self, slot: usize) {
+        if self.core.ring.is_some() {
+            self.uring_read(slot);
+            return;
+        }
         let Some(conn) = self.core.conns.get(slot) else {
             return;
         };
@@ -766,6 +901,60 @@ impl Loop {
             self.read_protocol(slot, key);
         } else {
             self.read_service(slot);
+        }
+        if self.core.level {
+            self.core.update_interest(slot);
+        }
+    }
+
+    /// Act on what one completed receive gave (`-T completion`): the
+    /// readiness backends' read loops do the same per read.
+    fn handle_step(&mut self, slot: usize, step: ReadStep) {
+        let Some(conn) = self.core.conns.get_mut(slot) else {
+            return;
+        };
+        if matches!(step, ReadStep::Eof) {
+            conn.read_eof = true;
+        }
+        if conn.linger_deadline.is_some() {
+            if !matches!(step, ReadStep::Data(_)) {
+                self.core.close(slot, None);
+            }
+            return;
+        }
+        if let Some(key) = conn.session {
+            self.protocol_step(slot, key, step);
+            return;
+        }
+        let setup = self.core.setups[conn.listener].clone();
+        let Handler::Service(service) = &setup.handler else {
+            return;
+        };
+        match step {
+            ReadStep::Data(n) => {
+                self.core
+                    .feed_service(slot, &**service, &setup, &self.scratch[..n]);
+            }
+            ReadStep::Failed(kind) => {
+                self.core.abort(slot, CloseReason::Io(kind));
+                return;
+            }
+            _ => {}
+        }
+        self.core.service_read_done(slot);
+    }
+
+    /// Before reading again after a pause: a service answers what it has
+    /// buffered first.
+    fn prime(&mut self, slot: usize) {
+        let conn = &self.core.conns[slot];
+        if conn.session.is_some() || conn.input.is_empty() || conn.over_cap {
+            return;
+        }
+        let setup = self.core.setups[conn.listener].clone();
+        if let Handler::Service(service) = &setup.handler {
+            self.core.feed_service(slot, &**service, &setup, &[]);
+            self.core.service_read_done(slot);
         }
     }
 
@@ -827,82 +1016,99 @@ impl Loop {
                 }
             }
         }
-        let conn = &mut core.conns[slot];
-        if conn.read_eof && !conn.over_cap && !conn.dispatch_waiting {
-            // Everything complete was answered (or handed to a pool); an
-            // incomplete tail can never complete now.
-            conn.closing = true;
-            conn.close_reason.get_or_insert(CloseReason::Local);
-        }
-        core.mark_dirty(slot);
+        core.service_read_done(slot);
     }
 
     fn read_protocol(&mut self, slot: usize, key: SessionKey) {
         let core = &mut self.core;
         let limits = &core.setups[core.conns[slot].listener].limits;
-        let (max_request, recv) = (limits.max_request, limits.recv_size.min(self.scratch.len()));
+        let recv = limits.recv_size.min(self.scratch.len());
         let mut budget = READ_BUDGET;
         loop {
-            let Some(id) = core.conns.get(slot).map(|c| c.id(slot)) else {
+            let core = &mut self.core;
+            let Some(conn) = core.conns.get(slot) else {
                 return;
             };
-            let step = match core.conns[slot].splice_to {
+            let step = match conn.splice_to {
                 Some(to) => core.splice_step(slot, to, &mut budget),
                 None => core.read_step(slot, &mut budget, &mut self.scratch[..recv]),
             };
-            match step {
-                ReadStep::Spliced { drained } => {
-                    if drained && !core.conns[slot].hup {
-                        break;
+            // A short read or splice emptied the socket's queue: new bytes
+            // raise a new edge (see read_service).
+            let drained = match step {
+                ReadStep::Spliced { drained } => drained,
+                ReadStep::Data(n) => n < recv,
+                _ => true,
+            };
+            if !self.protocol_step(slot, key, step) {
+                return;
+            }
+            if drained && self.core.conns.get(slot).is_none_or(|c| !c.hup) {
+                return;
+            }
+        }
+    }
+
+    /// Hand what one read gave to the protocol. False: stop reading.
+    fn protocol_step(&mut self, slot: usize, key: SessionKey, step: ReadStep) -> bool {
+        let core = &mut self.core;
+        let Some(id) = core.conns.get(slot).map(|c| c.id(slot)) else {
+            return false;
+        };
+        match step {
+            ReadStep::Spliced { .. } => true,
+            ReadStep::Eof => {
+                core.call(key, |p, ctx| p.on_read_closed(ctx, id));
+                false
+            }
+            ReadStep::Stop => false,
+            ReadStep::Failed(kind) => {
+                core.abort(slot, CloseReason::Io(kind));
+                false
+            }
+            ReadStep::Data(n) => {
+                let max_request = core.setups[core.conns[slot].listener].limits.max_request;
+                let data = &self.scratch[..n];
+                if let Some(to) = core.conns[slot].splice_to.filter(|_| core.ring.is_some()) {
+                    // Completion: a spliced connection's bytes were received
+                    // into the ring's buffers; they are queued on `to`
+                    // (unless it has closed: then on_data gets them).
+                    if core.relay(slot, to, data) {
+                        return true;
                     }
                 }
-                ReadStep::Eof => {
-                    core.call(key, |p, ctx| p.on_read_closed(ctx, id));
-                    break;
-                }
-                ReadStep::Stop => break,
-                ReadStep::Failed(kind) => {
-                    core.abort(slot, CloseReason::Io(kind));
-                    return;
-                }
-                ReadStep::Data(n) => {
-                    let conn = &mut core.conns[slot];
-                    let data = &self.scratch[..n];
-                    if conn.input.is_empty() {
-                        let mut used = 0;
-                        if !core.call(key, |p, ctx| used = p.on_data(ctx, id, data)) {
-                            return;
-                        }
-                        let used = used.min(n);
-                        if used < n {
-                            let conn = &mut core.conns[slot];
-                            conn.input = core.pool.take();
-                            conn.input.extend_from_slice(&data[used..]);
-                        }
+                let conn = &mut core.conns[slot];
+                if conn.input.is_empty() {
+                    let mut used = 0;
+                    if !core.call(key, |p, ctx| used = p.on_data(ctx, id, data)) {
+                        return false;
+                    }
+                    let used = used.min(n);
+                    if used < n {
+                        let conn = &mut core.conns[slot];
+                        conn.input = core.pool.take();
+                        conn.input.extend_from_slice(&data[used..]);
+                    }
+                } else {
+                    conn.input.extend_from_slice(data);
+                    let input = std::mem::take(&mut conn.input);
+                    let mut used = 0;
+                    if !core.call(key, |p, ctx| used = p.on_data(ctx, id, &input)) {
+                        return false;
+                    }
+                    let mut input = input;
+                    input.drain(..used.min(input.len()));
+                    if input.is_empty() {
+                        core.pool.give(input);
                     } else {
-                        conn.input.extend_from_slice(data);
-                        let input = std::mem::take(&mut conn.input);
-                        let mut used = 0;
-                        if !core.call(key, |p, ctx| used = p.on_data(ctx, id, &input)) {
-                            return;
-                        }
-                        let mut input = input;
-                        input.drain(..used.min(input.len()));
-                        if input.is_empty() {
-                            core.pool.give(input);
-                        } else {
-                            core.conns[slot].input = input;
-                        }
-                    }
-                    if core.conns[slot].input.len() > max_request {
-                        core.abort(slot, CloseReason::TooLarge);
-                        return;
-                    }
-                    if n < recv && !core.conns[slot].hup {
-                        // Drained: see read_service.
-                        break;
+                        core.conns[slot].input = input;
                     }
                 }
+                if core.conns[slot].input.len() > max_request {
+                    core.abort(slot, CloseReason::TooLarge);
+                    return false;
+                }
+                true
             }
         }
     }
@@ -924,7 +1130,10 @@ impl Loop {
                     self.core.call(key, |p, ctx| p.on_timer(ctx, timer));
                 }
                 Due::Listener(li) => {
-                    self.listeners[li].paused = false;
+                    if self.listeners[li].paused {
+                        self.listeners[li].paused = false;
+                        self.listener_interest(li, Interest::NONE, Interest::READ);
+                    }
                     self.accept(li);
                 }
             }
@@ -1237,6 +1446,64 @@ impl Core {
         }
     }
 
+    /// A service connection's reads are done for now: at the end of its
+    /// stream it closes after its answers.
+    fn service_read_done(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.read_eof && !conn.over_cap && !conn.dispatch_waiting {
+            // Everything complete was answered (or handed to a pool); an
+            // incomplete tail can never complete now.
+            conn.closing = true;
+            conn.close_reason.get_or_insert(CloseReason::Local);
+        }
+        self.mark_dirty(slot);
+    }
+
+    /// Queue bytes received on `slot` on `to`, the connection it is
+    /// spliced to (`-T completion`). False when `to` has closed.
+    fn relay(&mut self, slot: usize, to: ConnId, data: &[u8]) -> bool {
+        let to_slot = to.slot as usize;
+        let Some(dst) = self
+            .conns
+            .get_mut(to_slot)
+            .filter(|d| d.generation == to.generation)
+        else {
+            self.conns[slot].splice_to = None;
+            return false;
+        };
+        dst.out.push_bytes(data, &mut self.pool);
+        self.mark_dirty(to_slot);
+        if !self.note_output(to_slot) {
+            self.conns[slot].splice_stalled = true;
+        }
+        true
+    }
+
+    /// What the readiness backend should watch `slot` for now: always
+    /// reads under edge triggering (an edge is not repeated); under level
+    /// triggering only when reading is not blocked.
+    fn update_interest(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        let want = Interest {
+            read: !self.level || !conn.reading_blocked(),
+            write: conn.writable_interest,
+        };
+        if want == conn.interest {
+            return;
+        }
+        let Some(p) = self.poller.as_deref_mut() else {
+            return;
+        };
+        match p.set_interest(conn.sock.as_fd(), slot, conn.interest, want) {
+            Ok(()) => conn.interest = want,
+            Err(e) => self.abort(slot, CloseReason::Io(e.kind())),
+        }
+    }
+
     fn get(&self, id: ConnId) -> Option<&Conn> {
         self.conns
             .get(id.slot as usize)
@@ -1245,15 +1512,20 @@ impl Core {
 
     fn add_conn(
         &mut self,
-        mut sock: TcpStream,
+        sock: TcpStream,
         listener: usize,
         interest: Interest,
     ) -> io::Result<usize> {
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
-        self.registry.register(&mut sock, Token(slot), interest)?;
+        if let Some(p) = self.poller.as_deref_mut() {
+            p.set_interest(sock.as_fd(), slot, Interest::NONE, interest)?;
+        }
         self.next_generation = self.next_generation.wrapping_add(1);
-        let conn = Conn::new(sock, self.next_generation as u32, listener, self.now);
+        let mut conn = Conn::new(sock, self.next_generation as u32, listener, self.now);
+        if self.poller.is_some() {
+            conn.interest = interest;
+        }
         entry.insert(conn);
         Ok(slot)
     }
@@ -1400,9 +1672,10 @@ impl Core {
             self.close_after_grace(slot);
             return;
         }
+        let direct = self.ring.is_none();
         let conn = &mut self.conns[slot];
         if conn.input.is_empty() {
-            let used = serve(conn, &mut self.pool, service, setup, data);
+            let used = serve(conn, &mut self.pool, service, setup, data, direct);
             if used < data.len() && !conn.closing {
                 conn.input = self.pool.take();
                 conn.input.extend_from_slice(&data[used..]);
@@ -1410,7 +1683,7 @@ impl Core {
         } else {
             conn.input.extend_from_slice(data);
             let mut input = std::mem::take(&mut conn.input);
-            let used = serve(conn, &mut self.pool, service, setup, &input);
+            let used = serve(conn, &mut self.pool, service, setup, &input, direct);
             input.drain(..used);
             if input.is_empty() || conn.closing {
                 self.pool.give(input);
@@ -1442,14 +1715,21 @@ impl Core {
             return;
         }
         if !conn.out.is_empty() {
-            match conn.out.flush(&mut conn.sock, &mut self.pool) {
-                Ok(_) => conn.last_active = self.now,
-                Err(e) => {
-                    self.abort(slot, CloseReason::Io(e.kind()));
-                    return;
+            let sent = if self.ring.is_some() {
+                self.uring_send(slot)
+            } else {
+                let flushed = conn.out.flush(&mut conn.sock, &mut self.pool);
+                if flushed.is_ok() {
+                    conn.last_active = self.now;
                 }
+                flushed.map(|_| ())
+            };
+            if let Err(e) = sent {
+                self.abort(slot, CloseReason::Io(e.kind()));
+                return;
             }
         }
+        let conn = &mut self.conns[slot];
         let cork = self.setups[conn.listener].conn_options.cork;
         let id = conn.id(slot);
         if conn.out.is_empty() {
@@ -1461,14 +1741,12 @@ impl Core {
             }
             if conn.writable_interest {
                 conn.writable_interest = false;
-                if let Err(e) =
-                    self.registry
-                        .reregister(&mut conn.sock, Token(slot), Interest::READABLE)
-                {
-                    self.abort(slot, CloseReason::Io(e.kind()));
+                self.update_interest(slot);
+                if !self.conns.contains(slot) {
                     return;
                 }
             }
+            let conn = &mut self.conns[slot];
             if conn.shut_wr_pending {
                 conn.shut_wr_pending = false;
                 conn.wr_shut = true;
@@ -1493,14 +1771,10 @@ impl Core {
                 }
                 return;
             }
-        } else if !conn.writable_interest {
+        } else if !conn.writable_interest && self.poller.is_some() {
             conn.writable_interest = true;
-            if let Err(e) = self.registry.reregister(
-                &mut conn.sock,
-                Token(slot),
-                Interest::READABLE | Interest::WRITABLE,
-            ) {
-                self.abort(slot, CloseReason::Io(e.kind()));
+            self.update_interest(slot);
+            if !self.conns.contains(slot) {
                 return;
             }
         }
@@ -1573,11 +1847,21 @@ impl Core {
                 .active
                 .fetch_sub(1, Ordering::Relaxed);
         }
-        conn.out.clear(&mut self.pool);
         self.pool.give(std::mem::take(&mut conn.input));
         let id = conn.id(slot);
+        let session = conn.session;
+        // Under -T completion, a connection with submissions out lives on
+        // (output and socket) until they complete.
+        let gone = if self.ring.is_some() {
+            self.uring_close(slot, conn)
+        } else {
+            Some(conn)
+        };
+        if let Some(mut conn) = gone {
+            conn.out.clear(&mut self.pool);
+        }
         trace!(%id, "closed");
-        if let Some(key) = conn.session {
+        if let Some(key) = session {
             if let Some(s) = self.sessions.get_mut(key.slot) {
                 if s.generation == key.generation {
                     s.live = s.live.saturating_sub(1);
@@ -1596,8 +1880,22 @@ impl Core {
             Some(s) if s.generation == session.generation => s.listener,
             _ => return Err(io::Error::other("session has ended")),
         };
-        let sock = TcpStream::connect(addr)?;
-        let slot = self.add_conn(sock, listener, Interest::READABLE | Interest::WRITABLE)?;
+        let (sock, addr_buf) = if self.ring.is_some() {
+            let (sock, buf) = self.uring_connect(addr)?;
+            (sock, Some(buf))
+        } else {
+            (TcpStream::connect(addr)?, None)
+        };
+        let slot = self.add_conn(sock, listener, Interest::BOTH)?;
+        if addr_buf.is_some() {
+            self.conns[slot].io.connect = addr_buf;
+            if let Err(e) = self.uring_submit_connect(slot) {
+                self.conns[slot].io.connect = None;
+                self.conns[slot].accepted = false;
+                self.close(slot, None);
+                return Err(e);
+            }
+        }
         let timeout = self.setups[listener].limits.connect_timeout;
         let conn = &mut self.conns[slot];
         conn.accepted = false;
@@ -1628,6 +1926,12 @@ impl Core {
             self.connect_failed(slot, kind);
             return;
         }
+        self.connected(slot);
+    }
+
+    /// `slot`'s outbound connect succeeded.
+    fn connected(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
         conn.connect_deadline = None;
         let options = self.setups[conn.listener].conn_options;
         if let Err(e) = net::configure(&conn.sock, options) {
@@ -1663,6 +1967,7 @@ fn serve(
     service: &dyn Service,
     setup: &ListenerSetup,
     buf: &[u8],
+    direct: bool,
 ) -> usize {
     let max = setup.limits.max_request;
     let cap = setup.limits.output_cap;
@@ -1691,7 +1996,9 @@ fn serve(
             }
             BatchEnd::Stopped => {}
         }
-        if !coalesce {
+        // (Under -T completion the send is submitted when the batch is
+        // done; what follows gathers behind it while it is out.)
+        if !coalesce && direct {
             if let Err(e) = conn.out.flush(&mut conn.sock, pool) {
                 conn.closing = true;
                 conn.close_reason = Some(CloseReason::Io(e.kind()));

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, IoSlice, Write};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
 use crate::sys;
@@ -28,7 +29,7 @@ const FRESH_CAPACITY: usize = 4096;
 /// Largest sendfile(2) request in one call, so one file cannot hog the loop.
 const SENDFILE_STEP: usize = 1 << 20;
 /// Most chunks gathered into one writev(2).
-const MAX_IOVECS: usize = 64;
+pub const MAX_IOVECS: usize = 64;
 
 impl BufPool {
     pub fn new() -> Self {
@@ -73,6 +74,28 @@ pub struct OutQueue {
     pipe: Option<sys::Pipe>,
     /// Bytes in the pipe (the sum of the Piped chunks).
     piped: usize,
+    /// Leading chunks the kernel is reading from right now (`-T
+    /// completion`): nothing is appended to them, and they are not freed
+    /// until their send completes.
+    locked: usize,
+}
+
+/// The next submission that drains a queue (`-T completion`); the chunks it
+/// refers to stay locked until [`OutQueue::complete`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Front {
+    /// The first `n` entries of the iovec array, from leading byte chunks.
+    Bytes(usize),
+    /// `len` bytes waiting in the pipe whose read end is `fd`.
+    Pipe { fd: RawFd, len: usize },
+    /// `len` bytes of the file `fd` at `offset`, to be spliced into the
+    /// pipe whose write end is `pipe`.
+    File {
+        fd: RawFd,
+        offset: u64,
+        len: usize,
+        pipe: RawFd,
+    },
 }
 
 /// How a flush ended.
@@ -105,7 +128,8 @@ impl OutQueue {
 
     /// The buffer new bytes are appended to.
     pub fn tail(&mut self, pool: &mut BufPool) -> &mut Vec<u8> {
-        if !matches!(self.chunks.back(), Some(Chunk::Bytes(_))) {
+        if !matches!(self.chunks.back(), Some(Chunk::Bytes(_))) || self.chunks.len() <= self.locked
+        {
             self.chunks.push_back(Chunk::Bytes(pool.take()));
         }
         match self.chunks.back_mut() {
@@ -169,6 +193,9 @@ impl OutQueue {
 
     /// Drop a trailing empty byte chunk (left when a handler wrote nothing).
     pub fn trim(&mut self, pool: &mut BufPool) {
+        if self.chunks.len() <= self.locked {
+            return;
+        }
         if let Some(Chunk::Bytes(b)) = self.chunks.back() {
             if b.is_empty() {
                 if let Some(Chunk::Bytes(b)) = self.chunks.pop_back() {
@@ -264,6 +291,114 @@ impl OutQueue {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Describe and lock the next submission that drains this queue, with
+    /// its byte slices in `iov`; None when it is empty or a submission is
+    /// already out. File ranges need a pipe: one is attached (of
+    /// `pipe_size`) the first time.
+    pub fn lock_front(
+        &mut self,
+        iov: &mut [libc::iovec; MAX_IOVECS],
+        pipe_size: usize,
+    ) -> io::Result<Option<Front>> {
+        if self.locked > 0 {
+            return Ok(None);
+        }
+        let front = match self.chunks.front() {
+            None => return Ok(None),
+            Some(Chunk::Bytes(_)) => {
+                let mut n = 0;
+                for (i, chunk) in self.chunks.iter().enumerate() {
+                    match chunk {
+                        Chunk::Bytes(b) if n < MAX_IOVECS => {
+                            let start = if i == 0 { self.head } else { 0 };
+                            iov[n] = libc::iovec {
+                                iov_base: b[start..].as_ptr() as *mut libc::c_void,
+                                iov_len: b.len() - start,
+                            };
+                            n += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                self.locked = n;
+                Front::Bytes(n)
+            }
+            Some(Chunk::Piped(n)) => {
+                let Some(pipe) = self.pipe.as_ref() else {
+                    return Err(io::Error::other("spliced bytes queued without a pipe"));
+                };
+                self.locked = 1;
+                Front::Pipe {
+                    fd: pipe.read_fd().as_raw_fd(),
+                    len: *n,
+                }
+            }
+            Some(Chunk::File { .. }) => {
+                self.attach_pipe(pipe_size)?;
+                let room = self
+                    .pipe_room()
+                    .map_or(0, |(_, room)| room)
+                    .min(SENDFILE_STEP);
+                let pipe = self.pipe.as_ref().map(|p| p.write_fd().as_raw_fd());
+                let (Some(Chunk::File {
+                    file,
+                    offset,
+                    remaining,
+                }), Some(pipe)) = (self.chunks.front(), pipe)
+                else {
+                    return Ok(None);
+                };
+                self.locked = 1;
+                Front::File {
+                    fd: file.as_raw_fd(),
+                    offset: *offset,
+                    len: (*remaining).min(room as u64) as usize,
+                    pipe,
+                }
+            }
+        };
+        Ok(Some(front))
+    }
+
+    /// The submission `front` moved `n` bytes: unlock and account for them.
+    /// A file range's bytes are now in the pipe and leave from there next.
+    pub fn complete(&mut self, front: Front, n: usize, pool: &mut BufPool) -> io::Result<()> {
+        self.locked = 0;
+        match front {
+            Front::Bytes(_) => self.advance(n, pool),
+            Front::Pipe { .. } => {
+                if let Some(Chunk::Piped(left)) = self.chunks.front_mut() {
+                    *left -= n.min(*left);
+                    self.piped -= n.min(self.piped);
+                    if *left == 0 {
+                        self.chunks.pop_front();
+                    }
+                }
+            }
+            Front::File { .. } => {
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shorter than the range queued for sending",
+                    ));
+                }
+                if let Some(Chunk::File {
+                    offset, remaining, ..
+                }) = self.chunks.front_mut()
+                {
+                    *offset += n as u64;
+                    *remaining -= (n as u64).min(*remaining);
+                    if *remaining == 0 {
+                        self.chunks.pop_front();
+                    }
+                }
+                self.piped += n;
+                self.chunks.push_front(Chunk::Piped(n));
+            }
+        }
+        Ok(())
     }
 
     /// Mark `n` bytes of leading byte chunks written.

@@ -59,3 +59,150 @@ impl fmt::Display for PollType {
         })
     }
 }
+
+mod completion;
+mod edge;
+mod level;
+
+pub(crate) use completion::{user_data, Cqe, Op, Ring};
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use rustix::event::{eventfd, EventfdFlags};
+
+/// What a readiness backend is asked to report for one descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Interest {
+    pub read: bool,
+    pub write: bool,
+}
+
+impl Interest {
+    pub const NONE: Interest = Interest {
+        read: false,
+        write: false,
+    };
+    pub const READ: Interest = Interest {
+        read: true,
+        write: false,
+    };
+    pub const BOTH: Interest = Interest {
+        read: true,
+        write: true,
+    };
+
+    pub fn is_none(self) -> bool {
+        !self.read && !self.write
+    }
+}
+
+/// One readiness report.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Event {
+    pub token: usize,
+    pub readable: bool,
+    pub writable: bool,
+    /// The peer sent FIN (or the connection is gone).
+    pub read_closed: bool,
+    pub write_closed: bool,
+    pub error: bool,
+}
+
+/// The readiness backends: the loop makes the I/O syscalls itself and is
+/// told when a descriptor can take them.
+pub(crate) trait Readiness: Send {
+    /// Change what `fd` (known as `token`) is watched for, from `old` to
+    /// `new`. `Interest::NONE` means not registered at all: a level-
+    /// triggered poller would otherwise report a hung-up socket forever.
+    fn set_interest(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        token: usize,
+        old: Interest,
+        new: Interest,
+    ) -> io::Result<()>;
+
+    /// Wait at most `timeout` (None: until something happens) and put what
+    /// happened in `events` (cleared first).
+    fn wait(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()>;
+
+    /// Level-triggered: the loop keeps each interest to what it can act on
+    /// now, or it would be woken again and again for the same state.
+    fn is_level(&self) -> bool;
+}
+
+/// A readiness backend of the given type.
+pub(crate) fn readiness(kind: PollType) -> io::Result<Box<dyn Readiness>> {
+    Ok(match kind {
+        PollType::Level => Box::new(level::Level::new()?),
+        _ => Box::new(edge::Edge::new()?),
+    })
+}
+
+/// Gets a loop out of its wait from another thread: an eventfd every
+/// backend watches (epoll for readiness, a read for completion).
+#[derive(Debug)]
+pub struct Waker {
+    fd: OwnedFd,
+}
+
+impl Waker {
+    pub(crate) fn new() -> io::Result<Waker> {
+        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        Ok(Waker { fd })
+    }
+
+    /// Wake the loop.
+    pub fn wake(&self) -> io::Result<()> {
+        loop {
+            match rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
+                Ok(_) => return Ok(()),
+                // The counter is full: nobody has read it for 2^64 wakes.
+                // Reset it; the loop is woken either way.
+                Err(rustix::io::Errno::AGAIN) => self.reset(),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Clear the counter (a level-triggered poller reports it until then).
+    pub(crate) fn reset(&self) {
+        let mut buf = [0u8; 8];
+        // Nothing to read (already clear) is fine.
+        let _ = rustix::io::read(&self.fd, &mut buf);
+    }
+
+    pub(crate) fn raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for Waker {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Set up (and drop) a ring as a loop would: the kernel's refusal, if any,
+/// comes out here, before any loop is built.
+pub fn probe_uring() -> io::Result<()> {
+    Ring::new(2, 4096).map(drop)
+}
+
+/// Why io_uring cannot be used here, in words an operator can act on.
+pub fn uring_refusal(err: &io::Error) -> String {
+    let why = match err.raw_os_error() {
+        Some(libc::ENOSYS) => "the kernel has no io_uring (too old, or built without it)",
+        Some(libc::EPERM) => {
+            "io_uring is not permitted (a seccomp filter, or sysctl kernel.io_uring_disabled)"
+        }
+        Some(libc::EACCES) => "io_uring is restricted to a group (sysctl kernel.io_uring_group)",
+        Some(libc::EINVAL) => "the kernel lacks an io_uring feature gaidaros needs (5.19 or later)",
+        Some(libc::ENOMEM) => "no memory for the ring (RLIMIT_MEMLOCK on kernels before 5.12)",
+        _ => "the kernel refused it",
+    };
+    format!("io_uring cannot be used: {why} ({err})")
+}

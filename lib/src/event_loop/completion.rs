@@ -1,0 +1,487 @@
+//! The loop under `-T completion`: what it submits and what it does with
+//! each completion. The connection state, handlers, framing, output queue
+//! and timers are the same as under the readiness backends; only the I/O
+//! differs:
+//!
+//! - a connection that may read has one multishot receive out; its bytes
+//!   arrive in the ring's provided buffers and are handed on at once (or
+//!   kept in `stash` when reading was paused meanwhile, and the receive is
+//!   cancelled); the buffer goes back to the kernel right after;
+//! - a connection with output has one send out (a `send`, `writev`, or a
+//!   splice out of its pipe), whose chunks stay locked in the output queue
+//!   until it completes;
+//! - a connection that closes with submissions out becomes a *zombie*:
+//!   they are cancelled and its socket and buffers live until the last one
+//!   completes, so the kernel never writes into freed memory.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use mio::net::TcpStream;
+use tracing::{debug, warn};
+
+use super::output::{Front, MAX_IOVECS};
+use super::{Conn, Core, Loop, ReadStep};
+use crate::poll::{user_data, Cqe, Op, Ring};
+use crate::protocol::CloseReason;
+
+/// Size of the pipe file ranges are spliced through.
+const FILE_PIPE: usize = 1 << 20;
+
+/// A connection's submissions under `-T completion`.
+#[derive(Default)]
+pub(crate) struct Inflight {
+    /// Its multishot receive.
+    pub recv: Recv,
+    /// The send out on its output queue, if any.
+    pub send: Option<Front>,
+    /// The slices of a `writev` in flight.
+    pub iov: Option<Box<[libc::iovec; MAX_IOVECS]>>,
+    /// An outbound connect in flight, with the address it reads.
+    pub connect: Option<Box<socket2::SockAddr>>,
+    /// Bytes received while reading was paused, handed on when it resumes.
+    pub stash: Vec<u8>,
+    /// The end of the stream came after the stashed bytes.
+    pub stash_eof: bool,
+}
+
+// SAFETY: the iovecs point into the connection's own output queue, which
+// moves with it; they are only read by the kernel.
+unsafe impl Send for Inflight {}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recv {
+    #[default]
+    Idle,
+    Armed,
+    Cancelling,
+}
+
+impl Inflight {
+    fn count(&self) -> usize {
+        usize::from(self.recv != Recv::Idle)
+            + usize::from(self.send.is_some())
+            + usize::from(self.connect.is_some())
+    }
+}
+
+impl Core {
+    pub(super) fn ring(&mut self) -> Option<&mut Ring> {
+        self.ring.as_deref_mut()
+    }
+
+    /// Arm `slot`'s receive if it may read and none is out.
+    pub(super) fn uring_arm_recv(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.io.recv != Recv::Idle
+            || conn.reading_blocked()
+            || conn.io.connect.is_some()
+            || !conn.io.stash.is_empty()
+            || conn.io.stash_eof
+        {
+            return;
+        }
+        let (fd, generation) = (conn.sock.as_raw_fd(), conn.generation);
+        let Some(ring) = self.ring.as_deref_mut() else {
+            return;
+        };
+        match ring.recv_multi(fd, slot, generation) {
+            Ok(()) => self.conns[slot].io.recv = Recv::Armed,
+            Err(e) => self.abort(slot, CloseReason::Io(e.kind())),
+        }
+    }
+
+    /// Reading on `slot` became blocked: stop its receive.
+    pub(super) fn uring_pause_recv(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.io.recv != Recv::Armed || !conn.reading_blocked() {
+            return;
+        }
+        conn.io.recv = Recv::Cancelling;
+        let ud = user_data(Op::Recv, slot, conn.generation);
+        if let Some(ring) = self.ring.as_deref_mut() {
+            if let Err(e) = ring.cancel(ud) {
+                warn!(slot, "cannot cancel a receive: {e}");
+            }
+        }
+    }
+
+    /// Submit `slot`'s next send if it has output and none is out.
+    pub(super) fn uring_send(&mut self, slot: usize) -> io::Result<()> {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return Ok(());
+        };
+        if conn.io.send.is_some() || conn.io.connect.is_some() {
+            return Ok(());
+        }
+        let iov = conn
+            .io
+            .iov
+            .get_or_insert_with(|| Box::new([libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOVECS]));
+        let Some(front) = conn.out.lock_front(iov, FILE_PIPE)? else {
+            return Ok(());
+        };
+        let fd = conn.sock.as_raw_fd();
+        let generation = conn.generation;
+        let Some(ring) = self.ring.as_deref_mut() else {
+            return Ok(());
+        };
+        let send = user_data(Op::Send, slot, generation);
+        // SAFETY: the chunks, the iovec array and the pipe are locked in
+        // the connection until this completes; a connection that closes
+        // first lives on as a zombie until then (`uring_close`).
+        let submitted = unsafe {
+            match front {
+                Front::Bytes(1) => ring.send(fd, iov[0].iov_base as *const u8, iov[0].iov_len, send),
+                Front::Bytes(n) => ring.writev(fd, iov.as_ptr(), n, send),
+                Front::Pipe { fd: pipe, len } => ring.splice(pipe, -1, fd, len, send),
+                Front::File {
+                    fd: file,
+                    offset,
+                    len,
+                    pipe,
+                } => ring.splice(
+                    file,
+                    offset as i64,
+                    pipe,
+                    len,
+                    user_data(Op::FileIn, slot, generation),
+                ),
+            }
+        };
+        submitted?;
+        self.conns[slot].io.send = Some(front);
+        Ok(())
+    }
+
+    /// Open an outbound connection with a connect submission.
+    pub(super) fn uring_connect(&mut self, addr: SocketAddr) -> io::Result<(TcpStream, Box<socket2::SockAddr>)> {
+        let domain = socket2::Domain::for_address(addr);
+        let sock = socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), None)?;
+        let std: std::net::TcpStream = sock.into();
+        Ok((TcpStream::from_std(std), Box::new(socket2::SockAddr::from(addr))))
+    }
+
+    /// Submit the connect of `slot` (just added with its address).
+    pub(super) fn uring_submit_connect(&mut self, slot: usize) -> io::Result<()> {
+        let conn = &self.conns[slot];
+        let Some(addr) = conn.io.connect.as_deref() else {
+            return Ok(());
+        };
+        let (ptr, len) = (addr.as_ptr() as *const libc::sockaddr, addr.len());
+        let ud = user_data(Op::Connect, slot, conn.generation);
+        let fd = conn.sock.as_raw_fd();
+        let Some(ring) = self.ring.as_deref_mut() else {
+            return Ok(());
+        };
+        // SAFETY: the address is boxed in the connection, which outlives
+        // the submission (as a zombie if it closes first).
+        unsafe { ring.connect(fd, ptr, len, ud) }
+    }
+
+    /// `conn` (already out of the slab) closes: cancel what it has out and
+    /// keep it until that completes. False when nothing was out (drop it).
+    pub(super) fn uring_close(&mut self, slot: usize, conn: Conn) -> Option<Conn> {
+        if conn.io.count() == 0 {
+            return Some(conn);
+        }
+        let generation = conn.generation;
+        if let Some(ring) = self.ring.as_deref_mut() {
+            let mut cancel = |op| {
+                if let Err(e) = ring.cancel(user_data(op, slot, generation)) {
+                    debug!(slot, "cancel: {e}");
+                }
+            };
+            if conn.io.recv == Recv::Armed {
+                cancel(Op::Recv);
+            }
+            match conn.io.send {
+                Some(Front::File { .. }) => cancel(Op::FileIn),
+                Some(_) => cancel(Op::Send),
+                None => {}
+            }
+            if conn.io.connect.is_some() {
+                cancel(Op::Connect);
+            }
+        }
+        self.zombies.insert((slot, generation), conn);
+        None
+    }
+}
+
+impl Loop {
+    /// Handle one completion.
+    pub(super) fn on_cqe(&mut self, cqe: Cqe) {
+        match cqe.op {
+            Op::Accept => self.uring_accepted(cqe),
+            Op::Wake => {
+                self.core.complete_jobs();
+                let fd = self.waker.raw_fd();
+                if let Some(ring) = self.core.ring() {
+                    if let Err(e) = ring.read_waker(fd) {
+                        warn!("cannot rearm the loop's waker: {e}");
+                    }
+                }
+            }
+            Op::Cancel => {}
+            Op::Recv | Op::Send | Op::FileIn | Op::Connect => {
+                let live = self
+                    .core
+                    .conns
+                    .get(cqe.slot)
+                    .is_some_and(|c| c.generation == cqe.generation);
+                if !live {
+                    self.zombie_cqe(cqe);
+                    return;
+                }
+                match cqe.op {
+                    Op::Recv => self.uring_received(cqe),
+                    Op::Connect => self.uring_connected(cqe),
+                    _ => self.uring_sent(cqe),
+                }
+            }
+        }
+        self.settle();
+    }
+
+    /// A completion for a connection that has closed.
+    fn zombie_cqe(&mut self, cqe: Cqe) {
+        if let (Some(bid), Some(ring)) = (cqe.buffer(), self.core.ring()) {
+            ring.recycle(bid);
+        }
+        let key = (cqe.slot, cqe.generation);
+        let Some(z) = self.core.zombies.get_mut(&key) else {
+            return;
+        };
+        match cqe.op {
+            Op::Recv if !cqe.more() => z.io.recv = super::completion::Recv::Idle,
+            Op::Send | Op::FileIn => z.io.send = None,
+            Op::Connect => z.io.connect = None,
+            _ => {}
+        }
+        if z.io.count() == 0 {
+            self.core.zombies.remove(&key);
+        }
+    }
+
+    fn uring_accepted(&mut self, cqe: Cqe) {
+        let li = cqe.slot;
+        if !cqe.more() {
+            if let Some(l) = self.listeners.get_mut(li) {
+                l.armed = false;
+            }
+        }
+        if cqe.result < 0 {
+            let e = io::Error::from_raw_os_error(-cqe.result);
+            match -cqe.result {
+                libc::ECANCELED => {}
+                libc::EINTR | libc::ECONNABORTED | libc::ECONNRESET => self.accept(li),
+                _ => self.pause_listener(li, &format!("accept: {e}")),
+            }
+            return;
+        }
+        // SAFETY: the kernel just made this descriptor for us.
+        let std = unsafe { std::net::TcpStream::from_raw_fd(cqe.result) };
+        let stopping = self.listeners.get(li).is_none_or(|l| l.sock.is_none());
+        if stopping {
+            return;
+        }
+        self.listeners[li].backlog.push_back(std);
+        self.accept(li);
+    }
+
+    /// Adopt what the kernel accepted for listener `li` while under its
+    /// limit, and keep an accept out while it may accept.
+    pub(super) fn uring_accept(&mut self, li: usize) {
+        let setup = self.core.setups[li].clone();
+        while !self.listeners[li].backlog.is_empty() {
+            if setup.active() >= setup.limits.max_connections {
+                let why = format!("max_connections ({}) reached", setup.limits.max_connections);
+                self.pause_listener(li, &why);
+                break;
+            }
+            let Some(std) = self.listeners[li].backlog.pop_front() else {
+                break;
+            };
+            match std.peer_addr() {
+                Ok(peer) => self.adopt(li, TcpStream::from_std(std), peer),
+                Err(e) => debug!("accepted connection gone before it was served: {e}"),
+            }
+        }
+        let l = &mut self.listeners[li];
+        let Some(sock) = l.sock.as_ref() else {
+            return;
+        };
+        let fd = sock.as_raw_fd();
+        if l.paused {
+            // Stop accepting: the kernel keeps new connections in the
+            // backlog meanwhile.
+            if l.armed {
+                l.armed = false;
+                if let Some(ring) = self.core.ring() {
+                    if let Err(e) = ring.cancel(user_data(Op::Accept, li, 0)) {
+                        warn!("cannot cancel accept: {e}");
+                    }
+                }
+            }
+            return;
+        }
+        if !l.armed {
+            l.armed = true;
+            if let Some(ring) = self.core.ring() {
+                if let Err(e) = ring.accept_multi(fd, li) {
+                    self.listeners[li].armed = false;
+                    self.pause_listener(li, &format!("accept: {e}"));
+                }
+            }
+        }
+    }
+
+    fn uring_received(&mut self, cqe: Cqe) {
+        let slot = cqe.slot;
+        let more = cqe.more();
+        if !more {
+            self.core.conns[slot].io.recv = Recv::Idle;
+        }
+        if cqe.result < 0 {
+            if let (Some(bid), Some(ring)) = (cqe.buffer(), self.core.ring()) {
+                ring.recycle(bid);
+            }
+            match -cqe.result {
+                // Cancelled (paused), or out of buffers for a moment: armed
+                // again when it may read.
+                libc::ECANCELED | libc::ENOBUFS | libc::EINTR | libc::EAGAIN => {
+                    let id = self.core.conns[slot].id(slot);
+                    self.core.ready.push_back(id);
+                }
+                errno => {
+                    let kind = io::Error::from_raw_os_error(errno).kind();
+                    self.core.abort(slot, CloseReason::Io(kind));
+                }
+            }
+            return;
+        }
+        let n = cqe.result as usize;
+        let conn = &mut self.core.conns[slot];
+        let held = (conn.reading_blocked() && conn.linger_deadline.is_none())
+            || !conn.io.stash.is_empty();
+        if n == 0 {
+            // End of stream: after what is stashed.
+            conn.io.recv = Recv::Idle;
+            if held {
+                conn.io.stash_eof = true;
+            } else {
+                self.handle_step(slot, ReadStep::Eof);
+            }
+            return;
+        }
+        let Some(bid) = cqe.buffer() else {
+            return;
+        };
+        let Some(ring) = self.core.ring.as_deref_mut() else {
+            return;
+        };
+        // Copied out so the buffer goes back to the kernel at once, and
+        // because handlers may submit (connect, send) while they look at it.
+        let n = n.min(self.scratch.len());
+        self.scratch[..n].copy_from_slice(ring.buffer(bid, n));
+        ring.recycle(bid);
+        let conn = &mut self.core.conns[slot];
+        conn.last_active = self.core.now;
+        conn.fresh = false;
+        if held {
+            // Paused meanwhile, or older bytes still wait: keep them, in
+            // order, for when it resumes.
+            conn.io.stash.extend_from_slice(&self.scratch[..n]);
+            if !conn.reading_blocked() {
+                let id = conn.id(slot);
+                self.core.ready.push_back(id);
+            }
+            self.core.uring_pause_recv(slot);
+            return;
+        }
+        self.handle_step(slot, ReadStep::Data(n));
+        if self.core.conns.contains(slot) {
+            self.core.uring_pause_recv(slot);
+            if !more {
+                self.core.uring_arm_recv(slot);
+            }
+        }
+    }
+
+    /// Read again after a pause: bytes stashed meanwhile first, then a new
+    /// receive.
+    pub(super) fn uring_read(&mut self, slot: usize) {
+        let Some(conn) = self.core.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.reading_blocked() && conn.linger_deadline.is_none() {
+            self.core.uring_pause_recv(slot);
+            return;
+        }
+        if !conn.io.stash.is_empty() {
+            let stash = std::mem::take(&mut conn.io.stash);
+            // Handed on in pieces of the read size, as reads would have.
+            let mut at = 0;
+            while at < stash.len() {
+                let n = (stash.len() - at).min(self.scratch.len());
+                self.scratch[..n].copy_from_slice(&stash[at..at + n]);
+                at += n;
+                self.handle_step(slot, ReadStep::Data(n));
+                let Some(conn) = self.core.conns.get_mut(slot) else {
+                    return;
+                };
+                if conn.reading_blocked() && conn.linger_deadline.is_none() {
+                    conn.io.stash.extend_from_slice(&stash[at..]);
+                    return;
+                }
+            }
+        } else {
+            self.prime(slot);
+        }
+        let Some(conn) = self.core.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.io.stash_eof {
+            conn.io.stash_eof = false;
+            self.handle_step(slot, ReadStep::Eof);
+            return;
+        }
+        self.core.uring_arm_recv(slot);
+    }
+
+    fn uring_sent(&mut self, cqe: Cqe) {
+        let slot = cqe.slot;
+        let conn = &mut self.core.conns[slot];
+        let Some(front) = conn.io.send.take() else {
+            return;
+        };
+        if cqe.result < 0 {
+            let kind = io::Error::from_raw_os_error(-cqe.result).kind();
+            self.core.abort(slot, CloseReason::Io(kind));
+            return;
+        }
+        if let Err(e) = conn.out.complete(front, cqe.result as usize, &mut self.core.pool) {
+            self.core.abort(slot, CloseReason::Io(e.kind()));
+            return;
+        }
+        conn.last_active = self.core.now;
+        self.core.mark_dirty(slot);
+    }
+
+    fn uring_connected(&mut self, cqe: Cqe) {
+        let slot = cqe.slot;
+        self.core.conns[slot].io.connect = None;
+        if cqe.result < 0 {
+            let kind = io::Error::from_raw_os_error(-cqe.result).kind();
+            self.core.connect_failed(slot, kind);
+            return;
+        }
+        self.core.connected(slot);
+    }
+}

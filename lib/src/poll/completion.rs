@@ -1,0 +1,419 @@
+//! `-T completion`: io_uring.
+//!
+//! The loop submits operations and is told when they are done; it makes no
+//! I/O syscall of its own on the hot path. What it submits:
+//!
+//! - a multishot accept per listener (one submission, a completion per
+//!   connection);
+//! - a multishot receive per connection into *provided buffers*: one ring
+//!   of loop-owned buffers registered with the kernel, which picks a buffer
+//!   only when bytes arrive, so an idle connection holds none;
+//! - sends (`send` for one buffer, `writev` for several);
+//! - file bodies as two splices (file to a pipe, pipe to the socket), since
+//!   io_uring has no sendfile;
+//! - connects, cancellations, and a read of the loop's waker (an eventfd);
+//! - the wait itself carries the timer deadline (`IORING_ENTER_EXT_ARG`).
+//!
+//! Each submission's user data names the operation and the connection (its
+//! slot and generation), so a completion that arrives after its connection
+//! closed is recognised and dropped.
+
+use std::alloc::{self, Layout};
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use io_uring::types::{BufRingEntry, Fd, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring};
+
+/// The group id of the loop's provided buffers.
+const BUF_GROUP: u16 = 0;
+
+/// What a submission was, in the top byte of its user data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Op {
+    /// A multishot accept; the slot is the listener's index.
+    Accept = 1,
+    /// A multishot receive into a provided buffer.
+    Recv,
+    /// A send, writev, or a splice from the connection's pipe: one at a
+    /// time per connection.
+    Send,
+    /// A splice from a file into the connection's pipe.
+    FileIn,
+    Connect,
+    /// The read of the loop's waker.
+    Wake,
+    /// A cancellation (its own completion carries nothing).
+    Cancel,
+}
+
+impl Op {
+    fn from_u8(v: u8) -> Option<Op> {
+        Some(match v {
+            1 => Op::Accept,
+            2 => Op::Recv,
+            3 => Op::Send,
+            4 => Op::FileIn,
+            5 => Op::Connect,
+            6 => Op::Wake,
+            7 => Op::Cancel,
+            _ => return None,
+        })
+    }
+}
+
+/// Pack an operation and its connection (slot below 2^24, generation)
+/// into user data.
+pub(crate) fn user_data(op: Op, slot: usize, generation: u32) -> u64 {
+    (u64::from(op as u8) << 56) | (((slot as u64) & 0xff_ffff) << 32) | u64::from(generation)
+}
+
+/// One completion.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cqe {
+    pub op: Op,
+    pub slot: usize,
+    pub generation: u32,
+    /// The syscall-style result: bytes, a descriptor, or `-errno`.
+    pub result: i32,
+    pub flags: u32,
+}
+
+impl Cqe {
+    /// More completions will come for this submission (multishot).
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+
+    /// The provided buffer holding a receive's bytes.
+    pub fn buffer(&self) -> Option<u16> {
+        cqueue::buffer_select(self.flags)
+    }
+}
+
+/// A ring of provided buffers (`IORING_REGISTER_PBUF_RING`): the kernel
+/// takes buffers from its head as bytes arrive; the loop gives them back
+/// at its tail once it has handed their bytes on.
+struct BufRing {
+    /// The entries shared with the kernel (page-aligned).
+    entries: *mut BufRingEntry,
+    layout: Layout,
+    /// The buffers themselves.
+    memory: Vec<u8>,
+    size: usize,
+    count: u16,
+    tail: u16,
+}
+
+// SAFETY: the ring's memory is owned by this value and only touched by the
+// thread that owns the loop (the kernel reads it asynchronously, which the
+// tail's release store orders).
+unsafe impl Send for BufRing {}
+
+impl BufRing {
+    fn new(count: u16, size: usize) -> io::Result<BufRing> {
+        let layout = Layout::from_size_align(
+            usize::from(count) * std::mem::size_of::<BufRingEntry>(),
+            4096,
+        )
+        .map_err(io::Error::other)?;
+        // SAFETY: the layout has a non-zero size (count > 0).
+        let entries = unsafe { alloc::alloc_zeroed(layout) } as *mut BufRingEntry;
+        if entries.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        Ok(BufRing {
+            entries,
+            layout,
+            memory: vec![0; usize::from(count) * size],
+            size,
+            count,
+            tail: 0,
+        })
+    }
+
+    /// Put buffer `bid` at the tail (seen by the kernel after `publish`).
+    fn push(&mut self, bid: u16) {
+        let mask = self.count - 1;
+        // SAFETY: the index is masked into the ring; the entry is plain data.
+        let entry = unsafe { &mut *self.entries.add(usize::from(self.tail & mask)) };
+        let start = usize::from(bid) * self.size;
+        entry.set_addr(self.memory[start..].as_ptr() as u64);
+        entry.set_len(self.size as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: `entries` is the ring's first entry; its tail field is a
+        // u16 the kernel reads: a release store makes the entries written
+        // before it visible first.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    fn bytes(&self, bid: u16, len: usize) -> &[u8] {
+        let start = usize::from(bid) * self.size;
+        &self.memory[start..start + len.min(self.size)]
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout. The ring (declared
+        // before this field in `Ring`) is closed by now.
+        unsafe { alloc::dealloc(self.entries as *mut u8, self.layout) };
+    }
+}
+
+/// One loop's io_uring.
+pub(crate) struct Ring {
+    // Dropped first: the kernel lets go of the buffers before they are freed.
+    ring: IoUring,
+    bufs: BufRing,
+    /// Where the waker's counter is read into.
+    wake_buf: Box<u64>,
+    /// Submissions were pushed and not yet passed to the kernel.
+    unsubmitted: bool,
+    enabled: bool,
+}
+
+impl Ring {
+    /// A ring with `buffers` provided buffers of `buf_size` bytes. Errors
+    /// are the kernel's refusal (see [`super::uring_refusal`]).
+    pub fn new(buffers: u16, buf_size: usize) -> io::Result<Ring> {
+        let entries = 4096;
+        // One issuer (the loop's thread) with task work run only when it
+        // waits: the fewest interruptions. The ring starts disabled and is
+        // enabled by the thread that runs the loop, which becomes its issuer.
+        let (ring, enabled) = match IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_r_disabled()
+            .setup_cqsize(entries * 4)
+            .build(entries)
+        {
+            Ok(r) => (r, false),
+            // Kernels before 6.1 lack DEFER_TASKRUN: a plain ring works.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => (
+                IoUring::builder()
+                    .setup_cqsize(entries * 4)
+                    .build(entries)?,
+                true,
+            ),
+            Err(e) => return Err(e),
+        };
+        let count = buffers.next_power_of_two().max(2);
+        let mut bufs = BufRing::new(count, buf_size)?;
+        // SAFETY: the entries live as long as the ring (see field order).
+        unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(bufs.entries as u64, count, BUF_GROUP, 0)?;
+        }
+        for bid in 0..count {
+            bufs.push(bid);
+        }
+        bufs.publish();
+        Ok(Ring {
+            ring,
+            bufs,
+            wake_buf: Box::new(0),
+            unsubmitted: false,
+            enabled,
+        })
+    }
+
+    /// Queue a submission.
+    ///
+    /// # Safety
+    /// Whatever memory or descriptor `sqe` refers to must stay valid until
+    /// its last completion arrives.
+    unsafe fn push(&mut self, sqe: squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: the caller's promise.
+            if unsafe { self.ring.submission().push(&sqe) }.is_ok() {
+                self.unsubmitted = true;
+                return Ok(());
+            }
+            // The queue is full: hand it to the kernel and go on.
+            self.enable()?;
+            self.ring.submit()?;
+        }
+    }
+
+    fn enable(&mut self) -> io::Result<()> {
+        if !self.enabled {
+            self.ring.submitter().register_enable_rings()?;
+            self.enabled = true;
+        }
+        Ok(())
+    }
+
+    /// Accept connections on `fd` until cancelled or failed; completions
+    /// carry `listener` as their slot.
+    pub fn accept_multi(&mut self, fd: RawFd, listener: usize) -> io::Result<()> {
+        let sqe = opcode::AcceptMulti::new(Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(user_data(Op::Accept, listener, 0));
+        // SAFETY: no memory; the listener outlives its accept (it is
+        // cancelled before the listener is dropped, and the kernel holds
+        // its own reference to the file meanwhile).
+        unsafe { self.push(sqe) }
+    }
+
+    /// Receive on `fd` into provided buffers until cancelled, out of
+    /// buffers, at the end of the stream, or failed.
+    pub fn recv_multi(&mut self, fd: RawFd, slot: usize, generation: u32) -> io::Result<()> {
+        let sqe = opcode::RecvMulti::new(Fd(fd), BUF_GROUP)
+            .build()
+            .user_data(user_data(Op::Recv, slot, generation));
+        // SAFETY: the buffers belong to the ring itself.
+        unsafe { self.push(sqe) }
+    }
+
+    /// Cancel the submission with user data `target`.
+    pub fn cancel(&mut self, target: u64) -> io::Result<()> {
+        let sqe = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(user_data(Op::Cancel, 0, 0));
+        // SAFETY: no memory.
+        unsafe { self.push(sqe) }
+    }
+
+    /// Read the waker's counter into the ring's own word.
+    pub fn read_waker(&mut self, fd: RawFd) -> io::Result<()> {
+        let buf = &mut *self.wake_buf as *mut u64 as *mut u8;
+        let sqe = opcode::Read::new(Fd(fd), buf, 8)
+            .build()
+            .user_data(user_data(Op::Wake, 0, 0));
+        // SAFETY: the word is boxed and owned by the ring; the waker's
+        // eventfd outlives the loop.
+        unsafe { self.push(sqe) }
+    }
+
+    /// Send `len` bytes at `ptr` to `fd`.
+    ///
+    /// # Safety
+    /// The bytes must stay valid and unchanged until the completion.
+    pub unsafe fn send(&mut self, fd: RawFd, ptr: *const u8, len: usize, ud: u64) -> io::Result<()> {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let sqe = opcode::Send::new(Fd(fd), ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud);
+        // SAFETY: the caller's promise.
+        unsafe { self.push(sqe) }
+    }
+
+    /// Write the `n` slices at `iov` to `fd`.
+    ///
+    /// # Safety
+    /// The slices and the array must stay valid and unchanged until the
+    /// completion.
+    pub unsafe fn writev(
+        &mut self,
+        fd: RawFd,
+        iov: *const libc::iovec,
+        n: usize,
+        ud: u64,
+    ) -> io::Result<()> {
+        let sqe = opcode::Writev::new(Fd(fd), iov, n as u32).build().user_data(ud);
+        // SAFETY: the caller's promise.
+        unsafe { self.push(sqe) }
+    }
+
+    /// splice(2) `len` bytes from `fd_in` (at `off_in`, or -1 for a pipe)
+    /// to `fd_out`.
+    ///
+    /// # Safety
+    /// Both descriptors must stay open until the completion.
+    pub unsafe fn splice(
+        &mut self,
+        fd_in: RawFd,
+        off_in: i64,
+        fd_out: RawFd,
+        len: usize,
+        ud: u64,
+    ) -> io::Result<()> {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let sqe = opcode::Splice::new(Fd(fd_in), off_in, Fd(fd_out), -1, len)
+            .flags(libc::SPLICE_F_MOVE as u32)
+            .build()
+            .user_data(ud);
+        // SAFETY: the caller's promise.
+        unsafe { self.push(sqe) }
+    }
+
+    /// Connect `fd` to the address at `addr`.
+    ///
+    /// # Safety
+    /// The address must stay valid until the completion.
+    pub unsafe fn connect(
+        &mut self,
+        fd: RawFd,
+        addr: *const libc::sockaddr,
+        len: libc::socklen_t,
+        ud: u64,
+    ) -> io::Result<()> {
+        let sqe = opcode::Connect::new(Fd(fd), addr, len).build().user_data(ud);
+        // SAFETY: the caller's promise.
+        unsafe { self.push(sqe) }
+    }
+
+    /// The bytes a receive put in provided buffer `bid`.
+    pub fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        self.bufs.bytes(bid, len)
+    }
+
+    /// Give buffer `bid` back to the kernel.
+    pub fn recycle(&mut self, bid: u16) {
+        self.bufs.push(bid);
+        self.bufs.publish();
+    }
+
+    /// Submit what is queued, wait for at least one completion or
+    /// `timeout` (None: no limit; zero: do not wait), and move the
+    /// completions into `out` (cleared first).
+    pub fn wait(&mut self, out: &mut Vec<Cqe>, timeout: Option<Duration>) -> io::Result<()> {
+        out.clear();
+        self.enable()?;
+        let result = match timeout {
+            None => self.ring.submit_and_wait(1),
+            Some(t) => {
+                let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let args = SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(1, &args)
+            }
+        };
+        self.unsubmitted = false;
+        match result {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        for cqe in self.ring.completion() {
+            let ud = cqe.user_data();
+            let Some(op) = Op::from_u8((ud >> 56) as u8) else {
+                continue;
+            };
+            out.push(Cqe {
+                op,
+                slot: ((ud >> 32) & 0xff_ffff) as usize,
+                generation: ud as u32,
+                result: cqe.result(),
+                flags: cqe.flags(),
+            });
+        }
+        Ok(())
+    }
+}
