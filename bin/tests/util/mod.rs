@@ -81,6 +81,17 @@ pub struct ServerCmd {
     listeners: usize,
     nofile: Option<u64>,
     dir: Option<PathBuf>,
+    hooks: Vec<PreExec>,
+}
+
+/// Code run in the forked child before exec (see [`ServerCmd::pre_exec`]).
+#[derive(Clone)]
+struct PreExec(Arc<dyn Fn() -> io::Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for PreExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreExec(..)")
+    }
 }
 
 /// `gaidaros --port 0`, with one listener expected, and no `GAIDAROS_*`
@@ -92,6 +103,7 @@ pub fn gaidaros() -> ServerCmd {
         listeners: 1,
         nofile: None,
         dir: None,
+        hooks: Vec::new(),
     }
 }
 
@@ -140,6 +152,22 @@ impl ServerCmd {
         self
     }
 
+    /// Run `hook` in the forked child just before it executes the server
+    /// (after the hooks given before it); an error fails the spawn.
+    ///
+    /// # Safety
+    ///
+    /// As for [`CommandExt::pre_exec`]: the hook runs in a copy of a
+    /// multi-threaded process, so it may only do what is async-signal-safe:
+    /// system calls, no allocation, no lock.
+    pub unsafe fn pre_exec(
+        mut self,
+        hook: impl Fn() -> io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.push(PreExec(Arc::new(hook)));
+        self
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(&self.args);
@@ -163,6 +191,15 @@ impl ServerCmd {
                     nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
                         .map_err(io::Error::from)
                 });
+            }
+        }
+        for hook in &self.hooks {
+            let hook = hook.0.clone();
+            // SAFETY: every hook was given through `ServerCmd::pre_exec`,
+            // whose contract is this one; calling it through the Arc only
+            // reads the pointer (the count is not touched in the child).
+            unsafe {
+                cmd.pre_exec(move || hook());
             }
         }
         cmd
