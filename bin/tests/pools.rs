@@ -7,7 +7,7 @@
 #[macro_use]
 mod util;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Mutex;
 
@@ -173,8 +173,14 @@ fn a_killed_pool_worker_fails_at_most_its_request_and_is_replaced() {
                     let line = request(c, n % 1000);
                     s.write_all(line.as_bytes())
                         .map_err(|e| format!("write: {e}"))?;
-                    let got = read_exactly(&mut s, line.len())?;
+                    let mut got = read_exactly(&mut s, line.len())?;
                     if got != line.as_bytes() {
+                        // An error reply can be longer than the request
+                        // (19 bytes at the shortest): take all of it.
+                        let mut byte = [0u8; 1];
+                        while !got.ends_with(b"\n") && matches!(s.read(&mut byte), Ok(1)) {
+                            got.push(byte[0]);
+                        }
                         return Err(String::from_utf8_lossy(&got).into_owned());
                     }
                     n += 1;

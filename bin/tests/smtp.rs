@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use util::{connect, gaidaros, read_to_eof, End, Mode, Server, TempDir};
+use util::{connect, gaidaros, read_to_eof, End, Mode, Server, ServerCmd, TempDir};
 
 /// How long a client program may run.
 const CLIENT_LIMIT: Duration = Duration::from_secs(30);
@@ -76,6 +76,11 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 
 /// `gaidaros --handler smtp` on `mail`, with `extra` options.
 fn start(mail: &Mail, mode: Mode, extra: &[&str]) -> Server {
+    smtp_server(mail, mode, extra).start()
+}
+
+/// The command of [`start`], not started yet.
+fn smtp_server(mail: &Mail, mode: Mode, extra: &[&str]) -> ServerCmd {
     let mut args = vec![
         "--handler".to_string(),
         "smtp".into(),
@@ -88,7 +93,7 @@ fn start(mail: &Mail, mode: Mode, extra: &[&str]) -> Server {
         args.push("-o".into());
         args.push(o.to_string());
     }
-    gaidaros().mode(mode).args(&args).start()
+    gaidaros().mode(mode).args(&args)
 }
 
 /// A stored message: the two trace headers this server adds, then the
@@ -874,84 +879,26 @@ fn a_client_gone_mid_message_leaves_nothing_in_tmp() {
 /// `limit` octets (RLIMIT_FSIZE; the server ignores SIGXFSZ), so that a write past
 /// it fails (EFBIG) instead of killing it: a write error mid-message, as
 /// from a full disk, without filling one.
-struct LimitedServer {
-    child: std::process::Child,
-    addr: SocketAddr,
-    log: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl LimitedServer {
-    fn start(mail: &Mail, limit: u64) -> LimitedServer {
-        use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(util::BIN);
-        cmd.args(["--port", "0", "-S", "blocking", "--handler", "smtp", "-o"])
-            .arg(mail.option())
-            .args(["-o", &format!("hostname={HOSTNAME}")])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, _) in std::env::vars() {
-            if k.starts_with("GAIDAROS_") {
-                cmd.env_remove(k);
-            }
-        }
-        // SAFETY: the closure runs in the forked child before exec and
-        // makes one async-signal-safe system call (setrlimit); it takes no
-        // lock and allocates nothing. SIGXFSZ keeps its default action
-        // (terminate): the server itself must ignore it and survive.
-        unsafe {
-            cmd.pre_exec(move || {
-                use nix::sys::resource::{setrlimit, Resource};
-                setrlimit(Resource::RLIMIT_FSIZE, limit, limit).map_err(io::Error::from)
-            });
-        }
-        let mut child = cmd.spawn().expect("spawn gaidaros");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { return };
-                    if let Some((_, addr)) = util::parse_listening(&line) {
-                        let _ = tx.send(addr);
-                    }
-                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        let mut server = LimitedServer {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            log,
-        };
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => server.addr = addr,
-            Err(_) => panic!("gaidaros did not start; log:\n{}", server.log()),
-        }
-        server
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for LimitedServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_limited(mail: &Mail, limit: u64) -> Server {
+    let cmd = smtp_server(mail, Mode::Blocking, &[]);
+    // SAFETY: the hook makes one async-signal-safe system call
+    // (setrlimit); it takes no lock and allocates nothing. SIGXFSZ keeps
+    // its default action (terminate): the server itself must ignore it and
+    // survive.
+    let cmd = unsafe {
+        cmd.pre_exec(move || {
+            use nix::sys::resource::{setrlimit, Resource};
+            setrlimit(Resource::RLIMIT_FSIZE, limit, limit).map_err(io::Error::from)
+        })
+    };
+    cmd.start()
 }
 
 #[test]
 fn a_write_failure_mid_message_gets_451_and_the_session_goes_on() {
     let mail = Mail::new("smtp-efbig");
-    let server = LimitedServer::start(&mail, 256 * 1024);
-    let mut c = Client::ehlo(server.addr);
+    let server = start_limited(&mail, 256 * 1024);
+    let mut c = Client::ehlo(server.addr());
     // 1 MB: the file cannot grow past 256 KiB.
     let text = format!("{}\r\n", "f".repeat(98)).repeat(10_000);
     c.send(ENVELOPE);

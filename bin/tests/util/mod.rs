@@ -4,6 +4,11 @@
 //! plain blocking sockets whose every read and write has a timeout, and read
 //! what the kernel says about the server process (/proc). Nothing here waits
 //! without a bound: a broken server makes a test fail, never hang.
+//!
+//! Every server they start runs under the poll backend named by
+//! `GAIDAROS_TEST_POLL` (edge, level or completion; unset: the server's
+//! default), unless the test chooses one itself (see [`ServerCmd`]).
+//! `scripts/test` runs the integration tests under each.
 
 // Every test file includes this module and uses a different part of it.
 #![allow(dead_code)]
@@ -29,6 +34,48 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the server may take to exit after SIGTERM when idle.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The variable of the test run naming the poll backend of every server the
+/// tests start: edge, level or completion; unset or empty = the server's
+/// default.
+pub const TEST_POLL_VAR: &str = "GAIDAROS_TEST_POLL";
+/// How the backend under test reaches the server: the environment layer,
+/// above the conf file and below the flags.
+const SERVER_POLL_VAR: &str = "GAIDAROS_SERVER__POLL";
+
+/// The poll backend named by `GAIDAROS_TEST_POLL`, if any; panics on a name
+/// the server does not know (a typo would otherwise fail every test with a
+/// conf error about a variable the test did not set).
+pub fn test_poll() -> Option<String> {
+    let poll = std::env::var(TEST_POLL_VAR)
+        .ok()
+        .filter(|p| !p.is_empty())?;
+    assert!(
+        ["edge", "level", "completion"].contains(&poll.as_str()),
+        "{TEST_POLL_VAR}={poll:?}: expected edge, level or completion"
+    );
+    Some(poll)
+}
+
+/// Remove the `GAIDAROS_*` variables the test run inherited (its own
+/// settings, and `GAIDAROS_TEST_POLL` itself, which the server would refuse)
+/// from `cmd`'s environment.
+fn clear_inherited_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GAIDAROS_") {
+            cmd.env_remove(k);
+        }
+    }
+}
+
+/// " (poll backend X from GAIDAROS_TEST_POLL)" for failure messages, or
+/// nothing.
+fn poll_note(poll: &Option<String>) -> String {
+    match poll {
+        Some(p) => format!(" (poll backend {p} from {TEST_POLL_VAR})"),
+        None => String::new(),
+    }
+}
 
 /// The two server layouts every scenario runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +121,12 @@ macro_rules! per_server_type {
 }
 
 /// A `gaidaros` command being put together.
+///
+/// The server gets no `GAIDAROS_*` variable of the test run, only those set
+/// with [`ServerCmd::env`], plus `GAIDAROS_SERVER__POLL` with the backend
+/// under test ([`test_poll`]) when the test chooses none itself: no `-T` or
+/// `--poll` flag, no `GAIDAROS_SERVER__POLL` of its own, no `poll` key in
+/// the `[server]` section of its conf file.
 #[derive(Debug, Clone)]
 pub struct ServerCmd {
     args: Vec<String>,
@@ -81,6 +134,17 @@ pub struct ServerCmd {
     listeners: usize,
     nofile: Option<u64>,
     dir: Option<PathBuf>,
+    hooks: Vec<PreExec>,
+}
+
+/// Code run in the forked child before exec (see [`ServerCmd::pre_exec`]).
+#[derive(Clone)]
+struct PreExec(Arc<dyn Fn() -> io::Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for PreExec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PreExec(..)")
+    }
 }
 
 /// `gaidaros --port 0`, with one listener expected, and no `GAIDAROS_*`
@@ -92,6 +156,7 @@ pub fn gaidaros() -> ServerCmd {
         listeners: 1,
         nofile: None,
         dir: None,
+        hooks: Vec::new(),
     }
 }
 
@@ -140,13 +205,68 @@ impl ServerCmd {
         self
     }
 
+    /// Run `hook` in the forked child just before it executes the server
+    /// (after the hooks given before it); an error fails the spawn.
+    ///
+    /// # Safety
+    ///
+    /// As for [`CommandExt::pre_exec`]: the hook runs in a copy of a
+    /// multi-threaded process, so it may only do what is async-signal-safe:
+    /// system calls, no allocation, no lock.
+    pub unsafe fn pre_exec(
+        mut self,
+        hook: impl Fn() -> io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.hooks.push(PreExec(Arc::new(hook)));
+        self
+    }
+
+    /// The backend under test, when this command leaves the choice to it
+    /// (see [`ServerCmd`]).
+    fn poll_under_test(&self) -> Option<String> {
+        let poll = test_poll()?;
+        let flag = self.args.iter().any(|a| a == "-T" || a == "--poll");
+        let env = self.envs.iter().any(|(k, _)| k == SERVER_POLL_VAR);
+        (!flag && !env && !self.conf_sets_poll()).then_some(poll)
+    }
+
+    /// Whether the conf file given with `-c` sets `[server] poll`.
+    fn conf_sets_poll(&self) -> bool {
+        let Some(at) = self.args.iter().position(|a| a == "-c" || a == "--conf") else {
+            return false;
+        };
+        let Some(path) = self.args.get(at + 1) else {
+            return false;
+        };
+        let path = match &self.dir {
+            Some(dir) => dir.join(path),
+            None => PathBuf::from(path),
+        };
+        // An unreadable conf fails the server at start whatever the backend.
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return false;
+        };
+        let mut section = "";
+        for line in text.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = name.trim();
+            } else if section == "server"
+                && line
+                    .split_once('=')
+                    .is_some_and(|(k, _)| k.trim() == "poll")
+            {
+                return true;
+            }
+        }
+        false
+    }
+
     fn command(&self) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.args(&self.args);
-        for (k, _) in std::env::vars() {
-            if k.starts_with("GAIDAROS_") {
-                cmd.env_remove(k);
-            }
+        clear_inherited_env(&mut cmd);
+        if let Some(poll) = self.poll_under_test() {
+            cmd.env(SERVER_POLL_VAR, poll);
         }
         for (k, v) in &self.envs {
             cmd.env(k, v);
@@ -165,6 +285,15 @@ impl ServerCmd {
                 });
             }
         }
+        for hook in &self.hooks {
+            let hook = hook.0.clone();
+            // SAFETY: every hook was given through `ServerCmd::pre_exec`,
+            // whose contract is this one; calling it through the Arc only
+            // reads the pointer (the count is not touched in the child).
+            unsafe {
+                cmd.pre_exec(move || hook());
+            }
+        }
         cmd
     }
 
@@ -173,7 +302,11 @@ impl ServerCmd {
     pub fn start(self) -> Server {
         match self.try_start() {
             Ok(s) => s,
-            Err(why) => panic!("gaidaros {:?} did not start: {why}", self.args),
+            Err(why) => panic!(
+                "gaidaros {:?}{} did not start: {why}",
+                self.args,
+                poll_note(&self.poll_under_test())
+            ),
         }
     }
 
@@ -199,6 +332,7 @@ impl ServerCmd {
             addrs: Vec::new(),
             log,
             exited: None,
+            poll: self.poll_under_test(),
         };
         let deadline = Instant::now() + START_TIMEOUT;
         while server.addrs.len() < self.listeners {
@@ -333,6 +467,8 @@ pub struct Server {
     addrs: Vec<(String, SocketAddr)>,
     log: Arc<Mutex<String>>,
     exited: Option<ExitStatus>,
+    /// The backend under test it was given, for failure messages.
+    poll: Option<String>,
 }
 
 impl Server {
@@ -391,7 +527,8 @@ impl Server {
         if let Ok(Some(status)) = self.child.try_wait() {
             self.exited = Some(status);
             panic!(
-                "server exited unexpectedly ({status}); log:\n{}",
+                "server exited unexpectedly ({status}){}; log:\n{}",
+                poll_note(&self.poll),
                 self.log()
             );
         }
@@ -404,7 +541,8 @@ impl Server {
         match self.wait_exit(STOP_TIMEOUT) {
             Some(status) if status.success() => {}
             other => panic!(
-                "after SIGTERM the server should exit 0 within {STOP_TIMEOUT:?}, got {other:?}; log:\n{}",
+                "after SIGTERM the server should exit 0 within {STOP_TIMEOUT:?}, got {other:?}{}; log:\n{}",
+                poll_note(&self.poll),
                 self.log()
             ),
         }
