@@ -103,6 +103,12 @@ pub struct ConnOptions {
     pub cork: bool,
 }
 
+/// Make a socket blocking (a connection accepted from a non-blocking
+/// listener, served under `-T completion`).
+pub fn set_blocking(stream: &impl std::os::fd::AsFd) -> io::Result<()> {
+    socket2::SockRef::from(stream).set_nonblocking(false)
+}
+
 /// Apply `opts` to a connected socket.
 pub fn configure(stream: &impl std::os::fd::AsFd, opts: ConnOptions) -> io::Result<()> {
     let sock = SockRef::from(stream);

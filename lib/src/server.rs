@@ -287,6 +287,9 @@ impl Server {
             drain_timeout: settings.server.drain_timeout,
             exit_when_idle: false,
             poll: resolve_poll(settings)?,
+            // Sockets handed over by a procpool master are shared with the
+            // other workers.
+            shared_listeners: given.is_some(),
         };
         let mut loops = Vec::new();
         let mut handles = Vec::new();
@@ -322,6 +325,7 @@ impl Server {
                 drain_timeout: settings.server.drain_timeout,
                 exit_when_idle: true,
                 poll: resolve_poll(settings)?,
+                shared_listeners: false,
             },
         )
         .map_err(|e| ServeError::Io("cannot serve the connection".into(), e))?;

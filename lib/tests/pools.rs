@@ -4,6 +4,8 @@
 //! requests on tasks, and a full pool or `max_pipelined` stops the loop
 //! reading instead of queueing without bound.
 
+mod common;
+
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,7 +17,7 @@ use gaidaros::dispatch::{self, HandlerType, Pool};
 use gaidaros::net::{self, BindSpec, ConnOptions, IpVersion};
 use gaidaros::service::HandleFuture;
 use gaidaros::{
-    Handler, Keep, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings, Service, ServiceError,
+    Handler, Keep, Limits, ListenerSetup, Loop, LoopHandle, Service, ServiceError,
 };
 
 /// Every socket read and write of these tests gives up after this long.
@@ -63,7 +65,7 @@ fn start(service: Arc<dyn Service>, pool: Option<Arc<dyn Pool>>, limits: Limits)
         limits,
     )
     .with_pool(pool);
-    let (lp, handle) = Loop::new(vec![(listener, Arc::new(setup))], LoopSettings::default())
+    let (lp, handle) = Loop::new(vec![(listener, Arc::new(setup))], common::loop_settings())
         .expect("create the loop");
     let thread = thread::spawn(move || lp.run());
     Running {

@@ -1,6 +1,8 @@
 //! The protocol API driven by a real loop on loopback sockets: file sends,
 //! timers, outbound connects, pause/resume, input limits and socket options.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
@@ -9,7 +11,7 @@ use std::time::Duration;
 
 use gaidaros::net::{self, BindSpec, ConnOptions, IpVersion};
 use gaidaros::{
-    CloseReason, ConnId, Ctx, Handler, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings,
+    CloseReason, ConnId, Ctx, Handler, Limits, ListenerSetup, Loop, LoopHandle,
     Protocol, ProtocolFactory, TimerId,
 };
 
@@ -47,7 +49,7 @@ fn start_handler(handler: Handler, limits: Limits, options: ConnOptions) -> Runn
     .unwrap();
     let addr = listener.local_addr().unwrap();
     let setup = Arc::new(ListenerSetup::new("test", handler, options, true, limits));
-    let (lp, handle) = Loop::new(vec![(listener, setup)], LoopSettings::default()).unwrap();
+    let (lp, handle) = Loop::new(vec![(listener, setup)], common::loop_settings()).unwrap();
     let thread = thread::spawn(move || lp.run());
     Running {
         addr,

@@ -276,6 +276,13 @@ impl Loop {
                 l.armed = false;
             }
         }
+        if self.settings.shared_listeners {
+            // A readiness report of a shared listener: accept from here.
+            if cqe.result != -libc::ECANCELED {
+                self.accept(li);
+            }
+            return;
+        }
         if cqe.result < 0 {
             let e = io::Error::from_raw_os_error(-cqe.result);
             match -cqe.result {
@@ -338,6 +345,26 @@ impl Loop {
                     self.listeners[li].armed = false;
                     self.pause_listener(li, &format!("accept: {e}"));
                 }
+            }
+        }
+    }
+
+    /// Keep a readiness poll out on shared listener `li` (see
+    /// `LoopSettings::shared_listeners`).
+    pub(super) fn uring_poll_listener(&mut self, li: usize) {
+        let l = &mut self.listeners[li];
+        let Some(sock) = l.sock.as_ref() else {
+            return;
+        };
+        if l.armed {
+            return;
+        }
+        let fd = sock.as_raw_fd();
+        l.armed = true;
+        if let Some(ring) = self.core.ring() {
+            if let Err(e) = ring.poll_listener(fd, li) {
+                self.listeners[li].armed = false;
+                self.pause_listener(li, &format!("poll: {e}"));
             }
         }
     }
@@ -447,6 +474,10 @@ impl Loop {
         let Some(conn) = self.core.conns.get_mut(slot) else {
             return;
         };
+        if conn.reading_blocked() && conn.linger_deadline.is_none() {
+            // What was buffered filled the pool or the output again.
+            return;
+        }
         if conn.io.stash_eof {
             conn.io.stash_eof = false;
             self.handle_step(slot, ReadStep::Eof);

@@ -75,9 +75,11 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// How long a loop with requests out in a handler pool polls for their
 /// answers before it sleeps.
 const JOB_SPIN: Duration = Duration::from_micros(50);
-/// Provided buffers of a `-T completion` loop (each of the largest
-/// `recv_size` of its listeners).
+/// Provided buffers of a `-T completion` loop, each of the largest
+/// `recv_size` of its listeners up to [`RING_BUFFER_MAX`]: at most 4 MiB
+/// per loop, touched only as far as bytes arrive.
 const RING_BUFFERS: u16 = 256;
+const RING_BUFFER_MAX: usize = 16 * 1024;
 /// How long a listener stops accepting after EMFILE/ENFILE or at
 /// `max_connections`.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -358,14 +360,15 @@ enum Deferred {
 
 /// The loop's state that handler callbacks may touch through [`Ctx`].
 pub(crate) struct Core {
+    /// The ring (`-T completion`). First, so it is dropped first: the
+    /// kernel lets go of the connections' buffers before they are freed.
+    ring: Option<Box<Ring>>,
     conns: Slab<Conn>,
     sessions: Slab<Session>,
     next_generation: u64,
     setups: Vec<Arc<ListenerSetup>>,
-    /// The readiness backend (`-T edge`, `-T level`)...
+    /// The readiness backend (`-T edge`, `-T level`), when there is no ring.
     poller: Option<Box<dyn Readiness>>,
-    /// ...or the ring (`-T completion`).
-    ring: Option<Box<Ring>>,
     /// Level-triggered: interest follows what the loop can act on.
     level: bool,
     /// Closed connections whose submissions are still out (completion).
@@ -414,6 +417,13 @@ pub struct LoopSettings {
     pub exit_when_idle: bool,
     /// The poll backend (`-T`).
     pub poll: PollType,
+    /// The listening sockets are shared with other processes (`-S
+    /// procpool` workers). Under `-T completion` they are then polled and
+    /// accepted from here rather than accepted by the kernel on the ring's
+    /// behalf: a worker killed at that moment would take the connections
+    /// its ring had accepted with it, while the others could have served
+    /// them.
+    pub shared_listeners: bool,
 }
 
 impl Default for LoopSettings {
@@ -422,6 +432,7 @@ impl Default for LoopSettings {
             drain_timeout: Duration::from_secs(10),
             exit_when_idle: false,
             poll: PollType::Edge,
+            shared_listeners: false,
         }
     }
 }
@@ -479,7 +490,7 @@ impl Loop {
         listeners: Vec<(Option<std::net::TcpListener>, Arc<ListenerSetup>)>,
         settings: LoopSettings,
     ) -> io::Result<(Loop, LoopHandle)> {
-        let waker = Arc::new(Waker::new()?);
+        let waker = Arc::new(Waker::new(settings.poll == PollType::Completion)?);
         let mut scratch_len = 0;
         for (_, setup) in &listeners {
             scratch_len = scratch_len.max(setup.limits.recv_size.max(1));
@@ -487,7 +498,10 @@ impl Loop {
         let (mut poller, mut ring) = match settings.poll {
             PollType::Completion => (
                 None,
-                Some(Box::new(Ring::new(RING_BUFFERS, scratch_len)?)),
+                Some(Box::new(Ring::new(
+                    RING_BUFFERS,
+                    scratch_len.min(RING_BUFFER_MAX),
+                )?)),
             ),
             kind => (Some(backend::readiness(kind)?), None),
         };
@@ -503,7 +517,7 @@ impl Loop {
         for (i, (std_listener, setup)) in listeners.into_iter().enumerate() {
             let sock = match std_listener {
                 Some(l) => {
-                    l.set_nonblocking(ring.is_none())?;
+                    l.set_nonblocking(ring.is_none() || settings.shared_listeners)?;
                     let sock = TcpListener::from_std(l);
                     if let Some(p) = poller.as_mut() {
                         p.set_interest(
@@ -778,7 +792,7 @@ impl Loop {
     }
 
     fn accept(&mut self, li: usize) {
-        if self.core.ring.is_some() {
+        if self.core.ring.is_some() && !self.settings.shared_listeners {
             self.uring_accept(li);
             return;
         }
@@ -800,7 +814,12 @@ impl Loop {
                 Ok((stream, peer)) => {
                     self.adopt(li, stream, peer);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.core.ring.is_some() {
+                        self.uring_poll_listener(li);
+                    }
+                    return;
+                }
                 Err(e) if sys::is_resource_exhaustion(&e) => {
                     self.pause_listener(li, &format!("accept: {e}"));
                     return;
@@ -823,6 +842,13 @@ impl Loop {
     /// Serve `stream`, accepted on listener `li`.
     fn adopt(&mut self, li: usize, stream: TcpStream, peer: SocketAddr) {
         let setup = self.core.setups[li].clone();
+        if self.core.ring.is_some() && self.settings.shared_listeners {
+            // Accepted here, non-blocking; the ring does the waiting.
+            if let Err(e) = net::set_blocking(&stream) {
+                warn!(listener = %setup.name, %peer, "cannot make the socket blocking: {e}");
+                return;
+            }
+        }
         if let Err(e) = net::configure(&stream, setup.conn_options) {
             warn!(listener = %setup.name, %peer, "cannot set socket options: {e}");
             return;

@@ -534,6 +534,116 @@ mod tests {
         }
     }
 
+    /// Play the kernel for a locked submission: take up to `room` bytes of
+    /// the slices `lock_front` described.
+    fn take_locked(iov: &[libc::iovec], n: usize, room: usize, got: &mut Vec<u8>) -> usize {
+        let mut taken = 0;
+        for v in &iov[..n] {
+            // SAFETY: lock_front described live, locked chunk memory.
+            let slice = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+            let k = slice.len().min(room - taken);
+            got.extend_from_slice(&slice[..k]);
+            taken += k;
+            if taken == room {
+                break;
+            }
+        }
+        taken
+    }
+
+    proptest::proptest! {
+        /// Under -T completion: bytes pushed while a submission is out go
+        /// behind it (never into the chunks it reads), and whatever the
+        /// partial completions, everything leaves once, in order.
+        #[test]
+        fn locked_fronts_leave_complete_and_in_order(
+            pushes in proptest::collection::vec(proptest::collection::vec(0u8..=255, 1..300), 1..40),
+            rooms in proptest::collection::vec(1usize..700, 1..60),
+        ) {
+            let mut pool = BufPool::new();
+            let mut q = OutQueue::default();
+            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOVECS];
+            let mut want = Vec::new();
+            let mut got = Vec::new();
+            let mut rooms = rooms.into_iter().cycle();
+            let mut out: Option<(Front, Vec<u8>)> = None;
+            for p in &pushes {
+                q.push_bytes(p, &mut pool);
+                want.extend_from_slice(p);
+                if let Some((front, before)) = out.take() {
+                    // The locked chunks did not change under the push.
+                    let Front::Bytes(n) = front else { unreachable!() };
+                    let mut now = Vec::new();
+                    take_locked(&iov, n, usize::MAX, &mut now);
+                    proptest::prop_assert_eq!(&now, &before);
+                    let sent = take_locked(&iov, n, rooms.next().unwrap_or(1), &mut got);
+                    q.complete(front, sent, &mut pool).unwrap();
+                }
+                if let Some(front) = q.lock_front(&mut iov, 1 << 16).unwrap() {
+                    proptest::prop_assert!(q.lock_front(&mut iov.clone(), 1 << 16).unwrap().is_none());
+                    let Front::Bytes(n) = front else { unreachable!() };
+                    let mut before = Vec::new();
+                    take_locked(&iov, n, usize::MAX, &mut before);
+                    out = Some((front, before));
+                }
+            }
+            if let Some((front, _)) = out.take() {
+                let Front::Bytes(n) = front else { unreachable!() };
+                let sent = take_locked(&iov, n, usize::MAX, &mut got);
+                q.complete(front, sent, &mut pool).unwrap();
+            }
+            while let Some(front) = q.lock_front(&mut iov, 1 << 16).unwrap() {
+                let Front::Bytes(n) = front else { unreachable!() };
+                let sent = take_locked(&iov, n, usize::MAX, &mut got);
+                q.complete(front, sent, &mut pool).unwrap();
+            }
+            proptest::prop_assert!(q.is_empty());
+            proptest::prop_assert_eq!(&got, &want);
+        }
+    }
+
+    #[test]
+    fn a_file_range_goes_through_the_pipe_in_order_with_the_bytes_around_it() {
+        let mut pool = BufPool::new();
+        let mut q = OutQueue::default();
+        let file = Arc::new(File::open("/dev/zero").unwrap());
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOVECS];
+        q.push_bytes(b"head", &mut pool);
+        q.push_file(file, 10, 100_000);
+        q.push_bytes(b"tail", &mut pool);
+        assert_eq!(q.lock_front(&mut iov, 65536).unwrap(), Some(Front::Bytes(1)));
+        q.complete(Front::Bytes(1), 4, &mut pool).unwrap();
+        let Some(Front::File { offset, len, .. }) = q.lock_front(&mut iov, 65536).unwrap() else {
+            panic!("the file range is next");
+        };
+        assert_eq!(offset, 10);
+        assert!(len > 0 && len <= 100_000, "{len}");
+        let front = Front::File {
+            fd: 0,
+            offset,
+            len,
+            pipe: 0,
+        };
+        // The kernel moved 1000 bytes into the pipe: they leave next.
+        q.complete(front, 1000, &mut pool).unwrap();
+        assert_eq!(q.len(), 100_000 + 4);
+        let Some(Front::Pipe { len, .. }) = q.lock_front(&mut iov, 65536).unwrap() else {
+            panic!("the piped bytes are next");
+        };
+        assert_eq!(len, 1000);
+        q.complete(Front::Pipe { fd: 0, len }, 1000, &mut pool).unwrap();
+        let Some(Front::File { offset, .. }) = q.lock_front(&mut iov, 65536).unwrap() else {
+            panic!("the rest of the range is next");
+        };
+        assert_eq!(offset, 1010);
+        // A file that ends early is an error, not a hang.
+        let err = q.complete(front, 0, &mut pool).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
     #[test]
     fn partial_writes_resume_where_they_stopped() {
         let mut pool = BufPool::new();

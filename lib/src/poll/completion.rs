@@ -267,6 +267,18 @@ impl Ring {
         unsafe { self.push(sqe) }
     }
 
+    /// Report readability of the listening socket `fd` until cancelled:
+    /// for a socket shared with other processes, whose connections must
+    /// stay in its queue until this process really takes them.
+    pub fn poll_listener(&mut self, fd: RawFd, listener: usize) -> io::Result<()> {
+        let sqe = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(user_data(Op::Accept, listener, 0));
+        // SAFETY: no memory; as for accept_multi.
+        unsafe { self.push(sqe) }
+    }
+
     /// Receive on `fd` into provided buffers until cancelled, out of
     /// buffers, at the end of the stream, or failed.
     pub fn recv_multi(&mut self, fd: RawFd, slot: usize, generation: u32) -> io::Result<()> {

@@ -149,9 +149,17 @@ pub struct Waker {
 }
 
 impl Waker {
-    pub(crate) fn new() -> io::Result<Waker> {
-        let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        Ok(Waker { fd })
+    /// `blocking` for the ring, whose read of a non-blocking eventfd would
+    /// complete at once with EAGAIN instead of waiting for a wake.
+    pub(crate) fn new(blocking: bool) -> io::Result<Waker> {
+        let flags = if blocking {
+            EventfdFlags::CLOEXEC
+        } else {
+            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK
+        };
+        Ok(Waker {
+            fd: eventfd(0, flags)?,
+        })
     }
 
     /// Wake the loop.
