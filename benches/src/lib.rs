@@ -42,6 +42,7 @@ pub mod wrk;
 
 pub use report::{Mode, Report};
 pub use server::{
-    parse_listening_addr, process_cpu_time, tree_cpu_time, ServerProcess, SpawnError,
+    parse_listening_addr, process_cpu_time, tree_cpu_time, tree_cpu_times, CpuTimes, ServerProcess,
+    SpawnError,
 };
 pub use stats::Sample;

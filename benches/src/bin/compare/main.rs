@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use argh::FromArgs;
 use gaidaros_benches::chart::{self, Bar};
-use gaidaros_benches::measure::{self, Perf};
+use gaidaros_benches::measure::{self, Perf, PerfEvents};
 use gaidaros_benches::stats::{median_of, pair_ratios, Field};
-use gaidaros_benches::{tree_cpu_time, Report, Sample, ServerProcess};
+use gaidaros_benches::{tree_cpu_time, tree_cpu_times, Report, Sample, ServerProcess};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -170,7 +170,7 @@ impl Ctx {
         Ctx {
             bin: PathBuf::new(),
             work: PathBuf::new(),
-            perf: false,
+            perf: PerfEvents::default(),
             callgrind: false,
             have: HashMap::new(),
             notes: Vec::new(),
@@ -183,7 +183,8 @@ impl Ctx {
 struct Ctx {
     bin: PathBuf,
     work: PathBuf,
-    perf: bool,
+    /// What perf may count here.
+    perf: PerfEvents,
     callgrind: bool,
     have: HashMap<&'static str, bool>,
     notes: Vec<String>,
@@ -349,7 +350,7 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
     let mut ctx = Ctx {
         bin,
         work: work.clone(),
-        perf: Perf::available(),
+        perf: PerfEvents::probe(),
         callgrind: !args.no_callgrind && measure::callgrind_available(),
         have: HashMap::new(),
         notes: Vec::new(),
@@ -370,9 +371,16 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
             "nginx's stream module ({NGINX_STREAM_MODULE}, package libnginx-mod-stream) is missing: nginx is left out."
         ));
     }
-    if !ctx.perf {
+    if !ctx.perf.syscalls {
         ctx.notes
             .push("perf cannot read syscall tracepoints here: no syscalls per request.".into());
+    }
+    if !ctx.perf.instructions {
+        ctx.notes.push(
+            "perf cannot count instructions here (no hardware counters, or perf_event_paranoid too high): \
+             no kernel or total instructions per request."
+                .into(),
+        );
     }
     if !ctx.callgrind {
         ctx.notes
@@ -689,19 +697,17 @@ fn echo_run(
 ) -> Result<Vec<Sample>, String> {
     let what = format!("({}) {server}", sc.key);
     let proc = spawn(echo_cmd(ctx, server), &what)?;
-    let cpu0 = tree_cpu_time(proc.pid()).map_err(|e| format!("{what}: {e}"))?;
-    let perf = if ctx.perf {
-        Perf::attach(proc.pid(), &ctx.work.join("perf.csv")).ok()
-    } else {
-        None
-    };
+    let cpu0 = tree_cpu_times(proc.pid()).map_err(|e| format!("{what}: {e}"))?;
+    let perf = Perf::attach(proc.pid(), &ctx.work.join("perf.csv"), ctx.perf).ok();
     let report = loadgen(
         ctx,
         proc.addr(),
         &echo_args(plan, sc, sc.conns, plan.duration, plan.warmup),
     );
     let counts = perf.and_then(|p| p.finish().ok()).unwrap_or_default();
-    let cpu1 = tree_cpu_time(proc.pid()).map_err(|e| format!("{what}: {e}"))?;
+    let cpu = tree_cpu_times(proc.pid())
+        .map_err(|e| format!("{what}: {e}"))?
+        .since(&cpu0);
     let _ = proc.stop(Duration::from_secs(5));
     let report = report.map_err(|e| format!("{what}: {e}"))?;
     let per_req = |x: Option<u64>| {
@@ -716,9 +722,12 @@ fn echo_run(
         p50_us: Some(report.p50_us),
         p99_us: Some(report.p99_us),
         p999_us: Some(report.p999_us),
-        cpu_us_per_req: per_req(Some((cpu1 - cpu0).as_micros() as u64)),
+        cpu_us_per_req: per_req(Some(cpu.total().as_micros() as u64)),
+        sys_us_per_req: per_req(Some(cpu.system.as_micros() as u64)),
         syscalls_per_req: per_req(counts.syscalls),
         ctxsw_per_req: per_req(counts.context_switches),
+        perf_user_instr_per_req: per_req(counts.instructions_user),
+        perf_kernel_instr_per_req: per_req(counts.instructions_kernel),
         errors: report.errors,
         ..Sample::default()
     }])
