@@ -9,10 +9,9 @@
 use std::io;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use argh::FromArgs;
-use gaidaros_benches::peer::{accept_until_stopped, parse_args};
+use gaidaros_benches::peer::{accept_until_stopped, parse_args, run_on_runtime};
 use tokio::net::TcpStream;
 
 #[derive(FromArgs)]
@@ -32,39 +31,12 @@ struct Args {
     host: String,
 }
 
-/// How long connection tasks still running at a signal may take to stop.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-
 fn main() -> ExitCode {
     let args: Args = match parse_args("tokio-forward") {
         Ok(a) => a,
         Err(code) => return code,
     };
-    if args.workers == 0 {
-        eprintln!("tokio-forward: --workers must be at least 1");
-        return ExitCode::from(2);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers)
-        .enable_io()
-        .enable_time()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tokio-forward: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let served = runtime.block_on(serve(args));
-    runtime.shutdown_timeout(SHUTDOWN_GRACE);
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tokio-forward: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_on_runtime("tokio-forward", args.workers, serve(args))
 }
 
 /// Accept and forward connections until SIGTERM or SIGINT.
