@@ -626,7 +626,7 @@ fn backends_under_callgrind(ctx: &mut Ctx) -> Vec<&'static str> {
         let stopped = spawn(cmd, &server).and_then(|proc| {
             // Under valgrind the signal handler thread needs a moment.
             thread::sleep(Duration::from_millis(500));
-            proc.stop(Duration::from_secs(10))
+            proc.stop(Duration::from_secs(5))
                 .map_err(|e| format!("stopping {server}: {e}"))
         });
         match stopped {
