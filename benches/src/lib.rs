@@ -15,19 +15,23 @@
 //! - `src/bin/loadgen.rs`: the load generator (ping-pong with pipelining, or
 //!   idle connections held open); prints a [`Report`].
 //! - `src/bin/tokio-echo.rs`: the tokio peer, a line echo server on the
-//!   multi-thread runtime; `src/bin/hyper-hello.rs`, the hyper peer for HTTP.
+//!   multi-thread runtime; `src/bin/tokio-forward.rs`, the tokio forwarder
+//!   of (f); `src/bin/hyper-hello.rs`, the hyper peer for HTTP.
 //! - `src/bin/sink.rs` and `src/bin/blast.rs`: the two ends of a throughput
 //!   run (blast writes N bytes, sink answers the count it read).
-//! - `src/bin/compare/` (`main.rs`, `http.rs` for the HTTP scenarios): the side-by-side runner that writes
+//! - `src/bin/compare/` (`main.rs`, `http.rs` for the HTTP scenarios,
+//!   `poll.rs` for the poll backends): the side-by-side runner that writes
 //!   docs/benchmarks.md.
 //! - [`report`]: the [`Report`] a load generator run produces, as JSON.
 //! - [`server`]: spawn a server, learn its port from its log, read its CPU
 //!   time, stop it.
-//! - [`measure`]: perf syscall counts, callgrind instruction totals, RSS.
+//! - [`measure`]: perf syscall and (where the CPU has counters) user and
+//!   kernel instruction counts, callgrind instruction totals, RSS.
 //! - [`stats`]: one [`Sample`] per run, medians, pair-by-pair ratios.
 //! - [`chart`]: the SVG bar chart of the ratios.
 //! - [`wrk`]: wrk's output as numbers (the HTTP scenarios' load).
-//! - [`peer`]: argument parsing and the accept loop the peer binaries share.
+//! - [`peer`]: argument parsing, the runtime and the accept loop the peer
+//!   binaries share.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -42,6 +46,7 @@ pub mod wrk;
 
 pub use report::{Mode, Report};
 pub use server::{
-    parse_listening_addr, process_cpu_time, tree_cpu_time, ServerProcess, SpawnError,
+    parse_listening_addr, process_cpu_time, tree_cpu_time, tree_cpu_times, CpuTimes, ServerProcess,
+    SpawnError,
 };
 pub use stats::Sample;

@@ -1,14 +1,17 @@
 //! What the runner reads off a server process while a load runs: syscalls
-//! and context switches (perf tracepoints), user-space instructions
-//! (valgrind's callgrind), resident memory (`/proc/PID/status`), and the
-//! medians and ratios the tables are made of.
+//! and context switches (perf tracepoints), user and kernel instructions
+//! (perf's hardware counters, where the machine has them), user-space
+//! instructions (valgrind's callgrind), resident memory
+//! (`/proc/PID/status`), and the medians and ratios the tables are made of.
 //!
 //! Why callgrind for instructions: on virtual machines without hardware
 //! counters `perf stat -e instructions` reports "not supported", and where
 //! it works it drifts with steal time. Callgrind counts the instructions a
 //! process executes in user space, the same total for the same work
 //! whatever the machine is doing; it cannot see the kernel, so syscalls per
-//! request stand in for the kernel's share.
+//! request stand in for the kernel's share. Where the counters exist,
+//! [`Perf`] also counts `instructions:u` and `instructions:k`: the only way
+//! to see work moved into the kernel (io_uring's, say).
 
 use std::fs;
 use std::io;
@@ -27,6 +30,11 @@ pub struct PerfCounts {
     pub syscalls: Option<u64>,
     /// Context switches.
     pub context_switches: Option<u64>,
+    /// Instructions retired in user space (`instructions:u`), when counted.
+    pub instructions_user: Option<u64>,
+    /// Instructions retired in the kernel on the process's behalf
+    /// (`instructions:k`), when counted.
+    pub instructions_kernel: Option<u64>,
 }
 
 /// `perf stat` attached to a running process.
@@ -36,31 +44,84 @@ pub struct Perf {
     out: PathBuf,
 }
 
-const PERF_EVENTS: &str = "raw_syscalls:sys_enter,context-switches";
+/// What a [`Perf`] run counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PerfEvents {
+    /// Syscalls and context switches (tracepoints: root, or
+    /// `perf_event_paranoid` at -1).
+    pub syscalls: bool,
+    /// User and kernel instructions apart (hardware counters, which
+    /// virtual machines often do not expose: "not supported").
+    pub instructions: bool,
+}
+
+const SYSCALL_EVENTS: &str = "raw_syscalls:sys_enter,context-switches";
+const INSTRUCTION_EVENTS: &str = "instructions:u,instructions:k";
+
+impl PerfEvents {
+    /// What perf is installed and allowed to count here.
+    pub fn probe() -> PerfEvents {
+        PerfEvents {
+            syscalls: Perf::available(),
+            instructions: Perf::counts_instructions(),
+        }
+    }
+
+    /// Whether there is anything to count.
+    pub fn any(&self) -> bool {
+        self.syscalls || self.instructions
+    }
+
+    /// perf's `-e` list.
+    fn list(&self) -> String {
+        let sets = [
+            (self.syscalls, SYSCALL_EVENTS),
+            (self.instructions, INSTRUCTION_EVENTS),
+        ];
+        let on: Vec<&str> = sets.iter().filter(|s| s.0).map(|s| s.1).collect();
+        on.join(",")
+    }
+}
 
 impl Perf {
     /// Whether perf is installed and may read syscall tracepoints here.
     pub fn available() -> bool {
         Command::new("perf")
-            .args(["stat", "-x,", "-e", PERF_EVENTS, "true"])
+            .args(["stat", "-x,", "-e", SYSCALL_EVENTS, "true"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     }
 
-    /// Start counting the syscalls of process `pid`; the CSV goes to `out`.
-    pub fn attach(pid: u32, out: &Path) -> io::Result<Perf> {
+    /// Whether perf counts instructions here, in user space and in the
+    /// kernel apart (hardware counters exposed, `perf_event_paranoid` low
+    /// enough for kernel events).
+    pub fn counts_instructions() -> bool {
+        Command::new("perf")
+            .args(["stat", "-x,", "-e", INSTRUCTION_EVENTS, "true"])
+            .stdout(Stdio::null())
+            .output()
+            .is_ok_and(|out| {
+                let counts = parse_perf_csv(&String::from_utf8_lossy(&out.stderr));
+                out.status.success()
+                    && counts.instructions_user.is_some()
+                    && counts.instructions_kernel.is_some()
+            })
+    }
+
+    /// Start counting `events` of process `pid`; the CSV goes to `out`.
+    /// Threads the process starts later are counted too.
+    pub fn attach(pid: u32, out: &Path, events: PerfEvents) -> io::Result<Perf> {
+        if !events.any() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no perf event to count",
+            ));
+        }
         let child = Command::new("perf")
-            .args([
-                "stat",
-                "-x,",
-                "-e",
-                PERF_EVENTS,
-                "-p",
-                &pid.to_string(),
-                "-o",
-            ])
+            .args(["stat", "-x,", "-e", &events.list(), "-p", &pid.to_string()])
+            .arg("-o")
             .arg(out)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -96,6 +157,8 @@ pub fn parse_perf_csv(csv: &str) -> PerfCounts {
         match *event {
             "raw_syscalls:sys_enter" => counts.syscalls = Some(count),
             "context-switches" => counts.context_switches = Some(count),
+            "instructions:u" => counts.instructions_user = Some(count),
+            "instructions:k" => counts.instructions_kernel = Some(count),
             _ => {}
         }
     }
@@ -213,10 +276,43 @@ mod tests {
             parse_perf_csv(csv),
             PerfCounts {
                 syscalls: Some(1234),
-                context_switches: Some(56)
+                context_switches: Some(56),
+                ..PerfCounts::default()
             }
         );
         assert_eq!(parse_perf_csv(""), PerfCounts::default());
+    }
+
+    #[test]
+    fn lists_only_the_events_asked_for() {
+        let both = PerfEvents {
+            syscalls: true,
+            instructions: true,
+        };
+        assert_eq!(
+            both.list(),
+            "raw_syscalls:sys_enter,context-switches,instructions:u,instructions:k"
+        );
+        let counters = PerfEvents {
+            instructions: true,
+            ..PerfEvents::default()
+        };
+        assert_eq!(counters.list(), "instructions:u,instructions:k");
+        assert!(!PerfEvents::default().any());
+    }
+
+    #[test]
+    fn reads_user_and_kernel_instructions_apart() {
+        let csv = "2045,,raw_syscalls:sys_enter,1000,100.00,,\n\
+                   918273,,instructions:u,1000,100.00,0.61,insn per cycle\n\
+                   1520333,,instructions:k,1000,100.00,1.10,insn per cycle\n";
+        let counts = parse_perf_csv(csv);
+        assert_eq!(counts.instructions_user, Some(918_273));
+        assert_eq!(counts.instructions_kernel, Some(1_520_333));
+        // A virtual machine without counters: no number, not a zero.
+        let vm = "<not supported>,,instructions:u,0,100.00,,\n\
+                  <not supported>,,instructions:k,0,100.00,,\n";
+        assert_eq!(parse_perf_csv(vm), PerfCounts::default());
     }
 
     #[test]

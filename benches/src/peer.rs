@@ -1,8 +1,10 @@
 //! What the peer and helper binaries share: command-line parsing with the
-//! project's exit codes, and the tokio accept loop of the peer servers
-//! (tokio-echo, hyper-hello) that stops cleanly on SIGTERM/SIGINT.
+//! project's exit codes, the tokio runtime the peer servers (tokio-echo,
+//! tokio-forward, hyper-hello) run on, and their accept loop that stops
+//! cleanly on SIGTERM/SIGINT.
 
 use std::ffi::OsString;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -35,6 +37,47 @@ pub fn parse_args<T: FromArgs>(name: &str) -> Result<T, ExitCode> {
             ExitCode::from(2)
         }
     })
+}
+
+/// How long connection tasks still running when a peer server stops may
+/// take to finish; idle ones are dropped rather than waited for.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Run `serve` on a tokio multi-thread runtime of `workers` threads (I/O
+/// and timers on), then give the tasks still running [`SHUTDOWN_GRACE`].
+/// The exit code of peer server `name`: 0 once `serve` returns `Ok`, 1 when
+/// the runtime cannot start or `serve` fails (said on stderr), 2 for zero
+/// workers.
+pub fn run_on_runtime(
+    name: &str,
+    workers: usize,
+    serve: impl Future<Output = io::Result<()>>,
+) -> ExitCode {
+    if workers == 0 {
+        eprintln!("{name}: --workers must be at least 1");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = runtime.block_on(serve);
+    runtime.shutdown_timeout(SHUTDOWN_GRACE);
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// SIGTERM and SIGINT, the signals that stop a peer server.

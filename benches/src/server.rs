@@ -201,22 +201,57 @@ pub fn process_cpu_time(pid: u32) -> io::Result<Duration> {
     Ok(ticks_to_duration(t[0] + t[1]))
 }
 
+/// CPU time split into user space and kernel (system) time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// Time in user space.
+    pub user: Duration,
+    /// Time in the kernel on the process's behalf (syscalls, and the
+    /// network stack's work done in its context).
+    pub system: Duration,
+}
+
+impl CpuTimes {
+    /// User + system.
+    pub fn total(&self) -> Duration {
+        self.user + self.system
+    }
+
+    /// The time spent since `earlier` (a reading of the same process).
+    pub fn since(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
 /// CPU time of process `pid`, its live descendants (nginx workers, say)
 /// and the children it has reaped (socat's per-connection forks): all the
 /// CPU a forking server spent.
 pub fn tree_cpu_time(pid: u32) -> io::Result<Duration> {
-    fn walk(pid: u32, depth: usize) -> io::Result<u64> {
-        let t = stat_times(pid)?;
-        let mut total = t.iter().sum::<u64>();
+    tree_cpu_times(pid).map(|t| t.total())
+}
+
+/// [`tree_cpu_time`], user and system apart.
+pub fn tree_cpu_times(pid: u32) -> io::Result<CpuTimes> {
+    fn walk(pid: u32, depth: usize) -> io::Result<[u64; 2]> {
+        let [utime, stime, cutime, cstime] = stat_times(pid)?;
+        let mut total = [utime + cutime, stime + cstime];
         if depth < 8 {
             for kid in children(pid) {
                 // A child that exits meanwhile is in cutime/cstime by now.
-                total += walk(kid, depth + 1).unwrap_or(0);
+                let [user, system] = walk(kid, depth + 1).unwrap_or([0, 0]);
+                total[0] += user;
+                total[1] += system;
             }
         }
         Ok(total)
     }
-    walk(pid, 0).map(ticks_to_duration)
+    walk(pid, 0).map(|[user, system]| CpuTimes {
+        user: ticks_to_duration(user),
+        system: ticks_to_duration(system),
+    })
 }
 
 /// Live children of `pid` (from `/proc/PID/task/*/children`).
@@ -296,5 +331,8 @@ mod tests {
             tree_cpu_time(std::process::id()).unwrap()
                 >= process_cpu_time(std::process::id()).unwrap()
         );
+        let split = tree_cpu_times(std::process::id()).unwrap();
+        assert!(split.total() >= split.user && split.total() >= split.system);
+        assert_eq!(split.since(&split), CpuTimes::default());
     }
 }

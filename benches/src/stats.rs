@@ -30,8 +30,17 @@ pub struct Sample {
     pub syscalls_per_req: Option<f64>,
     /// Server context switches per request (perf).
     pub ctxsw_per_req: Option<f64>,
+    /// Server system (kernel) CPU time per request, microseconds: the
+    /// kernel's part of `cpu_us_per_req`.
+    pub sys_us_per_req: Option<f64>,
     /// Server user-space instructions per request (callgrind).
     pub instr_per_req: Option<f64>,
+    /// Server user-space instructions per request from the CPU's counters
+    /// (perf `instructions:u`), where the machine exposes them.
+    pub perf_user_instr_per_req: Option<f64>,
+    /// Server kernel instructions per request from the CPU's counters
+    /// (perf `instructions:k`), where the machine exposes them.
+    pub perf_kernel_instr_per_req: Option<f64>,
     /// Server resident memory growth per held connection, bytes.
     pub bytes_per_conn: Option<f64>,
     /// Stream throughput, Gbit/s.
@@ -40,6 +49,14 @@ pub struct Sample {
     pub cpu_s_per_gib: Option<f64>,
     /// Errors the client saw (connect failures, disconnects, wrong bytes).
     pub errors: u64,
+}
+
+impl Sample {
+    /// User + kernel instructions per request (perf), when both were
+    /// counted: all the work a request costs, wherever it is done.
+    pub fn total_instr_per_req(&self) -> Option<f64> {
+        Some(self.perf_user_instr_per_req? + self.perf_kernel_instr_per_req?)
+    }
 }
 
 /// A numeric field of [`Sample`], for generic medians and ratios.
@@ -116,6 +133,26 @@ mod tests {
         assert_eq!(m, Some(1.5));
         assert_eq!(median_of(&runs, "a", "g", |s| s.req_s), Some(30.0));
         assert_eq!(median_of(&runs, "b", "g", |s| s.req_s), None);
+    }
+
+    #[test]
+    fn total_instructions_need_both_counts() {
+        let mut x = s("g", 0, 1.0);
+        assert_eq!(x.total_instr_per_req(), None);
+        x.perf_user_instr_per_req = Some(1500.0);
+        assert_eq!(x.total_instr_per_req(), None);
+        x.perf_kernel_instr_per_req = Some(4000.0);
+        assert_eq!(x.total_instr_per_req(), Some(5500.0));
+    }
+
+    #[test]
+    fn samples_written_before_a_field_existed_still_read() {
+        // compare --from re-renders older JSON lines.
+        let line = r#"{"scenario":"a","server":"tokio","pair":0,"req_s":5.0,"p50_us":null,"p99_us":null,"p999_us":null,"cpu_us_per_req":null,"syscalls_per_req":null,"ctxsw_per_req":null,"instr_per_req":null,"bytes_per_conn":null,"gbit_s":null,"cpu_s_per_gib":null,"errors":0}"#;
+        let x: Sample = serde_json::from_str(line).unwrap();
+        assert_eq!(x.req_s, Some(5.0));
+        assert_eq!(x.sys_us_per_req, None);
+        assert_eq!(x.perf_kernel_instr_per_req, None);
     }
 
     #[test]

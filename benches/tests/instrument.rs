@@ -1,7 +1,8 @@
 //! The instrument checked against real sockets: loadgen against tokio-echo,
 //! against a server that corrupts or drops, and tokio-echo's line limit;
-//! hyper-hello with a raw HTTP/1.1 client; blast into sink and into servers
-//! that close early or miscount; the servers' clean exit on SIGTERM.
+//! hyper-hello with a raw HTTP/1.1 client; blast into sink, through
+//! tokio-forward, and into servers that close early or miscount; the
+//! servers' clean exit on SIGTERM.
 //! Nothing here asserts speed; runs are a fraction of a second.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -289,6 +290,21 @@ fn blast_into_sink_is_counted_in_full() {
         let v = report[field].as_f64().expect(field);
         assert!(v > 0.0 && v.is_finite(), "{report}");
     }
+}
+
+#[test]
+fn blast_through_tokio_forward_reaches_sink_and_its_count_comes_back() {
+    // The half-close must cross the forwarder, and sink's answer come back.
+    let sink = sink();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tokio-forward"));
+    cmd.args(["--workers", "1", "--port", "0", "--upstream"])
+        .arg(sink.addr().to_string());
+    let forward = ServerProcess::spawn(cmd, Duration::from_secs(10)).expect("tokio-forward starts");
+    let (stdout, stderr, code) = blast(forward.addr(), &["--bytes", "8388609", "--chunk", "1000"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.starts_with("8388609 bytes in "), "{stdout}");
+    let status = forward.stop(Duration::from_secs(3)).unwrap();
+    assert!(status.success(), "{status}");
 }
 
 #[test]

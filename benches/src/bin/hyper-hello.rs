@@ -18,11 +18,10 @@
 use std::convert::Infallible;
 use std::io;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use argh::FromArgs;
 use bytes::Bytes;
-use gaidaros_benches::peer::{accept_until_stopped, parse_args};
+use gaidaros_benches::peer::{accept_until_stopped, parse_args, run_on_runtime};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
@@ -51,40 +50,12 @@ struct Args {
 /// The body of every response.
 const BODY: &[u8] = b"Hello, World!";
 
-/// How long connection tasks still running at a signal may take to stop.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-
 fn main() -> ExitCode {
     let args = match parse_args::<Args>("hyper-hello") {
         Ok(args) => args,
         Err(code) => return code,
     };
-    if args.workers == 0 {
-        eprintln!("hyper-hello: --workers must be at least 1");
-        return ExitCode::from(2);
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers)
-        .enable_io()
-        .enable_time()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("hyper-hello: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let served = runtime.block_on(serve(args));
-    // Idle keep-alive connections are dropped rather than waited for.
-    runtime.shutdown_timeout(SHUTDOWN_GRACE);
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hyper-hello: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_on_runtime("hyper-hello", args.workers, serve(args))
 }
 
 /// Accept and serve connections until SIGTERM or SIGINT.

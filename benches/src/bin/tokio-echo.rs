@@ -14,10 +14,9 @@
 
 use std::io;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use argh::FromArgs;
-use gaidaros_benches::peer::accept_until_stopped;
+use gaidaros_benches::peer::{accept_until_stopped, run_on_runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -44,37 +43,13 @@ struct Args {
 /// First read buffer per connection; it grows up to `max_line` for long lines.
 const INITIAL_BUF: usize = 16 * 1024;
 
-/// How long connection tasks still running at a signal may take to stop.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-
 fn main() -> ExitCode {
     let args: Args = argh::from_env();
-    if args.workers == 0 || args.max_line == 0 {
-        eprintln!("tokio-echo: --workers and --max-line must be at least 1");
+    if args.max_line == 0 {
+        eprintln!("tokio-echo: --max-line must be at least 1");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.workers)
-        .enable_io()
-        .enable_time()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tokio-echo: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let served = runtime.block_on(serve(args));
-    // Idle or stuck connection tasks are dropped rather than waited for.
-    runtime.shutdown_timeout(SHUTDOWN_GRACE);
-    match served {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tokio-echo: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    run_on_runtime("tokio-echo", args.workers, serve(args))
 }
 
 /// Accept and serve connections until SIGTERM or SIGINT.

@@ -7,13 +7,19 @@
 //!   deep: gaidaros echo (`-S thread -N 2`) against tokio-echo (2 workers),
 //!   alternating A B A B for `--pairs` pairs. Each run starts a fresh server
 //!   and reads requests/s and latency from the load generator, and the
-//!   server's CPU time (/proc) and syscalls (perf) per request. Then each
-//!   server runs each scenario once under callgrind for user-space
-//!   instructions per request (repeatable, unlike timings on this machine).
+//!   server's CPU time (/proc, user and system apart), syscalls and, where
+//!   the CPU has counters, user and kernel instructions (perf) per request.
+//!   Then each server runs each scenario once under callgrind for
+//!   user-space instructions per request (repeatable, unlike timings on
+//!   this machine).
 //! - (e) 10,000 idle connections: server RSS growth per connection.
-//! - (f) 1 GiB through a forwarder: gaidaros `forward` against socat and
-//!   nginx's stream proxy (when installed), and the direct connection with
-//!   no forwarder (the physical limit; iperf3 single stream beside it).
+//! - (f) 1 GiB through a forwarder: gaidaros `forward` against
+//!   tokio-forward, socat and nginx's stream proxy (when installed), and the
+//!   direct connection with no forwarder (the physical limit; iperf3 single
+//!   stream beside it).
+//! - the poll backends (`poll.rs`): (a)-(d) and (f) with gaidaros under
+//!   `-T level` and `-T completion` as well as the default edge, in the
+//!   same alternation (`--backends`).
 //! - the generator check: one load generator against two, same total load,
 //!   so the docs can say whether the generator is the limit.
 //!
@@ -35,15 +41,16 @@ use std::time::{Duration, Instant};
 
 use argh::FromArgs;
 use gaidaros_benches::chart::{self, Bar};
-use gaidaros_benches::measure::{self, Perf};
+use gaidaros_benches::measure::{self, Perf, PerfEvents};
 use gaidaros_benches::stats::{median_of, pair_ratios, Field};
-use gaidaros_benches::{tree_cpu_time, Report, Sample, ServerProcess};
+use gaidaros_benches::{tree_cpu_time, tree_cpu_times, Report, Sample, ServerProcess};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Deserialize;
 
 mod http;
+mod poll;
 
 #[derive(FromArgs)]
 /// Run gaidaros and its peers side by side (scenarios a-f) and write the
@@ -64,6 +71,13 @@ struct Args {
     /// connections, k = a static file; default all)
     #[argh(option, default = "String::from(\"abcdefghijk\")")]
     only: String,
+    /// poll backends (-T) gaidaros runs scenarios a-d and f under,
+    /// comma-separated from edge, level, completion (default all three);
+    /// edge is the default, the ordinary gaidaros run, so naming only edge
+    /// adds no run. With --quick the callgrind pass runs the other
+    /// backends in (a) only.
+    #[argh(option, default = "String::from(\"edge,level,completion\")")]
+    backends: String,
     /// skip the callgrind pass (instructions per request)
     #[argh(switch)]
     no_callgrind: bool,
@@ -158,6 +172,9 @@ const HANDLER_TYPES: [&str; 7] = [
 
 /// The echo servers compared, in run order.
 const ECHO_SERVERS: [&str; 2] = ["gaidaros", "tokio"];
+/// The peers of gaidaros's echo, run after it (and its other poll
+/// backends) in each pair.
+const ECHO_PEERS: [&str; 1] = ["tokio"];
 /// Load generator threads for every echo run (one is too few: see the
 /// generator check).
 const GEN_THREADS: usize = 2;
@@ -170,8 +187,9 @@ impl Ctx {
         Ctx {
             bin: PathBuf::new(),
             work: PathBuf::new(),
-            perf: false,
+            perf: PerfEvents::default(),
             callgrind: false,
+            backends: Vec::new(),
             have: HashMap::new(),
             notes: Vec::new(),
             failures: Vec::new(),
@@ -183,8 +201,12 @@ impl Ctx {
 struct Ctx {
     bin: PathBuf,
     work: PathBuf,
-    perf: bool,
+    /// What perf may count here.
+    perf: PerfEvents,
     callgrind: bool,
+    /// The poll backends gaidaros runs under in (a)-(d) and (f): edge (the
+    /// default run) and those of `--backends` that start here.
+    backends: Vec<&'static str>,
     have: HashMap<&'static str, bool>,
     notes: Vec<String>,
     failures: Vec<String>,
@@ -208,6 +230,10 @@ fn main() -> ExitCode {
     }
     if let Some(bad) = args.only.chars().find(|c| !"abcdefghijk".contains(*c)) {
         eprintln!("compare: --only: unknown scenario {bad:?} (expected letters from abcdefghijk)");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = poll::parse(&args.backends) {
+        eprintln!("compare: --backends: {e}");
         return ExitCode::from(2);
     }
     match run(&args, &plan) {
@@ -326,6 +352,7 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
         "gaidaros",
         "loadgen",
         "tokio-echo",
+        "tokio-forward",
         "hyper-hello",
         "sink",
         "blast",
@@ -349,8 +376,9 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
     let mut ctx = Ctx {
         bin,
         work: work.clone(),
-        perf: Perf::available(),
+        perf: PerfEvents::probe(),
         callgrind: !args.no_callgrind && measure::callgrind_available(),
+        backends: Vec::new(),
         have: HashMap::new(),
         notes: Vec::new(),
         failures: Vec::new(),
@@ -370,22 +398,35 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
             "nginx's stream module ({NGINX_STREAM_MODULE}, package libnginx-mod-stream) is missing: nginx is left out."
         ));
     }
-    if !ctx.perf {
+    if !ctx.perf.syscalls {
         ctx.notes
             .push("perf cannot read syscall tracepoints here: no syscalls per request.".into());
+    }
+    if !ctx.perf.instructions {
+        ctx.notes.push(
+            "perf cannot count instructions here (no hardware counters, or perf_event_paranoid too high): \
+             no kernel or total instructions per request."
+                .into(),
+        );
     }
     if !ctx.callgrind {
         ctx.notes
             .push("callgrind skipped or valgrind missing: no instructions per request.".into());
     }
 
-    let mut samples = Vec::new();
     let only = |k: &str| args.only.contains(k);
+    if poll::SCENARIOS.chars().any(|k| only(&k.to_string())) {
+        // Checked in main.
+        let asked = poll::parse(&args.backends).unwrap_or_default();
+        ctx.backends = backends_that_start(&mut ctx, &asked);
+    }
+
+    let mut samples = Vec::new();
     for pair in 0..plan.pairs {
         for sc in ECHO.iter().filter(|s| only(s.key)) {
-            for server in ECHO_SERVERS {
+            for server in poll::servers(sc.key, &ctx.backends, &ECHO_PEERS) {
                 eprintln!("== ({}) {server}, pair {}", sc.key, pair + 1);
-                let r = echo_run(&ctx, plan, sc, server, pair);
+                let r = echo_run(&ctx, plan, sc, &server, pair);
                 record(&mut ctx, &mut samples, r);
             }
         }
@@ -438,9 +479,24 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
         }
     }
     if ctx.callgrind {
-        let mut runs: Vec<(&Echo, &str)> = Vec::new();
+        let under_callgrind = if ECHO.iter().any(|s| only(s.key)) {
+            backends_under_callgrind(&mut ctx)
+        } else {
+            Vec::new()
+        };
+        let mut runs: Vec<(&Echo, String)> = Vec::new();
         for sc in ECHO.iter().filter(|s| only(s.key)) {
-            runs.extend(ECHO_SERVERS.iter().map(|server| (sc, *server)));
+            // --quick: the other backends in (a) only, to keep CI short.
+            let backends: &[&str] = if plan.quick && sc.key != "a" {
+                &[]
+            } else {
+                &under_callgrind
+            };
+            runs.extend(
+                poll::servers(sc.key, backends, &ECHO_PEERS)
+                    .into_iter()
+                    .map(|server| (sc, server)),
+            );
         }
         if only("h") {
             // Not -X proc: every request would start a process under
@@ -449,7 +505,7 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
                 HANDLER_TYPES
                     .iter()
                     .filter(|k| **k != "proc")
-                    .map(|kind| (&POOLS, *kind)),
+                    .map(|kind| (&POOLS, kind.to_string())),
             );
         }
         let have_wrk = ctx.have["wrk"];
@@ -462,8 +518,8 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
         }
         for (sc, server) in runs {
             eprintln!("== ({}) {server} under callgrind", sc.key);
-            let r = instr_run(&ctx, plan, sc, server);
-            record_instr(&mut ctx, &mut samples, sc.key, server, r);
+            let r = instr_run(&ctx, plan, sc, &server);
+            record_instr(&mut ctx, &mut samples, sc.key, &server, r);
         }
     }
 
@@ -525,6 +581,74 @@ fn record(ctx: &mut Ctx, samples: &mut Vec<Sample>, r: Result<Vec<Sample>, Strin
             ctx.failures.push(e);
         }
     }
+}
+
+/// The backends of `asked` gaidaros starts under here, edge always: a
+/// backend the machine refuses (io_uring off by sysctl or seccomp, for
+/// completion) is left out with a note, as a missing peer is.
+fn backends_that_start(ctx: &mut Ctx, asked: &[&'static str]) -> Vec<&'static str> {
+    let mut ok = vec!["edge"];
+    for backend in asked.iter().filter(|b| **b != "edge") {
+        let server = poll::server(backend);
+        match spawn(echo_cmd(ctx, &server), &server) {
+            Ok(proc) => {
+                let _ = proc.stop(Duration::from_secs(5));
+                ok.push(backend);
+            }
+            Err(e) => {
+                eprintln!("   {e}");
+                ctx.notes.push(format!(
+                    "`{server}` did not start here: it is left out. {}",
+                    e.replace('\n', " ")
+                ));
+            }
+        }
+    }
+    ok
+}
+
+/// The backends of `ctx.backends` whose echo server stops on SIGTERM under
+/// callgrind; the others are left out of the instruction runs with a note.
+/// valgrind (3.19 at least) keeps its global lock while a thread waits in
+/// io_uring_enter, so under `-T completion` the other threads, the signal
+/// thread among them, never run again.
+fn backends_under_callgrind(ctx: &mut Ctx) -> Vec<&'static str> {
+    let mut ok = Vec::new();
+    for backend in ctx.backends.clone() {
+        if backend == "edge" {
+            ok.push(backend);
+            continue;
+        }
+        let server = poll::server(backend);
+        eprintln!("== {server} under callgrind: does it stop?");
+        let out = ctx.work.join("callgrind.probe");
+        let cmd = measure::under_callgrind(&echo_cmd(ctx, &server), &out);
+        let stopped = spawn(cmd, &server).and_then(|proc| {
+            // Under valgrind the signal handler thread needs a moment.
+            thread::sleep(Duration::from_millis(500));
+            proc.stop(Duration::from_secs(5))
+                .map_err(|e| format!("stopping {server}: {e}"))
+        });
+        match stopped {
+            Ok(status) if status.success() => ok.push(backend),
+            Ok(status) => {
+                let why = if backend == "completion" {
+                    " valgrind holds its lock while a thread waits in io_uring_enter, so the server's other threads never run."
+                } else {
+                    ""
+                };
+                ctx.notes.push(format!(
+                    "`{server}` does not stop on SIGTERM under callgrind (killed: {status}): \
+                     no user instructions per request for it.{why}"
+                ));
+            }
+            Err(e) => ctx.notes.push(format!(
+                "`{server}` does not start under callgrind: no user instructions per request for it. {}",
+                e.replace('\n', " ")
+            )),
+        }
+    }
+    ok
 }
 
 fn build(root: &Path) -> Result<(), String> {
@@ -624,11 +748,13 @@ fn echo_cmd(ctx: &Ctx, server: &str) -> Command {
             c.args(["--workers", &WORKERS.to_string()]);
             c
         }
-        // "gaidaros", or a handler type for (h).
+        // "gaidaros", gaidaros under a poll backend, or a handler type for (h).
         other => {
             let mut c = Command::new(ctx.bin.join("gaidaros"));
             c.args(["-S", "thread", "-N", &WORKERS.to_string(), "--port", "0"]);
-            if other != "gaidaros" {
+            if let Some(backend) = poll::flag(other) {
+                c.args(["-T", backend]);
+            } else if other != "gaidaros" {
                 // Four workers: the processes of procpool start under
                 // valgrind in the instruction runs, seconds each.
                 c.args(["-X", other, "-n", "4"]);
@@ -689,19 +815,17 @@ fn echo_run(
 ) -> Result<Vec<Sample>, String> {
     let what = format!("({}) {server}", sc.key);
     let proc = spawn(echo_cmd(ctx, server), &what)?;
-    let cpu0 = tree_cpu_time(proc.pid()).map_err(|e| format!("{what}: {e}"))?;
-    let perf = if ctx.perf {
-        Perf::attach(proc.pid(), &ctx.work.join("perf.csv")).ok()
-    } else {
-        None
-    };
+    let cpu0 = tree_cpu_times(proc.pid()).map_err(|e| format!("{what}: {e}"))?;
+    let perf = Perf::attach(proc.pid(), &ctx.work.join("perf.csv"), ctx.perf).ok();
     let report = loadgen(
         ctx,
         proc.addr(),
         &echo_args(plan, sc, sc.conns, plan.duration, plan.warmup),
     );
     let counts = perf.and_then(|p| p.finish().ok()).unwrap_or_default();
-    let cpu1 = tree_cpu_time(proc.pid()).map_err(|e| format!("{what}: {e}"))?;
+    let cpu = tree_cpu_times(proc.pid())
+        .map_err(|e| format!("{what}: {e}"))?
+        .since(&cpu0);
     let _ = proc.stop(Duration::from_secs(5));
     let report = report.map_err(|e| format!("{what}: {e}"))?;
     let per_req = |x: Option<u64>| {
@@ -716,9 +840,12 @@ fn echo_run(
         p50_us: Some(report.p50_us),
         p99_us: Some(report.p99_us),
         p999_us: Some(report.p999_us),
-        cpu_us_per_req: per_req(Some((cpu1 - cpu0).as_micros() as u64)),
+        cpu_us_per_req: per_req(Some(cpu.total().as_micros() as u64)),
+        sys_us_per_req: per_req(Some(cpu.system.as_micros() as u64)),
         syscalls_per_req: per_req(counts.syscalls),
         ctxsw_per_req: per_req(counts.context_switches),
+        perf_user_instr_per_req: per_req(counts.instructions_user),
+        perf_kernel_instr_per_req: per_req(counts.instructions_kernel),
         errors: report.errors,
         ..Sample::default()
     }])
@@ -979,19 +1106,19 @@ fn stream_runs(ctx: &mut Ctx, plan: &Plan, pair: usize, samples: &mut Vec<Sample
         }
     };
     let upstream = sink.addr();
-    let mut forwarders = vec!["gaidaros", "gaidaros-copy"];
+    let mut forwarders = poll::servers("f", &ctx.backends, &["gaidaros-copy", "tokio"]);
     for peer in ["socat", "nginx"] {
         if ctx.have[peer] {
-            forwarders.push(peer);
+            forwarders.push(peer.into());
         }
     }
-    forwarders.push("direct");
+    forwarders.push("direct".into());
     if ctx.have["iperf3"] {
-        forwarders.push("iperf3");
+        forwarders.push("iperf3".into());
     }
     for name in forwarders {
         eprintln!("== (f) {name}, pair {}", pair + 1);
-        let r = stream_one(ctx, plan, name, upstream, pair);
+        let r = stream_one(ctx, plan, &name, upstream, pair);
         record(ctx, samples, r);
     }
     let _ = sink.stop(Duration::from_secs(5));
@@ -1022,18 +1149,33 @@ fn stream_one(
         let cpu1 = tree_cpu_time(pid).map_err(|e| format!("{what}: {e}"))?;
         Ok(sample(b.gbit_per_s, Some(cpu1.saturating_sub(cpu0))))
     };
+    // Ours and tokio-forward print their address.
+    let own = |cmd: Command| -> Result<Vec<Sample>, String> {
+        let proc = spawn(cmd, &what)?;
+        let s = through(proc.pid(), proc.addr());
+        let _ = proc.stop(Duration::from_secs(5));
+        Ok(vec![s?])
+    };
+    let gaidaros = name == "gaidaros" || poll::flag(name).is_some();
     match name {
-        "gaidaros" | "gaidaros-copy" => {
+        _ if gaidaros || name == "gaidaros-copy" => {
             let mut cmd = Command::new(ctx.bin.join("gaidaros"));
             cmd.args(["--handler", "forward", "-o"])
                 .arg(format!("upstream={upstream}"))
                 .arg("-o")
-                .arg(format!("splice={}", name == "gaidaros"))
+                .arg(format!("splice={gaidaros}"))
                 .args(["-S", "thread", "-N", &WORKERS.to_string(), "--port", "0"]);
-            let proc = spawn(cmd, &what)?;
-            let s = through(proc.pid(), proc.addr());
-            let _ = proc.stop(Duration::from_secs(5));
-            Ok(vec![s?])
+            if let Some(backend) = poll::flag(name) {
+                cmd.args(["-T", backend]);
+            }
+            own(cmd)
+        }
+        "tokio" => {
+            let mut cmd = Command::new(ctx.bin.join("tokio-forward"));
+            cmd.arg("--upstream")
+                .arg(upstream.to_string())
+                .args(["--workers", &WORKERS.to_string()]);
+            own(cmd)
         }
         "socat" => {
             let port = free_port()?;
@@ -1339,7 +1481,7 @@ fn report(
             md,
             "`blast` writes the bytes, the forwarder relays them to `sink`, which answers with the count it read; \
              throughput is measured up to that answer. `gaidaros` splices in the kernel (the default), `gaidaros-copy` is `-o splice=false` \
-             (bytes through the handler); `direct` is blast → sink with no forwarder (the limit), iperf3 one stream for reference. \
+             (bytes through the handler), `tokio` is tokio-forward (`copy_bidirectional`, {WORKERS} workers); `direct` is blast → sink with no forwarder (the limit), iperf3 one stream for reference. \
              CPU is the forwarder's (all its processes) per GiB.\n"
         );
         let _ = writeln!(
@@ -1351,6 +1493,7 @@ fn report(
         let names: Vec<&str> = [
             "gaidaros",
             "gaidaros-copy",
+            "tokio",
             "socat",
             "nginx",
             "direct",
@@ -1474,6 +1617,7 @@ fn report(
         );
     }
 
+    poll::report(&mut md, &mut targets, samples);
     http::report(&mut md, &mut targets, &mut bars, samples, plan);
 
     if !targets.is_empty() {
