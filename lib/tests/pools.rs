@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use gaidaros::dispatch::{self, HandlerType, Pool};
 use gaidaros::net::{self, BindSpec, ConnOptions, IpVersion};
 use gaidaros::service::HandleFuture;
-use gaidaros::{
-    Handler, Keep, Limits, ListenerSetup, Loop, LoopHandle, Service, ServiceError,
-};
+use gaidaros::{Handler, Keep, Limits, ListenerSetup, Loop, LoopHandle, Service, ServiceError};
 
 /// Every socket read and write of these tests gives up after this long.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use gaidaros::net::{self, BindSpec, ConnOptions, IpVersion};
 use gaidaros::{
-    CloseReason, ConnId, Ctx, Handler, Limits, ListenerSetup, Loop, LoopHandle,
-    Protocol, ProtocolFactory, TimerId,
+    CloseReason, ConnId, Ctx, Handler, Limits, ListenerSetup, Loop, LoopHandle, Protocol,
+    ProtocolFactory, TimerId,
 };
 
 /// Events a test protocol saw, in order.

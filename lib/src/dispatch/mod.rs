@@ -30,8 +30,8 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::Sender;
 use crate::poll::Waker;
+use crossbeam_channel::Sender;
 
 use crate::protocol::ConnId;
 use crate::service::{self, Keep, Service, ServiceError};

@@ -17,6 +17,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::Arc;
 
 use mio::net::TcpStream;
 use tracing::{debug, warn};
@@ -25,6 +26,7 @@ use super::output::{Front, MAX_IOVECS};
 use super::{Conn, Core, Loop, ReadStep};
 use crate::poll::{user_data, Cqe, Op, Ring};
 use crate::protocol::CloseReason;
+use crate::sys::Pipe;
 
 /// Size of the pipe file ranges are spliced through.
 const FILE_PIPE: usize = 1 << 20;
@@ -40,6 +42,9 @@ pub(crate) struct Inflight {
     pub iov: Option<Box<[libc::iovec; MAX_IOVECS]>>,
     /// An outbound connect in flight, with the address it reads.
     pub connect: Option<Box<socket2::SockAddr>>,
+    /// A poll-then-splice into the pipe of the connection it is spliced
+    /// to: that pipe, kept open here until it completes.
+    pub splice_in: Option<Arc<Pipe>>,
     /// Bytes received while reading was paused, handed on when it resumes.
     pub stash: Vec<u8>,
     /// The end of the stream came after the stashed bytes.
@@ -63,6 +68,7 @@ impl Inflight {
         usize::from(self.recv != Recv::Idle)
             + usize::from(self.send.is_some())
             + usize::from(self.connect.is_some())
+            + usize::from(self.splice_in.is_some())
     }
 }
 
@@ -71,11 +77,16 @@ impl Core {
         self.ring.as_deref_mut()
     }
 
-    /// Arm `slot`'s receive if it may read and none is out.
+    /// Arm `slot`'s receive if it may read and none is out (or its splice
+    /// into the connection it is spliced to).
     pub(super) fn uring_arm_recv(&mut self, slot: usize) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
+        if let Some(to) = conn.splice_to {
+            self.uring_arm_splice(slot, to);
+            return;
+        }
         if conn.io.recv != Recv::Idle
             || conn.reading_blocked()
             || conn.io.connect.is_some()
@@ -90,6 +101,67 @@ impl Core {
         };
         match ring.recv_multi(fd, slot, generation) {
             Ok(()) => self.conns[slot].io.recv = Recv::Armed,
+            Err(e) => self.abort(slot, CloseReason::Io(e.kind())),
+        }
+    }
+
+    /// Splice `slot`'s bytes into `to`'s pipe as they come, once its
+    /// receive (if one was out before the splice began) has stopped.
+    fn uring_arm_splice(&mut self, slot: usize, to: crate::protocol::ConnId) {
+        let conn = &mut self.conns[slot];
+        if conn.io.splice_in.is_some()
+            || conn.reading_blocked()
+            || !conn.io.stash.is_empty()
+            || conn.io.stash_eof
+        {
+            return;
+        }
+        match conn.io.recv {
+            Recv::Idle => {}
+            Recv::Cancelling => return,
+            Recv::Armed => {
+                // Bytes already on their way arrive first (and are queued
+                // on `to`); the splice starts when the receive has ended.
+                conn.io.recv = Recv::Cancelling;
+                let ud = user_data(Op::Recv, slot, conn.generation);
+                if let Some(ring) = self.ring.as_deref_mut() {
+                    if let Err(e) = ring.cancel(ud) {
+                        warn!(slot, "cannot cancel a receive: {e}");
+                    }
+                }
+                return;
+            }
+        }
+        let (fd, generation) = (conn.sock.as_raw_fd(), conn.generation);
+        let to_slot = to.slot as usize;
+        let room = self
+            .conns
+            .get(to_slot)
+            .filter(|d| d.generation == to.generation)
+            .and_then(|d| d.out.pipe_room())
+            .map(|(pipe, room)| (Arc::clone(pipe), room));
+        let Some((pipe, room)) = room else {
+            // The destination is gone: its bytes go through on_data again.
+            self.conns[slot].splice_to = None;
+            self.uring_arm_recv(slot);
+            return;
+        };
+        if room == 0 {
+            // Full: resumed when the destination drains to half its cap.
+            self.conns[slot].splice_stalled = true;
+            self.conns[to_slot].over_cap = true;
+            return;
+        }
+        let Some(ring) = self.ring.as_deref_mut() else {
+            return;
+        };
+        let pipe_fd = pipe.write_fd().as_raw_fd();
+        // SAFETY: the socket lives as long as this connection (a zombie
+        // until the splice completes), and the pipe as long as the clone
+        // kept in `splice_in`, whoever closes first.
+        let submitted = unsafe { ring.splice_when_readable(fd, pipe_fd, room, slot, generation) };
+        match submitted {
+            Ok(()) => self.conns[slot].io.splice_in = Some(pipe),
             Err(e) => self.abort(slot, CloseReason::Io(e.kind())),
         }
     }
@@ -119,10 +191,14 @@ impl Core {
         if conn.io.send.is_some() || conn.io.connect.is_some() {
             return Ok(());
         }
-        let iov = conn
-            .io
-            .iov
-            .get_or_insert_with(|| Box::new([libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOVECS]));
+        let iov = conn.io.iov.get_or_insert_with(|| {
+            Box::new(
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; MAX_IOVECS],
+            )
+        });
         let Some(front) = conn.out.lock_front(iov, FILE_PIPE)? else {
             return Ok(());
         };
@@ -137,7 +213,9 @@ impl Core {
         // first lives on as a zombie until then (`uring_close`).
         let submitted = unsafe {
             match front {
-                Front::Bytes(1) => ring.send(fd, iov[0].iov_base as *const u8, iov[0].iov_len, send),
+                Front::Bytes(1) => {
+                    ring.send(fd, iov[0].iov_base as *const u8, iov[0].iov_len, send)
+                }
                 Front::Bytes(n) => ring.writev(fd, iov.as_ptr(), n, send),
                 Front::Pipe { fd: pipe, len } => ring.splice(pipe, -1, fd, len, send),
                 Front::File {
@@ -160,11 +238,17 @@ impl Core {
     }
 
     /// Open an outbound connection with a connect submission.
-    pub(super) fn uring_connect(&mut self, addr: SocketAddr) -> io::Result<(TcpStream, Box<socket2::SockAddr>)> {
+    pub(super) fn uring_connect(
+        &mut self,
+        addr: SocketAddr,
+    ) -> io::Result<(TcpStream, Box<socket2::SockAddr>)> {
         let domain = socket2::Domain::for_address(addr);
         let sock = socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), None)?;
         let std: std::net::TcpStream = sock.into();
-        Ok((TcpStream::from_std(std), Box::new(socket2::SockAddr::from(addr))))
+        Ok((
+            TcpStream::from_std(std),
+            Box::new(socket2::SockAddr::from(addr)),
+        ))
     }
 
     /// Submit the connect of `slot` (just added with its address).
@@ -173,7 +257,7 @@ impl Core {
         let Some(addr) = conn.io.connect.as_deref() else {
             return Ok(());
         };
-        let (ptr, len) = (addr.as_ptr() as *const libc::sockaddr, addr.len());
+        let (ptr, len) = (addr.as_ptr(), addr.len());
         let ud = user_data(Op::Connect, slot, conn.generation);
         let fd = conn.sock.as_raw_fd();
         let Some(ring) = self.ring.as_deref_mut() else {
@@ -208,6 +292,10 @@ impl Core {
             if conn.io.connect.is_some() {
                 cancel(Op::Connect);
             }
+            if conn.io.splice_in.is_some() {
+                cancel(Op::Poll);
+                cancel(Op::SpliceIn);
+            }
         }
         self.zombies.insert((slot, generation), conn);
         None
@@ -228,8 +316,8 @@ impl Loop {
                     }
                 }
             }
-            Op::Cancel => {}
-            Op::Recv | Op::Send | Op::FileIn | Op::Connect => {
+            Op::Cancel | Op::Poll => {}
+            Op::Recv | Op::Send | Op::FileIn | Op::Connect | Op::SpliceIn => {
                 let live = self
                     .core
                     .conns
@@ -242,6 +330,7 @@ impl Loop {
                 match cqe.op {
                     Op::Recv => self.uring_received(cqe),
                     Op::Connect => self.uring_connected(cqe),
+                    Op::SpliceIn => self.uring_spliced(cqe),
                     _ => self.uring_sent(cqe),
                 }
             }
@@ -262,6 +351,7 @@ impl Loop {
             Op::Recv if !cqe.more() => z.io.recv = super::completion::Recv::Idle,
             Op::Send | Op::FileIn => z.io.send = None,
             Op::Connect => z.io.connect = None,
+            Op::SpliceIn => z.io.splice_in = None,
             _ => {}
         }
         if z.io.count() == 0 {
@@ -395,8 +485,8 @@ impl Loop {
         }
         let n = cqe.result as usize;
         let conn = &mut self.core.conns[slot];
-        let held = (conn.reading_blocked() && conn.linger_deadline.is_none())
-            || !conn.io.stash.is_empty();
+        let held =
+            (conn.reading_blocked() && conn.linger_deadline.is_none()) || !conn.io.stash.is_empty();
         if n == 0 {
             // End of stream: after what is stashed.
             conn.io.recv = Recv::Idle;
@@ -486,6 +576,47 @@ impl Loop {
         self.core.uring_arm_recv(slot);
     }
 
+    fn uring_spliced(&mut self, cqe: Cqe) {
+        let slot = cqe.slot;
+        let conn = &mut self.core.conns[slot];
+        conn.io.splice_in = None;
+        match cqe.result {
+            0 => {
+                self.handle_step(slot, ReadStep::Eof);
+                return;
+            }
+            n if n > 0 => {
+                conn.last_active = self.core.now;
+                conn.fresh = false;
+                let n = n as usize;
+                if let Some(to) = conn.splice_to {
+                    let to_slot = to.slot as usize;
+                    if let Some(dst) = self
+                        .core
+                        .conns
+                        .get_mut(to_slot)
+                        .filter(|d| d.generation == to.generation)
+                    {
+                        dst.out.push_piped(n);
+                        self.core.mark_dirty(to_slot);
+                        if !self.core.note_output(to_slot) {
+                            self.core.conns[slot].splice_stalled = true;
+                        }
+                    }
+                }
+            }
+            // Nothing to move after all, or the poll was cancelled: try
+            // again if it may read.
+            e if e == -libc::EAGAIN || e == -libc::ECANCELED || e == -libc::EINTR => {}
+            e => {
+                let kind = io::Error::from_raw_os_error(-e).kind();
+                self.core.abort(slot, CloseReason::Io(kind));
+                return;
+            }
+        }
+        self.core.uring_arm_recv(slot);
+    }
+
     fn uring_sent(&mut self, cqe: Cqe) {
         let slot = cqe.slot;
         let conn = &mut self.core.conns[slot];
@@ -497,7 +628,10 @@ impl Loop {
             self.core.abort(slot, CloseReason::Io(kind));
             return;
         }
-        if let Err(e) = conn.out.complete(front, cqe.result as usize, &mut self.core.pool) {
+        if let Err(e) = conn
+            .out
+            .complete(front, cqe.result as usize, &mut self.core.pool)
+        {
             self.core.abort(slot, CloseReason::Io(e.kind()));
             return;
         }

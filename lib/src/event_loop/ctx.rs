@@ -179,11 +179,7 @@ impl Ctx<'_> {
             };
             self.core.setups[dest.listener].limits.output_cap
         };
-        // Under -T completion the bytes are received into the ring's
-        // buffers and queued on `to` as they come: no pipe.
-        if self.core.ring.is_none() {
-            self.core.conns[to_slot].out.attach_pipe(cap)?;
-        }
+        self.core.conns[to_slot].out.attach_pipe(cap)?;
         self.core.conns[to_slot].fed_by = Some(from);
         self.core.conns[from.slot as usize].splice_to = Some(to);
         // Bytes may already wait on `from`: no new edge would announce them.

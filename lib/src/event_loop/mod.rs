@@ -711,9 +711,12 @@ impl Loop {
                 continue;
             };
             if let Some(p) = self.core.poller.as_deref_mut() {
-                if let Err(e) =
-                    p.set_interest(sock.as_fd(), LISTENER_BASE + i, Interest::READ, Interest::NONE)
-                {
+                if let Err(e) = p.set_interest(
+                    sock.as_fd(),
+                    LISTENER_BASE + i,
+                    Interest::READ,
+                    Interest::NONE,
+                ) {
                     debug!("deregister listener {i}: {e}");
                 }
             }

@@ -70,8 +70,10 @@ pub struct OutQueue {
     chunks: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     head: usize,
-    /// The pipe spliced bytes wait in, once a splice feeds this queue.
-    pipe: Option<sys::Pipe>,
+    /// The pipe spliced bytes wait in, once a splice feeds this queue
+    /// (shared with a splice in flight into it under `-T completion`, which
+    /// keeps it open if this connection closes first).
+    pipe: Option<Arc<sys::Pipe>>,
     /// Bytes in the pipe (the sum of the Piped chunks).
     piped: usize,
     /// Leading chunks the kernel is reading from right now (`-T
@@ -160,13 +162,13 @@ impl OutQueue {
     /// existing pipe.
     pub fn attach_pipe(&mut self, capacity: usize) -> io::Result<()> {
         if self.pipe.is_none() {
-            self.pipe = Some(sys::Pipe::new(capacity)?);
+            self.pipe = Some(Arc::new(sys::Pipe::new(capacity)?));
         }
         Ok(())
     }
 
     /// The pipe, its capacity and the free room in it.
-    pub fn pipe_room(&self) -> Option<(&sys::Pipe, usize)> {
+    pub fn pipe_room(&self) -> Option<(&Arc<sys::Pipe>, usize)> {
         self.pipe
             .as_ref()
             .map(|p| (p, p.capacity().saturating_sub(self.piped)))
@@ -188,7 +190,7 @@ impl OutQueue {
 
     /// Capacity of the pipe, if one is attached.
     pub fn pipe_capacity(&self) -> Option<usize> {
-        self.pipe.as_ref().map(sys::Pipe::capacity)
+        self.pipe.as_ref().map(|p| p.capacity())
     }
 
     /// Drop a trailing empty byte chunk (left when a handler wrote nothing).
@@ -342,11 +344,14 @@ impl OutQueue {
                     .map_or(0, |(_, room)| room)
                     .min(SENDFILE_STEP);
                 let pipe = self.pipe.as_ref().map(|p| p.write_fd().as_raw_fd());
-                let (Some(Chunk::File {
-                    file,
-                    offset,
-                    remaining,
-                }), Some(pipe)) = (self.chunks.front(), pipe)
+                let (
+                    Some(Chunk::File {
+                        file,
+                        offset,
+                        remaining,
+                    }),
+                    Some(pipe),
+                ) = (self.chunks.front(), pipe)
                 else {
                     return Ok(None);
                 };
@@ -614,7 +619,10 @@ mod tests {
         q.push_bytes(b"head", &mut pool);
         q.push_file(file, 10, 100_000);
         q.push_bytes(b"tail", &mut pool);
-        assert_eq!(q.lock_front(&mut iov, 65536).unwrap(), Some(Front::Bytes(1)));
+        assert_eq!(
+            q.lock_front(&mut iov, 65536).unwrap(),
+            Some(Front::Bytes(1))
+        );
         q.complete(Front::Bytes(1), 4, &mut pool).unwrap();
         let Some(Front::File { offset, len, .. }) = q.lock_front(&mut iov, 65536).unwrap() else {
             panic!("the file range is next");
@@ -634,7 +642,8 @@ mod tests {
             panic!("the piped bytes are next");
         };
         assert_eq!(len, 1000);
-        q.complete(Front::Pipe { fd: 0, len }, 1000, &mut pool).unwrap();
+        q.complete(Front::Pipe { fd: 0, len }, 1000, &mut pool)
+            .unwrap();
         let Some(Front::File { offset, .. }) = q.lock_front(&mut iov, 65536).unwrap() else {
             panic!("the rest of the range is next");
         };

@@ -48,6 +48,11 @@ pub(crate) enum Op {
     Wake,
     /// A cancellation (its own completion carries nothing).
     Cancel,
+    /// The readability poll in front of a `SpliceIn` (its completion
+    /// carries nothing the loop needs).
+    Poll,
+    /// A splice from a connection's socket into another's pipe.
+    SpliceIn,
 }
 
 impl Op {
@@ -60,6 +65,8 @@ impl Op {
             5 => Op::Connect,
             6 => Op::Wake,
             7 => Op::Cancel,
+            8 => Op::Poll,
+            9 => Op::SpliceIn,
             _ => return None,
         })
     }
@@ -212,8 +219,12 @@ impl Ring {
         let mut bufs = BufRing::new(count, buf_size)?;
         // SAFETY: the entries live as long as the ring (see field order).
         unsafe {
-            ring.submitter()
-                .register_buf_ring_with_flags(bufs.entries as u64, count, BUF_GROUP, 0)?;
+            ring.submitter().register_buf_ring_with_flags(
+                bufs.entries as u64,
+                count,
+                BUF_GROUP,
+                0,
+            )?;
         }
         for bid in 0..count {
             bufs.push(bid);
@@ -313,7 +324,13 @@ impl Ring {
     ///
     /// # Safety
     /// The bytes must stay valid and unchanged until the completion.
-    pub unsafe fn send(&mut self, fd: RawFd, ptr: *const u8, len: usize, ud: u64) -> io::Result<()> {
+    pub unsafe fn send(
+        &mut self,
+        fd: RawFd,
+        ptr: *const u8,
+        len: usize,
+        ud: u64,
+    ) -> io::Result<()> {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
         let sqe = opcode::Send::new(Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
@@ -335,7 +352,9 @@ impl Ring {
         n: usize,
         ud: u64,
     ) -> io::Result<()> {
-        let sqe = opcode::Writev::new(Fd(fd), iov, n as u32).build().user_data(ud);
+        let sqe = opcode::Writev::new(Fd(fd), iov, n as u32)
+            .build()
+            .user_data(ud);
         // SAFETY: the caller's promise.
         unsafe { self.push(sqe) }
     }
@@ -355,11 +374,51 @@ impl Ring {
     ) -> io::Result<()> {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
         let sqe = opcode::Splice::new(Fd(fd_in), off_in, Fd(fd_out), -1, len)
-            .flags(libc::SPLICE_F_MOVE as u32)
+            .flags(libc::SPLICE_F_MOVE)
             .build()
             .user_data(ud);
         // SAFETY: the caller's promise.
         unsafe { self.push(sqe) }
+    }
+
+    /// Once socket `fd` is readable, splice up to `len` bytes of it into
+    /// the pipe whose write end is `pipe` (a poll linked to a non-blocking
+    /// splice: a splice on its own would park a kernel worker thread until
+    /// bytes come). Completions: `Op::Poll`, then `Op::SpliceIn`.
+    ///
+    /// # Safety
+    /// Both descriptors must stay open until the splice's completion.
+    pub unsafe fn splice_when_readable(
+        &mut self,
+        fd: RawFd,
+        pipe: RawFd,
+        len: usize,
+        slot: usize,
+        generation: u32,
+    ) -> io::Result<()> {
+        // The two must be submitted together for the link to hold.
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < 2 {
+            self.enable()?;
+            self.ring.submit()?;
+        }
+        let poll = opcode::PollAdd::new(Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(user_data(Op::Poll, slot, generation));
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let splice = opcode::Splice::new(Fd(fd), -1, Fd(pipe), -1, len)
+            .flags(libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK)
+            .build()
+            .user_data(user_data(Op::SpliceIn, slot, generation));
+        // SAFETY: the caller's promise; no memory.
+        unsafe {
+            self.push(poll)?;
+            self.push(splice)
+        }
     }
 
     /// Connect `fd` to the address at `addr`.
@@ -373,7 +432,9 @@ impl Ring {
         len: libc::socklen_t,
         ud: u64,
     ) -> io::Result<()> {
-        let sqe = opcode::Connect::new(Fd(fd), addr, len).build().user_data(ud);
+        let sqe = opcode::Connect::new(Fd(fd), addr, len)
+            .build()
+            .user_data(ud);
         // SAFETY: the caller's promise.
         unsafe { self.push(sqe) }
     }

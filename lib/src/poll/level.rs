@@ -56,12 +56,13 @@ impl Readiness for Level {
         new: Interest,
     ) -> io::Result<()> {
         let data = EventData::new_u64(token as u64);
-        Ok(match (old.is_none(), new.is_none()) {
+        match (old.is_none(), new.is_none()) {
             (true, true) => {}
             (_, true) => epoll::delete(&self.epoll, fd)?,
             (true, false) => epoll::add(&self.epoll, fd, data, flags(new))?,
             (false, false) => epoll::modify(&self.epoll, fd, data, flags(new))?,
-        })
+        }
+        Ok(())
     }
 
     fn wait(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {

@@ -7,9 +7,9 @@ use gaidaros::LoopSettings;
 /// when unset): `scripts/test` runs these tests under each backend.
 pub fn loop_settings() -> LoopSettings {
     let poll = match std::env::var("GAIDAROS_TEST_POLL") {
-        Ok(name) if !name.is_empty() => name
-            .parse::<PollType>()
-            .unwrap_or_else(|()| panic!("GAIDAROS_TEST_POLL={name:?}: not edge, level or completion")),
+        Ok(name) if !name.is_empty() => name.parse::<PollType>().unwrap_or_else(|()| {
+            panic!("GAIDAROS_TEST_POLL={name:?}: not edge, level or completion")
+        }),
         _ => PollType::Edge,
     };
     LoopSettings {
