@@ -194,10 +194,37 @@ impl AsFd for Waker {
     }
 }
 
+/// The oldest kernel the completion backend runs on: multishot receives
+/// came in 6.0 (multishot accepts and provided-buffer rings in 5.19).
+const URING_MIN_KERNEL: (u32, u32) = (6, 0);
+
 /// Set up (and drop) a ring as a loop would: the kernel's refusal, if any,
-/// comes out here, before any loop is built.
+/// comes out here, before any loop is built. A kernel too old for the
+/// operations the loop submits is refused here too, rather than failing
+/// on the first connection.
 pub fn probe_uring() -> io::Result<()> {
+    if let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+        if let Some(version) = kernel_version(&release) {
+            if version < URING_MIN_KERNEL {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "Linux {}.{} is older than {}.{}, which multishot receives need",
+                        version.0, version.1, URING_MIN_KERNEL.0, URING_MIN_KERNEL.1
+                    ),
+                ));
+            }
+        }
+    }
     Ring::new(2, 4096).map(drop)
+}
+
+/// "6.18.44-generic" -> (6, 18).
+fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// Why io_uring cannot be used here, in words an operator can act on.
@@ -208,9 +235,42 @@ pub fn uring_refusal(err: &io::Error) -> String {
             "io_uring is not permitted (a seccomp filter, or sysctl kernel.io_uring_disabled)"
         }
         Some(libc::EACCES) => "io_uring is restricted to a group (sysctl kernel.io_uring_group)",
-        Some(libc::EINVAL) => "the kernel lacks an io_uring feature gaidaros needs (5.19 or later)",
+        Some(libc::EINVAL) => {
+            "the kernel lacks an io_uring feature gaidaros needs (Linux 6.0 or later)"
+        }
         Some(libc::ENOMEM) => "no memory for the ring (RLIMIT_MEMLOCK on kernels before 5.12)",
-        _ => "the kernel refused it",
+        _ => "the kernel cannot run it",
     };
     format!("io_uring cannot be used: {why} ({err})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_round_trip() {
+        for kind in [PollType::Edge, PollType::Level, PollType::Completion] {
+            assert_eq!(kind.to_string().parse::<PollType>(), Ok(kind));
+        }
+        assert!("epoll".parse::<PollType>().is_err());
+    }
+
+    #[test]
+    fn kernel_versions_are_read_from_the_release() {
+        assert_eq!(kernel_version("6.18.44-fc-v657\n"), Some((6, 18)));
+        assert_eq!(kernel_version("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(kernel_version("6.1"), Some((6, 1)));
+        assert_eq!(kernel_version("garbage"), None);
+        assert!((5, 19) < URING_MIN_KERNEL && (6, 0) >= URING_MIN_KERNEL);
+    }
+
+    #[test]
+    fn refusals_name_the_reason() {
+        let why = |errno| uring_refusal(&io::Error::from_raw_os_error(errno));
+        assert!(why(libc::EPERM).contains("seccomp"), "{}", why(libc::EPERM));
+        assert!(why(libc::ENOSYS).contains("no io_uring"));
+        assert!(why(libc::EACCES).contains("io_uring_group"));
+        assert!(why(libc::EPERM).contains("Operation not permitted"));
+    }
 }
