@@ -107,6 +107,37 @@ impl Pipe {
         .map_err(io::Error::from)
     }
 
+    /// Read out the last `n` bytes the pipe holds, discarding any before
+    /// them: how bytes spliced into the pipe of a connection that closed
+    /// meanwhile are taken back (`-T completion`).
+    pub fn take_last(&self, n: usize) -> io::Result<Vec<u8>> {
+        use std::os::fd::AsRawFd;
+        let held = usize::try_from(rustix::io::ioctl_fionread(&self.read)?).unwrap_or(usize::MAX);
+        let mut skip = held.saturating_sub(n);
+        let mut out = vec![0; n.min(held)];
+        let mut scratch = [0u8; 4096];
+        let mut at = 0;
+        while skip > 0 || at < out.len() {
+            let buf = if skip > 0 {
+                let len = skip.min(scratch.len());
+                &mut scratch[..len]
+            } else {
+                &mut out[at..]
+            };
+            match nix::unistd::read(self.read.as_raw_fd(), buf) {
+                Ok(0) => break,
+                Ok(got) if skip > 0 => skip -= got,
+                Ok(got) => at += got,
+                Err(nix::errno::Errno::EINTR) => {}
+                // Fewer bytes than FIONREAD said: keep what came.
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.truncate(at);
+        Ok(out)
+    }
+
     /// Move up to `len` bytes from the pipe to `socket`. WouldBlock means
     /// the socket's send buffer is full.
     pub fn drain_to(&self, socket: impl AsFd, len: usize) -> io::Result<usize> {
@@ -282,4 +313,20 @@ pub fn ignore_file_size_signal() -> io::Result<()> {
     unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }
         .map(|_| ())
         .map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn take_last_returns_the_newest_bytes_of_a_pipe() {
+        let pipe = Pipe::new(65536).unwrap();
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let written = nix::unistd::write(pipe.write_fd(), &data).unwrap();
+        assert_eq!(written, data.len());
+        assert_eq!(pipe.take_last(3000).unwrap(), &data[7000..]);
+        // Emptied: nothing is left to take.
+        assert!(pipe.take_last(10).unwrap().is_empty());
+    }
 }

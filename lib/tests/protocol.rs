@@ -469,3 +469,162 @@ fn a_panicking_protocol_loses_its_session_only() {
     calm.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_all(calm), b"");
 }
+
+/// Sends a file to the client, then splices an upstream's bytes behind it.
+struct FileThenRelay {
+    target: SocketAddr,
+    file: Arc<std::fs::File>,
+    len: u64,
+    client: Option<ConnId>,
+}
+
+impl Protocol for FileThenRelay {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        if self.client.is_none() {
+            self.client = Some(conn);
+            ctx.connect(self.target).expect("connect upstream");
+        }
+    }
+    fn on_connect(&mut self, ctx: &mut Ctx<'_>, up: ConnId, result: std::io::Result<()>) {
+        result.expect("upstream connects");
+        let client = self.client.expect("client first");
+        ctx.send_file(client, self.file.clone(), 0, self.len);
+        ctx.splice(up, client).expect("splice upstream to client");
+    }
+    fn on_data(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, data: &[u8]) -> usize {
+        // Bytes that came before the splice began, or whose splice found
+        // the destination gone.
+        if let Some(client) = self.client.filter(|c| *c != conn) {
+            ctx.write(client, data);
+        }
+        data.len()
+    }
+    fn on_read_closed(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        if let Some(client) = self.client.filter(|c| *c != conn) {
+            ctx.close(client);
+        }
+        ctx.close(conn);
+    }
+}
+
+#[test]
+fn spliced_bytes_leave_behind_a_file_range_in_order() {
+    let dir = std::env::temp_dir().join(format!("gaidaros-file-relay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("data.bin");
+    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(&path, &content).unwrap();
+    let file = Arc::new(std::fs::File::open(&path).unwrap());
+    let len = content.len() as u64;
+    // The upstream writes in small segments (one pipe slot each when
+    // spliced), so the destination's pipe runs out of slots before bytes.
+    let relayed: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = upstream.local_addr().unwrap();
+    let sent = relayed.clone();
+    let up = thread::spawn(move || {
+        let (mut s, _) = upstream.accept().unwrap();
+        s.set_nodelay(true).unwrap();
+        for piece in sent.chunks(1000) {
+            s.write_all(piece).unwrap();
+        }
+    });
+    let server = start(
+        Factory(move || FileThenRelay {
+            target,
+            file: file.clone(),
+            len,
+            client: None,
+        }),
+        Limits::default(),
+        ConnOptions::default(),
+    );
+    let got = read_all(client(server.addr));
+    up.join().unwrap();
+    let mut want = content;
+    want.extend_from_slice(&relayed);
+    assert_eq!(got.len(), want.len());
+    let first_difference = got.iter().zip(&want).position(|(a, b)| a != b);
+    assert_eq!(first_difference, None, "bytes out of order");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Splices an upstream into the client; once the client has gone, the
+/// upstream's bytes must come to on_data.
+struct LateBytes {
+    target: SocketAddr,
+    log: Log,
+    client: Option<ConnId>,
+}
+
+impl Protocol for LateBytes {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        if self.client.is_none() {
+            self.client = Some(conn);
+            ctx.connect(self.target).expect("connect upstream");
+        }
+    }
+    fn on_connect(&mut self, ctx: &mut Ctx<'_>, up: ConnId, result: std::io::Result<()>) {
+        result.expect("upstream connects");
+        let client = self.client.expect("client first");
+        ctx.splice(up, client).expect("splice upstream to client");
+        self.log.lock().unwrap().push("spliced".into());
+    }
+    fn on_data(&mut self, _: &mut Ctx<'_>, conn: ConnId, data: &[u8]) -> usize {
+        if Some(conn) != self.client {
+            let text = String::from_utf8_lossy(data).into_owned();
+            self.log.lock().unwrap().push(format!("upstream: {text}"));
+        }
+        data.len()
+    }
+    fn on_read_closed(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        ctx.close(conn);
+    }
+    fn on_close(&mut self, _: &mut Ctx<'_>, conn: ConnId, _: CloseReason) {
+        if Some(conn) == self.client {
+            self.log.lock().unwrap().push("client closed".into());
+        }
+    }
+}
+
+fn wait_for(log: &Log, entry: &str) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if log.lock().unwrap().iter().any(|e| e == entry) {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn bytes_after_the_splice_destination_closed_reach_on_data() {
+    let upstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = upstream.local_addr().unwrap();
+    let log: Log = Arc::default();
+    let l = log.clone();
+    let server = start(
+        Factory(move || LateBytes {
+            target,
+            log: l.clone(),
+            client: None,
+        }),
+        Limits::default(),
+        ConnOptions::default(),
+    );
+    let c = client(server.addr);
+    let (mut up, _) = upstream.accept().unwrap();
+    assert!(wait_for(&log, "spliced"), "{:?}", log.lock().unwrap());
+    // Under -T completion a splice from the upstream is out now.
+    c.shutdown(Shutdown::Both).unwrap();
+    drop(c);
+    assert!(wait_for(&log, "client closed"), "{:?}", log.lock().unwrap());
+    up.write_all(b"LATE").unwrap();
+    assert!(
+        wait_for(&log, "upstream: LATE"),
+        "bytes lost: {:?}",
+        log.lock().unwrap()
+    );
+    drop(up);
+}

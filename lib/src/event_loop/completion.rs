@@ -18,6 +18,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mio::net::TcpStream;
 use tracing::{debug, warn};
@@ -30,6 +31,9 @@ use crate::sys::Pipe;
 
 /// Size of the pipe file ranges are spliced through.
 const FILE_PIPE: usize = 1 << 20;
+
+/// How long a stopping loop waits for its submissions to complete.
+const RETIRE_WAIT: Duration = Duration::from_millis(500);
 
 /// A connection's submissions under `-T completion`.
 #[derive(Default)]
@@ -166,6 +170,66 @@ impl Core {
         }
     }
 
+    /// Account for `n` bytes just spliced into `to`'s pipe; false when `to`
+    /// has closed. A full `to` stalls the connection feeding it.
+    pub(super) fn spliced_into(&mut self, to: crate::protocol::ConnId, n: usize) -> bool {
+        let to_slot = to.slot as usize;
+        let Some(dst) = self
+            .conns
+            .get_mut(to_slot)
+            .filter(|d| d.generation == to.generation)
+        else {
+            return false;
+        };
+        dst.out.push_piped(n);
+        let src = dst.fed_by;
+        self.mark_dirty(to_slot);
+        if !self.note_output(to_slot) {
+            if let Some(src) = src {
+                if let Some(s) = self
+                    .conns
+                    .get_mut(src.slot as usize)
+                    .filter(|s| s.generation == src.generation)
+                {
+                    s.splice_stalled = true;
+                }
+            }
+        }
+        true
+    }
+
+    /// The pipe `slot` splices into holds bytes (so a splice that found no
+    /// room in it met a full pipe, not an empty socket).
+    pub(super) fn pipe_busy(&self, slot: usize) -> bool {
+        let Some(to) = self.conns.get(slot).and_then(|c| c.splice_to) else {
+            return false;
+        };
+        self.conns
+            .get(to.slot as usize)
+            .filter(|d| d.generation == to.generation)
+            .and_then(|d| d.out.pipe_room().map(|(p, room)| room < p.capacity()))
+            .unwrap_or(false)
+    }
+
+    /// Stop the poll-then-splice of `slot`, whose destination closed; its
+    /// completion arms a receive instead (or hands back what it moved).
+    pub(super) fn uring_cancel_splice(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get(slot) else {
+            return;
+        };
+        if conn.io.splice_in.is_none() {
+            return;
+        }
+        let generation = conn.generation;
+        if let Some(ring) = self.ring.as_deref_mut() {
+            for op in [Op::Poll, Op::SpliceIn] {
+                if let Err(e) = ring.cancel(user_data(op, slot, generation)) {
+                    debug!(slot, "cancel: {e}");
+                }
+            }
+        }
+    }
+
     /// Reading on `slot` became blocked: stop its receive.
     pub(super) fn uring_pause_recv(&mut self, slot: usize) {
         let Some(conn) = self.conns.get_mut(slot) else {
@@ -191,6 +255,9 @@ impl Core {
         if conn.io.send.is_some() || conn.io.connect.is_some() {
             return Ok(());
         }
+        // -K: each response in its own send, as the readiness backends
+        // write each at once.
+        let one_chunk = !self.setups[conn.listener].coalesce;
         let iov = conn.io.iov.get_or_insert_with(|| {
             Box::new(
                 [libc::iovec {
@@ -199,7 +266,7 @@ impl Core {
                 }; MAX_IOVECS],
             )
         });
-        let Some(front) = conn.out.lock_front(iov, FILE_PIPE)? else {
+        let Some(front) = conn.out.lock_front(iov, FILE_PIPE, one_chunk)? else {
             return Ok(());
         };
         let fd = conn.sock.as_raw_fd();
@@ -338,6 +405,42 @@ impl Loop {
         self.settle();
     }
 
+    /// Before the ring and its buffers go: close what is left (output
+    /// still pending after the drain timeout) and wait, at most
+    /// [`RETIRE_WAIT`], for the kernel to finish what reads or writes the
+    /// loop's memory (receives, sends, splices on its worker threads).
+    pub(super) fn retire_ring(&mut self) {
+        let slots: Vec<usize> = self.core.conns.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            let conn = self.core.conns.remove(slot);
+            if let Some(mut conn) = self.core.uring_close(slot, conn) {
+                conn.out.clear(&mut self.core.pool);
+            }
+        }
+        let deadline = std::time::Instant::now() + RETIRE_WAIT;
+        while !self.core.zombies.is_empty() && std::time::Instant::now() < deadline {
+            if self.wait(Some(Duration::from_millis(10))).is_err() {
+                break;
+            }
+            let cqes = std::mem::take(&mut self.cqes);
+            for cqe in &cqes {
+                if matches!(
+                    cqe.op,
+                    Op::Recv | Op::Send | Op::FileIn | Op::Connect | Op::SpliceIn
+                ) {
+                    self.zombie_cqe(*cqe);
+                }
+            }
+            self.cqes = cqes;
+        }
+        if !self.core.zombies.is_empty() {
+            warn!(
+                connections = self.core.zombies.len(),
+                "submissions still out when the loop stopped"
+            );
+        }
+    }
+
     /// A completion for a connection that has closed.
     fn zombie_cqe(&mut self, cqe: Cqe) {
         if let (Some(bid), Some(ring)) = (cqe.buffer(), self.core.ring()) {
@@ -351,11 +454,20 @@ impl Loop {
             Op::Recv if !cqe.more() => z.io.recv = super::completion::Recv::Idle,
             Op::Send | Op::FileIn => z.io.send = None,
             Op::Connect => z.io.connect = None,
-            Op::SpliceIn => z.io.splice_in = None,
+            Op::SpliceIn => {
+                z.io.splice_in = None;
+                // Bytes the splice moved before the source closed are in
+                // the destination's pipe: they leave with the rest.
+                if let (Ok(n @ 1..), Some(to)) = (usize::try_from(cqe.result), z.splice_to) {
+                    self.core.spliced_into(to, n);
+                }
+            }
             _ => {}
         }
-        if z.io.count() == 0 {
-            self.core.zombies.remove(&key);
+        if let Some(z) = self.core.zombies.get(&key) {
+            if z.io.count() == 0 {
+                self.core.zombies.remove(&key);
+            }
         }
     }
 
@@ -579,7 +691,7 @@ impl Loop {
     fn uring_spliced(&mut self, cqe: Cqe) {
         let slot = cqe.slot;
         let conn = &mut self.core.conns[slot];
-        conn.io.splice_in = None;
+        let pipe = conn.io.splice_in.take();
         match cqe.result {
             0 => {
                 self.handle_step(slot, ReadStep::Eof);
@@ -589,21 +701,34 @@ impl Loop {
                 conn.last_active = self.core.now;
                 conn.fresh = false;
                 let n = n as usize;
-                if let Some(to) = conn.splice_to {
-                    let to_slot = to.slot as usize;
-                    if let Some(dst) = self
-                        .core
-                        .conns
-                        .get_mut(to_slot)
-                        .filter(|d| d.generation == to.generation)
-                    {
-                        dst.out.push_piped(n);
-                        self.core.mark_dirty(to_slot);
-                        if !self.core.note_output(to_slot) {
-                            self.core.conns[slot].splice_stalled = true;
+                let to = conn.splice_to;
+                if !to.is_some_and(|to| self.core.spliced_into(to, n)) {
+                    // The destination closed while the splice was out: the
+                    // bytes are taken back out of its pipe (kept open by
+                    // the splice) and go to on_data, as later ones will.
+                    self.core.conns[slot].splice_to = None;
+                    let back = pipe.map_or(Ok(Vec::new()), |p| p.take_last(n));
+                    match back {
+                        Ok(bytes) => {
+                            let conn = &mut self.core.conns[slot];
+                            conn.io.stash.extend_from_slice(&bytes);
+                            let id = conn.id(slot);
+                            self.core.ready.push_back(id);
                         }
+                        Err(e) => self.core.abort(slot, CloseReason::Io(e.kind())),
                     }
+                    return;
                 }
+            }
+            // The destination's pipe has no free slot (each spliced segment
+            // takes one, whatever its size): wait for it to drain, as when
+            // it is full, rather than poll and fail again at once.
+            e if e == -libc::EAGAIN && self.core.pipe_busy(slot) => {
+                if let Some(to) = self.core.conns[slot].splice_to {
+                    self.core.conns[slot].splice_stalled = true;
+                    self.core.conns[to.slot as usize].over_cap = true;
+                }
+                return;
             }
             // Nothing to move after all, or the poll was cancelled: try
             // again if it may read.

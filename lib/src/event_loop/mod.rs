@@ -598,6 +598,14 @@ impl Loop {
 
     /// Run until stopped through the [`LoopHandle`] and drained.
     pub fn run(mut self) -> io::Result<()> {
+        let result = self.run_until_done();
+        if self.core.ring.is_some() {
+            self.retire_ring();
+        }
+        result
+    }
+
+    fn run_until_done(&mut self) -> io::Result<()> {
         let mut drain_deadline: Option<Instant> = None;
         loop {
             let timeout = if !self.core.ready.is_empty() {
@@ -886,8 +894,9 @@ impl Loop {
             if ev.writable || ev.error || ev.write_closed {
                 self.core.finish_connect(slot);
             }
+            // on_connect is told before on_data sees the first bytes.
+            self.settle();
             if !self.core.conns.contains(slot) {
-                self.settle();
                 return;
             }
         }
@@ -1284,7 +1293,17 @@ impl Core {
                     }
                     return ReadStep::Spliced { drained: n < room };
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadStep::Stop,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if room < pipe.capacity() {
+                        // The pipe holds bytes, so it may be out of slots
+                        // (one per spliced segment) rather than the socket
+                        // empty: no new edge would come if the peer waits
+                        // for window. Resume when the destination drains.
+                        src.splice_stalled = true;
+                        dst.over_cap = true;
+                    }
+                    return ReadStep::Stop;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return ReadStep::Failed(e.kind()),
             }
@@ -1879,6 +1898,9 @@ impl Core {
         self.pool.give(std::mem::take(&mut conn.input));
         let id = conn.id(slot);
         let session = conn.session;
+        if let Some(src) = conn.fed_by {
+            self.lost_splice_destination(src);
+        }
         // Under -T completion, a connection with submissions out lives on
         // (output and socket) until they complete.
         let gone = if self.ring.is_some() {
@@ -1899,6 +1921,24 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// The connection `src` was spliced into has closed: `src` must not
+    /// wait for it to drain, and its bytes go to on_data from now on.
+    fn lost_splice_destination(&mut self, src: ConnId) {
+        let slot = src.slot as usize;
+        let Some(s) = self
+            .conns
+            .get_mut(slot)
+            .filter(|s| s.generation == src.generation)
+        else {
+            return;
+        };
+        s.splice_stalled = false;
+        if self.ring.is_some() {
+            self.uring_cancel_splice(slot);
+        }
+        self.ready.push_back(src);
     }
 
     fn connect(&mut self, session: SessionKey, addr: SocketAddr) -> io::Result<ConnId> {
@@ -2034,6 +2074,9 @@ fn serve(
                 conn.out.clear(pool);
                 return buf.len();
             }
+        } else if !coalesce {
+            // Completion: this response leaves in a send of its own.
+            conn.out.seal();
         }
         if conn.out.len() >= cap {
             conn.over_cap = true;

@@ -57,6 +57,9 @@ enum Chunk {
     Bytes(Vec<u8>),
     /// Bytes waiting in the queue's pipe (spliced from another socket).
     Piped(usize),
+    /// Bytes of a file range waiting in the queue's file pipe (`-T
+    /// completion`, which has no sendfile): always the front chunk.
+    Staged(usize),
     File {
         file: Arc<File>,
         offset: u64,
@@ -76,6 +79,14 @@ pub struct OutQueue {
     pipe: Option<Arc<sys::Pipe>>,
     /// Bytes in the pipe (the sum of the Piped chunks).
     piped: usize,
+    /// The pipe file ranges pass through under `-T completion`: separate
+    /// from `pipe`, whose bytes (spliced in by another connection's
+    /// submissions at any time) are behind the file's in the queue. It
+    /// lives while file ranges are queued and is dropped after them.
+    file_pipe: Option<sys::Pipe>,
+    /// The tail byte chunk takes no more bytes: `-K` under `-T completion`
+    /// sends each response on its own.
+    sealed: bool,
     /// Leading chunks the kernel is reading from right now (`-T
     /// completion`): nothing is appended to them, and they are not freed
     /// until their send completes.
@@ -121,7 +132,7 @@ impl OutQueue {
             .iter()
             .map(|c| match c {
                 Chunk::Bytes(b) => b.len() as u64,
-                Chunk::Piped(n) => *n as u64,
+                Chunk::Piped(n) | Chunk::Staged(n) => *n as u64,
                 Chunk::File { remaining, .. } => *remaining,
             })
             .sum();
@@ -130,14 +141,25 @@ impl OutQueue {
 
     /// The buffer new bytes are appended to.
     pub fn tail(&mut self, pool: &mut BufPool) -> &mut Vec<u8> {
-        if !matches!(self.chunks.back(), Some(Chunk::Bytes(_))) || self.chunks.len() <= self.locked
+        if !matches!(self.chunks.back(), Some(Chunk::Bytes(_)))
+            || self.chunks.len() <= self.locked
+            || self.sealed
         {
+            self.sealed = false;
             self.chunks.push_back(Chunk::Bytes(pool.take()));
         }
         match self.chunks.back_mut() {
             Some(Chunk::Bytes(b)) => b,
             // The branch above just pushed a byte chunk.
             _ => unreachable!("tail chunk is bytes"),
+        }
+    }
+
+    /// What is queued so far leaves in its own send(s): later bytes start
+    /// a new chunk (see [`OutQueue::lock_front`]'s `one_chunk`).
+    pub fn seal(&mut self) {
+        if matches!(self.chunks.back(), Some(Chunk::Bytes(b)) if !b.is_empty()) {
+            self.sealed = true;
         }
     }
 
@@ -263,6 +285,28 @@ impl OutQueue {
                         Err(e) => Err(e),
                     }
                 }
+                Some(Chunk::Staged(n)) => {
+                    let Some(pipe) = self.file_pipe.as_ref() else {
+                        return Err(io::Error::other("file bytes staged without a pipe"));
+                    };
+                    match pipe.drain_to(&*sock, *n) {
+                        Ok(0) => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::WriteZero,
+                                "socket accepted no bytes",
+                            ))
+                        }
+                        Ok(sent) => {
+                            *n -= sent;
+                            if *n == 0 {
+                                self.chunks.pop_front();
+                                self.drop_file_pipe();
+                            }
+                            continue;
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
                 Some(Chunk::Bytes(b)) if single => sock.write(&b[self.head..]),
                 Some(Chunk::Bytes(_)) => {
                     let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
@@ -297,13 +341,16 @@ impl OutQueue {
 
     /// Describe and lock the next submission that drains this queue, with
     /// its byte slices in `iov`; None when it is empty or a submission is
-    /// already out. File ranges need a pipe: one is attached (of
-    /// `pipe_size`) the first time.
+    /// already out. File ranges pass through a pipe of `pipe_size` of
+    /// their own, made when the first one is sent. With `one_chunk`, byte
+    /// chunks leave one per submission (`-K`).
     pub fn lock_front(
         &mut self,
         iov: &mut [libc::iovec; MAX_IOVECS],
         pipe_size: usize,
+        one_chunk: bool,
     ) -> io::Result<Option<Front>> {
+        let most = if one_chunk { 1 } else { MAX_IOVECS };
         if self.locked > 0 {
             return Ok(None);
         }
@@ -313,7 +360,7 @@ impl OutQueue {
                 let mut n = 0;
                 for (i, chunk) in self.chunks.iter().enumerate() {
                     match chunk {
-                        Chunk::Bytes(b) if n < MAX_IOVECS => {
+                        Chunk::Bytes(b) if n < most => {
                             let start = if i == 0 { self.head } else { 0 };
                             iov[n] = libc::iovec {
                                 iov_base: b[start..].as_ptr() as *mut libc::c_void,
@@ -337,13 +384,28 @@ impl OutQueue {
                     len: *n,
                 }
             }
+            Some(Chunk::Staged(n)) => {
+                let Some(pipe) = self.file_pipe.as_ref() else {
+                    return Err(io::Error::other("file bytes staged without a pipe"));
+                };
+                self.locked = 1;
+                Front::Pipe {
+                    fd: pipe.read_fd().as_raw_fd(),
+                    len: *n,
+                }
+            }
             Some(Chunk::File { .. }) => {
-                self.attach_pipe(pipe_size)?;
+                if self.file_pipe.is_none() {
+                    self.file_pipe = Some(sys::Pipe::new(pipe_size)?);
+                }
+                // Empty: staged bytes are always sent before the next range
+                // is spliced in.
                 let room = self
-                    .pipe_room()
-                    .map_or(0, |(_, room)| room)
+                    .file_pipe
+                    .as_ref()
+                    .map_or(0, |p| p.capacity())
                     .min(SENDFILE_STEP);
-                let pipe = self.pipe.as_ref().map(|p| p.write_fd().as_raw_fd());
+                let pipe = self.file_pipe.as_ref().map(|p| p.write_fd().as_raw_fd());
                 let (
                     Some(Chunk::File {
                         file,
@@ -373,15 +435,23 @@ impl OutQueue {
         self.locked = 0;
         match front {
             Front::Bytes(_) => self.advance(n, pool),
-            Front::Pipe { .. } => {
-                if let Some(Chunk::Piped(left)) = self.chunks.front_mut() {
+            Front::Pipe { .. } => match self.chunks.front_mut() {
+                Some(Chunk::Piped(left)) => {
                     *left -= n.min(*left);
                     self.piped -= n.min(self.piped);
                     if *left == 0 {
                         self.chunks.pop_front();
                     }
                 }
-            }
+                Some(Chunk::Staged(left)) => {
+                    *left -= n.min(*left);
+                    if *left == 0 {
+                        self.chunks.pop_front();
+                        self.drop_file_pipe();
+                    }
+                }
+                _ => {}
+            },
             Front::File { .. } => {
                 if n == 0 {
                     return Err(io::Error::new(
@@ -399,11 +469,18 @@ impl OutQueue {
                         self.chunks.pop_front();
                     }
                 }
-                self.piped += n;
-                self.chunks.push_front(Chunk::Piped(n));
+                self.chunks.push_front(Chunk::Staged(n));
             }
         }
         Ok(())
+    }
+
+    /// The file pipe goes once no file range is next: pipes larger than
+    /// the default count against the user's `pipe-user-pages-soft`.
+    fn drop_file_pipe(&mut self) {
+        if !matches!(self.chunks.front(), Some(Chunk::File { .. })) {
+            self.file_pipe = None;
+        }
     }
 
     /// Mark `n` bytes of leading byte chunks written.
@@ -438,6 +515,8 @@ impl OutQueue {
             self.pipe = None;
             self.piped = 0;
         }
+        self.file_pipe = None;
+        self.sealed = false;
     }
 }
 
@@ -584,8 +663,8 @@ mod tests {
                     let sent = take_locked(&iov, n, rooms.next().unwrap_or(1), &mut got);
                     q.complete(front, sent, &mut pool).unwrap();
                 }
-                if let Some(front) = q.lock_front(&mut iov, 1 << 16).unwrap() {
-                    proptest::prop_assert!(q.lock_front(&mut iov.clone(), 1 << 16).unwrap().is_none());
+                if let Some(front) = q.lock_front(&mut iov, 1 << 16, false).unwrap() {
+                    proptest::prop_assert!(q.lock_front(&mut iov.clone(), 1 << 16, false).unwrap().is_none());
                     let Front::Bytes(n) = front else { unreachable!() };
                     let mut before = Vec::new();
                     take_locked(&iov, n, usize::MAX, &mut before);
@@ -597,7 +676,7 @@ mod tests {
                 let sent = take_locked(&iov, n, usize::MAX, &mut got);
                 q.complete(front, sent, &mut pool).unwrap();
             }
-            while let Some(front) = q.lock_front(&mut iov, 1 << 16).unwrap() {
+            while let Some(front) = q.lock_front(&mut iov, 1 << 16, false).unwrap() {
                 let Front::Bytes(n) = front else { unreachable!() };
                 let sent = take_locked(&iov, n, usize::MAX, &mut got);
                 q.complete(front, sent, &mut pool).unwrap();
@@ -620,11 +699,12 @@ mod tests {
         q.push_file(file, 10, 100_000);
         q.push_bytes(b"tail", &mut pool);
         assert_eq!(
-            q.lock_front(&mut iov, 65536).unwrap(),
+            q.lock_front(&mut iov, 65536, false).unwrap(),
             Some(Front::Bytes(1))
         );
         q.complete(Front::Bytes(1), 4, &mut pool).unwrap();
-        let Some(Front::File { offset, len, .. }) = q.lock_front(&mut iov, 65536).unwrap() else {
+        let Some(Front::File { offset, len, .. }) = q.lock_front(&mut iov, 65536, false).unwrap()
+        else {
             panic!("the file range is next");
         };
         assert_eq!(offset, 10);
@@ -638,19 +718,104 @@ mod tests {
         // The kernel moved 1000 bytes into the pipe: they leave next.
         q.complete(front, 1000, &mut pool).unwrap();
         assert_eq!(q.len(), 100_000 + 4);
-        let Some(Front::Pipe { len, .. }) = q.lock_front(&mut iov, 65536).unwrap() else {
+        let Some(Front::Pipe { len, .. }) = q.lock_front(&mut iov, 65536, false).unwrap() else {
             panic!("the piped bytes are next");
         };
         assert_eq!(len, 1000);
         q.complete(Front::Pipe { fd: 0, len }, 1000, &mut pool)
             .unwrap();
-        let Some(Front::File { offset, .. }) = q.lock_front(&mut iov, 65536).unwrap() else {
+        let Some(Front::File { offset, .. }) = q.lock_front(&mut iov, 65536, false).unwrap() else {
             panic!("the rest of the range is next");
         };
         assert_eq!(offset, 1010);
         // A file that ends early is an error, not a hang.
         let err = q.complete(front, 0, &mut pool).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn file_ranges_pass_through_their_own_pipe_apart_from_spliced_bytes() {
+        let mut pool = BufPool::new();
+        let mut q = OutQueue::default();
+        let file = Arc::new(File::open("/dev/zero").unwrap());
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOVECS];
+        q.attach_pipe(65536).unwrap();
+        let (relay_read, relay_write, capacity) = {
+            let (p, room) = q.pipe_room().unwrap();
+            (p.read_fd().as_raw_fd(), p.write_fd().as_raw_fd(), room)
+        };
+        q.push_file(file, 0, 3000);
+        // Another connection's bytes are spliced in behind the file range.
+        q.push_piped(500);
+        let Some(Front::File { pipe, len, .. }) = q.lock_front(&mut iov, 65536, false).unwrap()
+        else {
+            panic!("the file range is next");
+        };
+        assert_ne!(
+            pipe, relay_write,
+            "the file must not share the relay's pipe"
+        );
+        assert_eq!(len, 3000);
+        // The relay's room is not taken by the file.
+        assert_eq!(q.pipe_room().unwrap().1, capacity - 500);
+        q.complete(
+            Front::File {
+                fd: 0,
+                offset: 0,
+                len,
+                pipe,
+            },
+            3000,
+            &mut pool,
+        )
+        .unwrap();
+        let Some(Front::Pipe { fd, len }) = q.lock_front(&mut iov, 65536, false).unwrap() else {
+            panic!("the file's bytes are next");
+        };
+        assert_ne!(fd, relay_read);
+        assert_eq!(len, 3000);
+        q.complete(Front::Pipe { fd, len }, 3000, &mut pool)
+            .unwrap();
+        assert!(q.file_pipe.is_none(), "no file range left: its pipe goes");
+        assert_eq!(
+            q.lock_front(&mut iov, 65536, false).unwrap(),
+            Some(Front::Pipe {
+                fd: relay_read,
+                len: 500
+            })
+        );
+    }
+
+    #[test]
+    fn sealed_responses_leave_one_chunk_per_submission() {
+        let mut pool = BufPool::new();
+        let mut q = OutQueue::default();
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOVECS];
+        for r in [&b"one\n"[..], b"two\n", b"three\n"] {
+            q.push_bytes(r, &mut pool);
+            q.seal();
+        }
+        let mut sends = Vec::new();
+        while let Some(front) = q.lock_front(&mut iov, 65536, true).unwrap() {
+            assert_eq!(front, Front::Bytes(1));
+            sends.push(iov[0].iov_len);
+            q.complete(front, iov[0].iov_len, &mut pool).unwrap();
+        }
+        assert_eq!(sends, [4, 4, 6]);
+        // Unsealed, they gather into one.
+        q.push_bytes(b"one\n", &mut pool);
+        q.push_bytes(b"two\n", &mut pool);
+        assert_eq!(
+            q.lock_front(&mut iov, 65536, true).unwrap(),
+            Some(Front::Bytes(1))
+        );
+        assert_eq!(iov[0].iov_len, 8);
     }
 
     #[test]
