@@ -298,3 +298,80 @@ per_server_type!(
     completion_without_io_uring_and_no_fallback_fails_at_start,
     completion_without_io_uring_falls_back_when_asked,
 );
+
+/// Kernel worker threads (io_uring's io-wq) of process `pid`.
+fn uring_workers(pid: i32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("iou-wrk"))
+        })
+        .count()
+}
+
+/// Under `-T completion` io_uring runs every splice on a kernel worker
+/// thread. The forwarder's splices wait for readiness first (a poll linked
+/// to a non-blocking splice), so clients that stop reading do not each
+/// hold a thread in a blocked splice.
+#[test]
+fn completion_forwarder_holds_no_kernel_thread_per_stalled_client() {
+    use std::io::Write;
+    const CLIENTS: usize = 16;
+    let upstream = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+    let server = gaidaros()
+        .args(&[
+            "-T",
+            "completion",
+            "-S",
+            "blocking",
+            "--handler",
+            "forward",
+            "-o",
+            &format!("upstream={}", upstream.local_addr().expect("upstream addr")),
+        ])
+        .env("GAIDAROS_LISTENER_MAIN__OUTPUT_CAP", "256KiB")
+        .start();
+    let mut clients = Vec::new();
+    let mut writers = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(util::connect(server.addr()));
+        let (mut up, _) = upstream.accept().expect("upstream accept");
+        up.set_write_timeout(Some(Duration::from_millis(500)))
+            .expect("write timeout");
+        // Write until the forwarder stops reading (its client reads
+        // nothing), at most 64 MiB.
+        writers.push(std::thread::spawn(move || {
+            let chunk = vec![b'u'; 64 * 1024];
+            let mut written = 0usize;
+            while written < 64 << 20 {
+                match up.write(&chunk) {
+                    Ok(n) => written += n,
+                    Err(_) => break,
+                }
+            }
+            (up, written)
+        }));
+    }
+    let ups: Vec<_> = writers
+        .into_iter()
+        .map(|w| w.join().expect("upstream writer"))
+        .collect();
+    for (_, written) in &ups {
+        assert!(
+            *written < 64 << 20,
+            "the forwarder kept reading for a client that reads nothing"
+        );
+    }
+    let workers = uring_workers(server.pid());
+    println!("{CLIENTS} stalled clients: {workers} io_uring worker threads");
+    assert!(
+        workers < CLIENTS / 2,
+        "{workers} io_uring worker threads for {CLIENTS} stalled clients: a splice blocks per client"
+    );
+    drop(clients);
+    drop(ups);
+    server.stop();
+}

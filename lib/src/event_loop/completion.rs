@@ -284,7 +284,7 @@ impl Core {
                     ring.send(fd, iov[0].iov_base as *const u8, iov[0].iov_len, send)
                 }
                 Front::Bytes(n) => ring.writev(fd, iov.as_ptr(), n, send),
-                Front::Pipe { fd: pipe, len } => ring.splice(pipe, -1, fd, len, send),
+                Front::Pipe { fd: pipe, len } => ring.splice_when_writable(pipe, fd, len, send),
                 Front::File {
                     fd: file,
                     offset,
@@ -353,6 +353,10 @@ impl Core {
             }
             match conn.io.send {
                 Some(Front::File { .. }) => cancel(Op::FileIn),
+                Some(Front::Pipe { .. }) => {
+                    cancel(Op::PollOut);
+                    cancel(Op::Send);
+                }
                 Some(_) => cancel(Op::Send),
                 None => {}
             }
@@ -383,7 +387,7 @@ impl Loop {
                     }
                 }
             }
-            Op::Cancel | Op::Poll => {}
+            Op::Cancel | Op::Poll | Op::PollOut => {}
             Op::Recv | Op::Send | Op::FileIn | Op::Connect | Op::SpliceIn => {
                 let live = self
                     .core
@@ -748,6 +752,16 @@ impl Loop {
         let Some(front) = conn.io.send.take() else {
             return;
         };
+        if cqe.result == -libc::EAGAIN && matches!(front, Front::Pipe { .. }) {
+            // The socket filled again between the poll and the splice:
+            // nothing moved; submitted again (behind a new poll).
+            if let Err(e) = conn.out.complete(front, 0, &mut self.core.pool) {
+                self.core.abort(slot, CloseReason::Io(e.kind()));
+                return;
+            }
+            self.core.mark_dirty(slot);
+            return;
+        }
         if cqe.result < 0 {
             let kind = io::Error::from_raw_os_error(-cqe.result).kind();
             self.core.abort(slot, CloseReason::Io(kind));

@@ -53,6 +53,9 @@ pub(crate) enum Op {
     Poll,
     /// A splice from a connection's socket into another's pipe.
     SpliceIn,
+    /// The writability poll in front of a splice from a connection's pipe
+    /// to its socket (the splice itself completes as `Send`).
+    PollOut,
 }
 
 impl Op {
@@ -67,6 +70,7 @@ impl Op {
             7 => Op::Cancel,
             8 => Op::Poll,
             9 => Op::SpliceIn,
+            10 => Op::PollOut,
             _ => return None,
         })
     }
@@ -397,14 +401,7 @@ impl Ring {
         generation: u32,
     ) -> io::Result<()> {
         // The two must be submitted together for the link to hold.
-        let free = {
-            let sq = self.ring.submission();
-            sq.capacity() - sq.len()
-        };
-        if free < 2 {
-            self.enable()?;
-            self.ring.submit()?;
-        }
+        self.reserve(2)?;
         let poll = opcode::PollAdd::new(Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
             .build()
             .flags(squeue::Flags::IO_LINK)
@@ -419,6 +416,52 @@ impl Ring {
             self.push(poll)?;
             self.push(splice)
         }
+    }
+
+    /// Once socket `fd` is writable, splice up to `len` bytes from the pipe
+    /// whose read end is `pipe` into it (a poll linked to a non-blocking
+    /// splice: io_uring runs splices on its worker threads, and a blocking
+    /// one would hold a thread for as long as a slow peer does not read).
+    /// Completions: `Op::PollOut`, then `ud` (`-EAGAIN` when the socket
+    /// filled again first).
+    ///
+    /// # Safety
+    /// Both descriptors must stay open until the splice's completion.
+    pub unsafe fn splice_when_writable(
+        &mut self,
+        pipe: RawFd,
+        fd: RawFd,
+        len: usize,
+        ud: u64,
+    ) -> io::Result<()> {
+        self.reserve(2)?;
+        let poll = opcode::PollAdd::new(Fd(fd), libc::POLLOUT as u32)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data((ud & !(0xff << 56)) | (u64::from(Op::PollOut as u8) << 56));
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let splice = opcode::Splice::new(Fd(pipe), -1, Fd(fd), -1, len)
+            .flags(libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK)
+            .build()
+            .user_data(ud);
+        // SAFETY: the caller's promise; no memory.
+        unsafe {
+            self.push(poll)?;
+            self.push(splice)
+        }
+    }
+
+    /// Make room for `n` submissions that must go in together (a link).
+    fn reserve(&mut self, n: usize) -> io::Result<()> {
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < n {
+            self.enable()?;
+            self.ring.submit()?;
+        }
+        Ok(())
     }
 
     /// Connect `fd` to the address at `addr`.
