@@ -504,6 +504,10 @@ impl Loop {
         if stopping {
             return;
         }
+        // Adopted while under max_connections; at the limit the multishot
+        // accept is cancelled (`uring_accept`), so what waits here is at
+        // most what the kernel had already accepted in that batch (no more
+        // than its listen backlog would hold), served as others close.
         self.listeners[li].backlog.push_back(std);
         self.accept(li);
     }
