@@ -332,7 +332,8 @@ fn completion_forwarder_holds_no_kernel_thread_per_stalled_client() {
             "-o",
             &format!("upstream={}", upstream.local_addr().expect("upstream addr")),
         ])
-        .env("GAIDAROS_LISTENER_MAIN__OUTPUT_CAP", "256KiB")
+        // The largest pipe an unprivileged process gets by default.
+        .env("GAIDAROS_LISTENER_MAIN__OUTPUT_CAP", "1MiB")
         .start();
     let mut clients = Vec::new();
     let mut writers = Vec::new();

@@ -103,10 +103,10 @@ pub struct ConnOptions {
     pub cork: bool,
 }
 
-/// Make a socket blocking (a connection accepted from a non-blocking
-/// listener, served under `-T completion`).
-pub fn set_blocking(stream: &impl std::os::fd::AsFd) -> io::Result<()> {
-    socket2::SockRef::from(stream).set_nonblocking(false)
+/// Make a socket non-blocking (an outbound connection under `-T
+/// completion`, once its connect submission has completed).
+pub fn set_nonblocking(stream: &impl std::os::fd::AsFd) -> io::Result<()> {
+    socket2::SockRef::from(stream).set_nonblocking(true)
 }
 
 /// Apply `opts` to a connected socket.

@@ -7,7 +7,7 @@
 //!   arrive in the ring's provided buffers and are handed on at once (or
 //!   kept in `stash` when reading was paused meanwhile, and the receive is
 //!   cancelled); the buffer goes back to the kernel right after;
-//! - a connection with output has one send out (a `send`, `writev`, or a
+//! - a connection with output has one send out (a `send`, `sendmsg`, or a
 //!   splice out of its pipe), whose chunks stay locked in the output queue
 //!   until it completes;
 //! - a connection that closes with submissions out becomes a *zombie*:
@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 use super::output::{Front, MAX_IOVECS};
 use super::{Conn, Core, Loop, ReadStep};
 use crate::poll::{user_data, Cqe, Op, Ring};
-use crate::protocol::CloseReason;
+use crate::protocol::{CloseReason, ConnId};
 use crate::sys::Pipe;
 
 /// Size of the pipe file ranges are spliced through.
@@ -42,13 +42,22 @@ pub(crate) struct Inflight {
     pub recv: Recv,
     /// The send out on its output queue, if any.
     pub send: Option<Front>,
-    /// The slices of a `writev` in flight.
+    /// The slices of a `sendmsg` in flight.
     pub iov: Option<Box<[libc::iovec; MAX_IOVECS]>>,
+    /// The message header of a `sendmsg` in flight, naming `iov`.
+    pub msg: Option<Box<libc::msghdr>>,
     /// An outbound connect in flight, with the address it reads.
     pub connect: Option<Box<socket2::SockAddr>>,
     /// A poll-then-splice into the pipe of the connection it is spliced
-    /// to: that pipe, kept open here until it completes.
-    pub splice_in: Option<Arc<Pipe>>,
+    /// to: that pipe, kept open here until it completes, and that
+    /// connection (what it moves is counted there, even if the splice was
+    /// pointed elsewhere meanwhile).
+    pub splice_in: Option<(Arc<Pipe>, ConnId)>,
+    /// Bytes a splice moved into the pipe of a connection that closed
+    /// meanwhile, read back out for on_data once nothing else holds that
+    /// pipe (a send of the closed connection may still be draining it).
+    /// Reading waits until then, so they stay first.
+    pub reclaim: Option<(Arc<Pipe>, usize)>,
     /// Bytes received while reading was paused, handed on when it resumes.
     pub stash: Vec<u8>,
     /// The end of the stream came after the stashed bytes.
@@ -87,6 +96,9 @@ impl Core {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
+        if conn.io.reclaim.is_some() {
+            return;
+        }
         if let Some(to) = conn.splice_to {
             self.uring_arm_splice(slot, to);
             return;
@@ -111,7 +123,7 @@ impl Core {
 
     /// Splice `slot`'s bytes into `to`'s pipe as they come, once its
     /// receive (if one was out before the splice began) has stopped.
-    fn uring_arm_splice(&mut self, slot: usize, to: crate::protocol::ConnId) {
+    fn uring_arm_splice(&mut self, slot: usize, to: ConnId) {
         let conn = &mut self.conns[slot];
         if conn.io.splice_in.is_some()
             || conn.reading_blocked()
@@ -165,14 +177,15 @@ impl Core {
         // kept in `splice_in`, whoever closes first.
         let submitted = unsafe { ring.splice_when_readable(fd, pipe_fd, room, slot, generation) };
         match submitted {
-            Ok(()) => self.conns[slot].io.splice_in = Some(pipe),
+            Ok(()) => self.conns[slot].io.splice_in = Some((pipe, to)),
             Err(e) => self.abort(slot, CloseReason::Io(e.kind())),
         }
     }
 
-    /// Account for `n` bytes just spliced into `to`'s pipe; false when `to`
-    /// has closed. A full `to` stalls the connection feeding it.
-    pub(super) fn spliced_into(&mut self, to: crate::protocol::ConnId, n: usize) -> bool {
+    /// Account for `n` bytes just spliced into `to`'s pipe by `src` (None:
+    /// a source that has closed since); false when `to` has closed. A full
+    /// `to` stalls the source.
+    pub(super) fn spliced_into(&mut self, src: Option<usize>, to: ConnId, n: usize) -> bool {
         let to_slot = to.slot as usize;
         let Some(dst) = self
             .conns
@@ -182,20 +195,54 @@ impl Core {
             return false;
         };
         dst.out.push_piped(n);
-        let src = dst.fed_by;
         self.mark_dirty(to_slot);
         if !self.note_output(to_slot) {
-            if let Some(src) = src {
-                if let Some(s) = self
-                    .conns
-                    .get_mut(src.slot as usize)
-                    .filter(|s| s.generation == src.generation)
-                {
-                    s.splice_stalled = true;
-                }
+            if let Some(s) = src.and_then(|s| self.conns.get_mut(s)) {
+                s.splice_stalled = true;
             }
         }
         true
+    }
+
+    /// `n` bytes of `slot` went into `pipe`, whose connection has closed:
+    /// read them back for on_data now if nothing else holds the pipe, else
+    /// once the closed connection's last submission is done
+    /// ([`Core::uring_reclaim`]).
+    fn uring_take_back(&mut self, slot: usize, pipe: Arc<Pipe>, n: usize) {
+        self.conns[slot].io.reclaim = Some((pipe, n));
+        let id = self.conns[slot].id(slot);
+        self.uring_reclaim(id);
+    }
+
+    /// Read back what `src` spliced into a closed connection's pipe, once
+    /// that pipe is `src`'s alone.
+    pub(super) fn uring_reclaim(&mut self, src: ConnId) {
+        let slot = src.slot as usize;
+        let Some(conn) = self
+            .conns
+            .get_mut(slot)
+            .filter(|c| c.generation == src.generation)
+        else {
+            return;
+        };
+        if conn
+            .io
+            .reclaim
+            .as_ref()
+            .is_none_or(|(pipe, _)| Arc::strong_count(pipe) > 1)
+        {
+            return;
+        }
+        let Some((pipe, n)) = conn.io.reclaim.take() else {
+            return;
+        };
+        match pipe.take_last(n) {
+            Ok(bytes) => {
+                conn.io.stash.extend_from_slice(&bytes);
+                self.ready.push_back(src);
+            }
+            Err(e) => self.abort(slot, CloseReason::Io(e.kind())),
+        }
     }
 
     /// The pipe `slot` splices into holds bytes (so a splice that found no
@@ -211,13 +258,13 @@ impl Core {
             .unwrap_or(false)
     }
 
-    /// Stop the poll-then-splice of `slot`, whose destination closed; its
+    /// Stop the poll-then-splice of `slot` into `gone`, which closed; its
     /// completion arms a receive instead (or hands back what it moved).
-    pub(super) fn uring_cancel_splice(&mut self, slot: usize) {
+    pub(super) fn uring_cancel_splice(&mut self, slot: usize, gone: ConnId) {
         let Some(conn) = self.conns.get(slot) else {
             return;
         };
-        if conn.io.splice_in.is_none() {
+        if conn.io.splice_in.as_ref().is_none_or(|(_, to)| *to != gone) {
             return;
         }
         let generation = conn.generation;
@@ -275,15 +322,26 @@ impl Core {
             return Ok(());
         };
         let send = user_data(Op::Send, slot, generation);
-        // SAFETY: the chunks, the iovec array and the pipe are locked in
-        // the connection until this completes; a connection that closes
-        // first lives on as a zombie until then (`uring_close`).
+        // SAFETY: the chunks, the iovec array, the message header and the
+        // pipe are locked (or kept) in the connection until this
+        // completes; a connection that closes first lives on as a zombie
+        // until then (`uring_close`).
         let submitted = unsafe {
             match front {
                 Front::Bytes(1) => {
                     ring.send(fd, iov[0].iov_base as *const u8, iov[0].iov_len, send)
                 }
-                Front::Bytes(n) => ring.writev(fd, iov.as_ptr(), n, send),
+                Front::Bytes(n) => {
+                    // (Zeroed: a msghdr is plain data, and all-zero is an
+                    // empty header.)
+                    let msg = conn
+                        .io
+                        .msg
+                        .get_or_insert_with(|| Box::new(std::mem::zeroed()));
+                    msg.msg_iov = iov.as_mut_ptr();
+                    msg.msg_iovlen = n;
+                    ring.sendmsg(fd, &**msg, send)
+                }
                 Front::Pipe { fd: pipe, len } => ring.splice_when_writable(pipe, fd, len, send),
                 Front::File {
                     fd: file,
@@ -310,6 +368,9 @@ impl Core {
         addr: SocketAddr,
     ) -> io::Result<(TcpStream, Box<socket2::SockAddr>)> {
         let domain = socket2::Domain::for_address(addr);
+        // Blocking for the connect submission (a non-blocking one run on a
+        // kernel worker would end in EINPROGRESS); made non-blocking once
+        // connected, like every other socket of the loop.
         let sock = socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), None)?;
         let std: std::net::TcpStream = sock.into();
         Ok((
@@ -428,11 +489,16 @@ impl Loop {
             }
             let cqes = std::mem::take(&mut self.cqes);
             for cqe in &cqes {
-                if matches!(
-                    cqe.op,
-                    Op::Recv | Op::Send | Op::FileIn | Op::Connect | Op::SpliceIn
-                ) {
-                    self.zombie_cqe(*cqe);
+                match cqe.op {
+                    Op::Recv | Op::Send | Op::FileIn | Op::Connect | Op::SpliceIn => {
+                        self.zombie_cqe(*cqe);
+                    }
+                    // Accepted as the loop stopped: closed, not leaked.
+                    Op::Accept if cqe.result >= 0 && !self.settings.shared_listeners => {
+                        // SAFETY: the kernel just made this descriptor for us.
+                        drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(cqe.result) });
+                    }
+                    _ => {}
                 }
             }
             self.cqes = cqes;
@@ -440,8 +506,14 @@ impl Loop {
         if !self.core.zombies.is_empty() {
             warn!(
                 connections = self.core.zombies.len(),
-                "submissions still out when the loop stopped"
+                "submissions still out when the loop stopped: their memory and the ring are left allocated"
             );
+            // The kernel may still write into their buffers: never free
+            // them (the process is stopping as a rule).
+            for (_, z) in self.core.zombies.drain() {
+                std::mem::forget(z);
+            }
+            std::mem::forget(self.core.ring.take());
         }
     }
 
@@ -459,18 +531,25 @@ impl Loop {
             Op::Send | Op::FileIn => z.io.send = None,
             Op::Connect => z.io.connect = None,
             Op::SpliceIn => {
-                z.io.splice_in = None;
                 // Bytes the splice moved before the source closed are in
                 // the destination's pipe: they leave with the rest.
-                if let (Ok(n @ 1..), Some(to)) = (usize::try_from(cqe.result), z.splice_to) {
-                    self.core.spliced_into(to, n);
+                let into = z.io.splice_in.take();
+                if let (Ok(n @ 1..), Some((_, to))) = (usize::try_from(cqe.result), into) {
+                    self.core.spliced_into(None, to, n);
                 }
             }
             _ => {}
         }
-        if let Some(z) = self.core.zombies.get(&key) {
-            if z.io.count() == 0 {
-                self.core.zombies.remove(&key);
+        if self
+            .core
+            .zombies
+            .get(&key)
+            .is_some_and(|z| z.io.count() == 0)
+        {
+            let fed_by = self.core.zombies.remove(&key).and_then(|z| z.fed_by);
+            // Its pipe is free now: a source may take back what it spliced.
+            if let Some(src) = fed_by {
+                self.core.uring_reclaim(src);
             }
         }
     }
@@ -699,7 +778,7 @@ impl Loop {
     fn uring_spliced(&mut self, cqe: Cqe) {
         let slot = cqe.slot;
         let conn = &mut self.core.conns[slot];
-        let pipe = conn.io.splice_in.take();
+        let into = conn.io.splice_in.take();
         match cqe.result {
             0 => {
                 self.handle_step(slot, ReadStep::Eof);
@@ -709,23 +788,19 @@ impl Loop {
                 conn.last_active = self.core.now;
                 conn.fresh = false;
                 let n = n as usize;
-                let to = conn.splice_to;
-                if !to.is_some_and(|to| self.core.spliced_into(to, n)) {
-                    // The destination closed while the splice was out: the
-                    // bytes are taken back out of its pipe (kept open by
-                    // the splice) and go to on_data, as later ones will.
-                    self.core.conns[slot].splice_to = None;
-                    let back = pipe.map_or(Ok(Vec::new()), |p| p.take_last(n));
-                    match back {
-                        Ok(bytes) => {
-                            let conn = &mut self.core.conns[slot];
-                            conn.io.stash.extend_from_slice(&bytes);
-                            let id = conn.id(slot);
-                            self.core.ready.push_back(id);
+                if let Some((pipe, to)) = into {
+                    if !self.core.spliced_into(Some(slot), to, n) {
+                        // The destination closed while the splice was out:
+                        // the bytes are taken back out of its pipe (kept
+                        // open by the splice) and go to on_data, as later
+                        // ones will.
+                        let conn = &mut self.core.conns[slot];
+                        if conn.splice_to == Some(to) {
+                            conn.splice_to = None;
                         }
-                        Err(e) => self.core.abort(slot, CloseReason::Io(e.kind())),
+                        self.core.uring_take_back(slot, pipe, n);
+                        return;
                     }
-                    return;
                 }
             }
             // The destination's pipe has no free slot (each spliced segment
@@ -788,6 +863,10 @@ impl Loop {
         if cqe.result < 0 {
             let kind = io::Error::from_raw_os_error(-cqe.result).kind();
             self.core.connect_failed(slot, kind);
+            return;
+        }
+        if let Err(e) = crate::net::set_nonblocking(&self.core.conns[slot].sock) {
+            self.core.connect_failed(slot, e.kind());
             return;
         }
         self.core.connected(slot);

@@ -853,13 +853,6 @@ impl Loop {
     /// Serve `stream`, accepted on listener `li`.
     fn adopt(&mut self, li: usize, stream: TcpStream, peer: SocketAddr) {
         let setup = self.core.setups[li].clone();
-        if self.core.ring.is_some() && self.settings.shared_listeners {
-            // Accepted here, non-blocking; the ring does the waiting.
-            if let Err(e) = net::set_blocking(&stream) {
-                warn!(listener = %setup.name, %peer, "cannot make the socket blocking: {e}");
-                return;
-            }
-        }
         if let Err(e) = net::configure(&stream, setup.conn_options) {
             warn!(listener = %setup.name, %peer, "cannot set socket options: {e}");
             return;
@@ -891,12 +884,14 @@ impl Loop {
             return;
         };
         if conn.connect_deadline.is_some() {
+            let id = conn.id(slot);
             if ev.writable || ev.error || ev.write_closed {
                 self.core.finish_connect(slot);
             }
-            // on_connect is told before on_data sees the first bytes.
+            // on_connect is told before on_data sees the first bytes (and
+            // may close this connection, whose slot a new one may take).
             self.settle();
-            if !self.core.conns.contains(slot) {
+            if self.core.get(id).is_none() {
                 return;
             }
         }
@@ -1899,7 +1894,7 @@ impl Core {
         let id = conn.id(slot);
         let session = conn.session;
         if let Some(src) = conn.fed_by {
-            self.lost_splice_destination(src);
+            self.lost_splice_destination(src, id);
         }
         // Under -T completion, a connection with submissions out lives on
         // (output and socket) until they complete.
@@ -1923,22 +1918,22 @@ impl Core {
         }
     }
 
-    /// The connection `src` was spliced into has closed: `src` must not
-    /// wait for it to drain, and its bytes go to on_data from now on.
-    fn lost_splice_destination(&mut self, src: ConnId) {
+    /// `gone`, the connection `src` was spliced into, has closed: `src`
+    /// must not wait for it to drain, and its bytes go to on_data from now
+    /// on (unless it has been spliced elsewhere since).
+    fn lost_splice_destination(&mut self, src: ConnId, gone: ConnId) {
         let slot = src.slot as usize;
-        let Some(s) = self
-            .conns
-            .get_mut(slot)
-            .filter(|s| s.generation == src.generation)
-        else {
+        if self.get(src).is_none() {
             return;
-        };
-        s.splice_stalled = false;
-        if self.ring.is_some() {
-            self.uring_cancel_splice(slot);
         }
-        self.ready.push_back(src);
+        if self.ring.is_some() {
+            self.uring_cancel_splice(slot, gone);
+        }
+        let s = &mut self.conns[slot];
+        if s.splice_to == Some(gone) {
+            s.splice_stalled = false;
+            self.ready.push_back(src);
+        }
     }
 
     fn connect(&mut self, session: SessionKey, addr: SocketAddr) -> io::Result<ConnId> {

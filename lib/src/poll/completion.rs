@@ -8,7 +8,7 @@
 //! - a multishot receive per connection into *provided buffers*: one ring
 //!   of loop-owned buffers registered with the kernel, which picks a buffer
 //!   only when bytes arrive, so an idle connection holds none;
-//! - sends (`send` for one buffer, `writev` for several);
+//! - sends (`send` for one buffer, `sendmsg` for several);
 //! - file bodies as two splices (file to a pipe, pipe to the socket), since
 //!   io_uring has no sendfile;
 //! - connects, cancellations, and a read of the loop's waker (an eventfd);
@@ -38,7 +38,7 @@ pub(crate) enum Op {
     Accept = 1,
     /// A multishot receive into a provided buffer.
     Recv,
-    /// A send, writev, or a splice from the connection's pipe: one at a
+    /// A send, sendmsg, or a splice from the connection's pipe: one at a
     /// time per connection.
     Send,
     /// A splice from a file into the connection's pipe.
@@ -272,8 +272,11 @@ impl Ring {
     /// Accept connections on `fd` until cancelled or failed; completions
     /// carry `listener` as their slot.
     pub fn accept_multi(&mut self, fd: RawFd, listener: usize) -> io::Result<()> {
+        // Non-blocking, as every socket of the loop is: io_uring's socket
+        // operations wait by polling whatever the mode, and splices to or
+        // from a non-blocking socket never hold a kernel worker waiting.
         let sqe = opcode::AcceptMulti::new(Fd(fd))
-            .flags(libc::SOCK_CLOEXEC)
+            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
             .build()
             .user_data(user_data(Op::Accept, listener, 0));
         // SAFETY: no memory; the listener outlives its accept (it is
@@ -344,19 +347,21 @@ impl Ring {
         unsafe { self.push(sqe) }
     }
 
-    /// Write the `n` slices at `iov` to `fd`.
+    /// Send the slices of `msg`'s iovec array on socket `fd`.
     ///
     /// # Safety
-    /// The slices and the array must stay valid and unchanged until the
-    /// completion.
-    pub unsafe fn writev(
+    /// The header, its array and the slices must stay valid and unchanged
+    /// until the completion.
+    pub unsafe fn sendmsg(
         &mut self,
         fd: RawFd,
-        iov: *const libc::iovec,
-        n: usize,
+        msg: *const libc::msghdr,
         ud: u64,
     ) -> io::Result<()> {
-        let sqe = opcode::Writev::new(Fd(fd), iov, n as u32)
+        // sendmsg, not writev: a write to a non-blocking file fails with
+        // EAGAIN in io_uring, where a socket operation waits for room.
+        let sqe = opcode::SendMsg::new(Fd(fd), msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
             .build()
             .user_data(ud);
         // SAFETY: the caller's promise.
