@@ -299,6 +299,10 @@ per_server_type!(
     completion_without_io_uring_falls_back_when_asked,
 );
 
+/// How long idle io_uring worker threads may take to exit (the kernel's
+/// idle timeout is 5 s).
+const WORKER_IDLE_WAIT: Duration = Duration::from_secs(12);
+
 /// Kernel worker threads (io_uring's io-wq) of process `pid`.
 fn uring_workers(pid: i32) -> usize {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -314,8 +318,9 @@ fn uring_workers(pid: i32) -> usize {
 
 /// Under `-T completion` io_uring runs every splice on a kernel worker
 /// thread. The forwarder's splices wait for readiness first (a poll linked
-/// to a non-blocking splice), so clients that stop reading do not each
-/// hold a thread in a blocked splice.
+/// to a non-blocking splice on a non-blocking socket), so clients that stop
+/// reading do not each hold a thread in a blocked splice: once the idle
+/// workers have exited, few are left.
 #[test]
 fn completion_forwarder_holds_no_kernel_thread_per_stalled_client() {
     use std::io::Write;
@@ -366,7 +371,15 @@ fn completion_forwarder_holds_no_kernel_thread_per_stalled_client() {
             "the forwarder kept reading for a client that reads nothing"
         );
     }
-    let workers = uring_workers(server.pid());
+    // io_uring may start a worker per splice queued at once; idle ones
+    // exit after 5 s, blocked ones stay. Wait for them to go (at most
+    // WORKER_IDLE_WAIT), then count.
+    let deadline = std::time::Instant::now() + WORKER_IDLE_WAIT;
+    let mut workers = uring_workers(server.pid());
+    while workers > 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        workers = uring_workers(server.pid());
+    }
     println!("{CLIENTS} stalled clients: {workers} io_uring worker threads");
     assert!(
         workers < CLIENTS / 2,
