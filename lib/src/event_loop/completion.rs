@@ -186,15 +186,11 @@ impl Core {
     /// a source that has closed since); false when `to` has closed. A full
     /// `to` stalls the source.
     pub(super) fn spliced_into(&mut self, src: Option<usize>, to: ConnId, n: usize) -> bool {
-        let to_slot = to.slot as usize;
-        let Some(dst) = self
-            .conns
-            .get_mut(to_slot)
-            .filter(|d| d.generation == to.generation)
-        else {
+        let Some(dst) = self.get_mut(to) else {
             return false;
         };
         dst.out.push_piped(n);
+        let to_slot = to.slot as usize;
         self.mark_dirty(to_slot);
         if !self.note_output(to_slot) {
             if let Some(s) = src.and_then(|s| self.conns.get_mut(s)) {
@@ -217,12 +213,7 @@ impl Core {
     /// Read back what `src` spliced into a closed connection's pipe, once
     /// that pipe is `src`'s alone.
     pub(super) fn uring_reclaim(&mut self, src: ConnId) {
-        let slot = src.slot as usize;
-        let Some(conn) = self
-            .conns
-            .get_mut(slot)
-            .filter(|c| c.generation == src.generation)
-        else {
+        let Some(conn) = self.get_mut(src) else {
             return;
         };
         if conn
@@ -241,7 +232,7 @@ impl Core {
                 conn.io.stash.extend_from_slice(&bytes);
                 self.ready.push_back(src);
             }
-            Err(e) => self.abort(slot, CloseReason::Io(e.kind())),
+            Err(e) => self.abort(src.slot as usize, CloseReason::Io(e.kind())),
         }
     }
 
@@ -251,9 +242,7 @@ impl Core {
         let Some(to) = self.conns.get(slot).and_then(|c| c.splice_to) else {
             return false;
         };
-        self.conns
-            .get(to.slot as usize)
-            .filter(|d| d.generation == to.generation)
+        self.get(to)
             .and_then(|d| d.out.pipe_room().map(|(p, room)| room < p.capacity()))
             .unwrap_or(false)
     }

@@ -1553,6 +1553,12 @@ impl Core {
             .filter(|c| c.generation == id.generation)
     }
 
+    fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(id.slot as usize)
+            .filter(|c| c.generation == id.generation)
+    }
+
     fn add_conn(
         &mut self,
         sock: TcpStream,

@@ -263,11 +263,9 @@ impl OutQueue {
                         Err(e) => Err(e),
                     }
                 }
-                Some(Chunk::Piped(n)) => {
-                    let Some(pipe) = self.pipe.as_ref() else {
-                        return Err(io::Error::other("spliced bytes queued without a pipe"));
-                    };
-                    match pipe.drain_to(&*sock, *n) {
+                Some(Chunk::Piped(_) | Chunk::Staged(_)) => {
+                    let (pipe, n) = self.front_pipe()?;
+                    match pipe.drain_to(&*sock, n) {
                         Ok(0) => {
                             return Err(io::Error::new(
                                 io::ErrorKind::WriteZero,
@@ -275,33 +273,7 @@ impl OutQueue {
                             ))
                         }
                         Ok(sent) => {
-                            *n -= sent;
-                            self.piped -= sent;
-                            if *n == 0 {
-                                self.chunks.pop_front();
-                            }
-                            continue;
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                Some(Chunk::Staged(n)) => {
-                    let Some(pipe) = self.file_pipe.as_ref() else {
-                        return Err(io::Error::other("file bytes staged without a pipe"));
-                    };
-                    match pipe.drain_to(&*sock, *n) {
-                        Ok(0) => {
-                            return Err(io::Error::new(
-                                io::ErrorKind::WriteZero,
-                                "socket accepted no bytes",
-                            ))
-                        }
-                        Ok(sent) => {
-                            *n -= sent;
-                            if *n == 0 {
-                                self.chunks.pop_front();
-                                self.drop_file_pipe();
-                            }
+                            self.pipe_sent(sent);
                             continue;
                         }
                         Err(e) => Err(e),
@@ -374,25 +346,11 @@ impl OutQueue {
                 self.locked = n;
                 Front::Bytes(n)
             }
-            Some(Chunk::Piped(n)) => {
-                let Some(pipe) = self.pipe.as_ref() else {
-                    return Err(io::Error::other("spliced bytes queued without a pipe"));
-                };
+            Some(Chunk::Piped(_) | Chunk::Staged(_)) => {
+                let (pipe, len) = self.front_pipe()?;
+                let fd = pipe.read_fd().as_raw_fd();
                 self.locked = 1;
-                Front::Pipe {
-                    fd: pipe.read_fd().as_raw_fd(),
-                    len: *n,
-                }
-            }
-            Some(Chunk::Staged(n)) => {
-                let Some(pipe) = self.file_pipe.as_ref() else {
-                    return Err(io::Error::other("file bytes staged without a pipe"));
-                };
-                self.locked = 1;
-                Front::Pipe {
-                    fd: pipe.read_fd().as_raw_fd(),
-                    len: *n,
-                }
+                Front::Pipe { fd, len }
             }
             Some(Chunk::File { .. }) => {
                 if self.file_pipe.is_none() {
@@ -435,23 +393,7 @@ impl OutQueue {
         self.locked = 0;
         match front {
             Front::Bytes(_) => self.advance(n, pool),
-            Front::Pipe { .. } => match self.chunks.front_mut() {
-                Some(Chunk::Piped(left)) => {
-                    *left -= n.min(*left);
-                    self.piped -= n.min(self.piped);
-                    if *left == 0 {
-                        self.chunks.pop_front();
-                    }
-                }
-                Some(Chunk::Staged(left)) => {
-                    *left -= n.min(*left);
-                    if *left == 0 {
-                        self.chunks.pop_front();
-                        self.drop_file_pipe();
-                    }
-                }
-                _ => {}
-            },
+            Front::Pipe { .. } => self.pipe_sent(n),
             Front::File { .. } => {
                 if n == 0 {
                     return Err(io::Error::new(
@@ -473,6 +415,40 @@ impl OutQueue {
             }
         }
         Ok(())
+    }
+
+    /// The pipe the front chunk's bytes wait in (spliced bytes in `pipe`,
+    /// a file range's staged bytes in `file_pipe`), and how many.
+    fn front_pipe(&self) -> io::Result<(&sys::Pipe, usize)> {
+        let (pipe, n) = match self.chunks.front() {
+            Some(Chunk::Piped(n)) => (self.pipe.as_deref(), *n),
+            Some(Chunk::Staged(n)) => (self.file_pipe.as_ref(), *n),
+            _ => (None, 0),
+        };
+        let pipe = pipe.ok_or_else(|| io::Error::other("piped bytes queued without a pipe"))?;
+        Ok((pipe, n))
+    }
+
+    /// `n` bytes of the front chunk left its pipe.
+    fn pipe_sent(&mut self, n: usize) {
+        match self.chunks.front_mut() {
+            Some(Chunk::Piped(left)) => {
+                let n = n.min(*left);
+                *left -= n;
+                self.piped -= n.min(self.piped);
+                if *left == 0 {
+                    self.chunks.pop_front();
+                }
+            }
+            Some(Chunk::Staged(left)) => {
+                *left -= n.min(*left);
+                if *left == 0 {
+                    self.chunks.pop_front();
+                    self.drop_file_pipe();
+                }
+            }
+            _ => {}
+        }
     }
 
     /// The file pipe goes once no file range is next: pipes larger than

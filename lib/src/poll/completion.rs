@@ -405,22 +405,11 @@ impl Ring {
         slot: usize,
         generation: u32,
     ) -> io::Result<()> {
-        // The two must be submitted together for the link to hold.
-        self.reserve(2)?;
-        let poll = opcode::PollAdd::new(Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32)
-            .build()
-            .flags(squeue::Flags::IO_LINK)
-            .user_data(user_data(Op::Poll, slot, generation));
-        let len = u32::try_from(len).unwrap_or(u32::MAX);
-        let splice = opcode::Splice::new(Fd(fd), -1, Fd(pipe), -1, len)
-            .flags(libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK)
-            .build()
-            .user_data(user_data(Op::SpliceIn, slot, generation));
-        // SAFETY: the caller's promise; no memory.
-        unsafe {
-            self.push(poll)?;
-            self.push(splice)
-        }
+        let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
+        let poll = user_data(Op::Poll, slot, generation);
+        let splice = user_data(Op::SpliceIn, slot, generation);
+        // SAFETY: the caller's promise.
+        unsafe { self.poll_then_splice((fd, events, poll), fd, pipe, len, splice) }
     }
 
     /// Once socket `fd` is writable, splice up to `len` bytes from the pipe
@@ -439,13 +428,41 @@ impl Ring {
         len: usize,
         ud: u64,
     ) -> io::Result<()> {
-        self.reserve(2)?;
-        let poll = opcode::PollAdd::new(Fd(fd), libc::POLLOUT as u32)
+        let poll = (ud & !(0xff << 56)) | (u64::from(Op::PollOut as u8) << 56);
+        // SAFETY: the caller's promise.
+        unsafe { self.poll_then_splice((fd, libc::POLLOUT as u32, poll), pipe, fd, len, ud) }
+    }
+
+    /// A poll for `events` on `poll.0` (user data `poll.2`), linked to a
+    /// non-blocking splice of up to `len` bytes from `fd_in` to `fd_out`
+    /// (user data `ud`): the splice runs once the poll reports.
+    ///
+    /// # Safety
+    /// Both descriptors must stay open until the splice's completion.
+    unsafe fn poll_then_splice(
+        &mut self,
+        poll: (RawFd, u32, u64),
+        fd_in: RawFd,
+        fd_out: RawFd,
+        len: usize,
+        ud: u64,
+    ) -> io::Result<()> {
+        // The two must be submitted together for the link to hold.
+        let free = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if free < 2 {
+            self.enable()?;
+            self.ring.submit()?;
+        }
+        let (fd, events, poll_ud) = poll;
+        let poll = opcode::PollAdd::new(Fd(fd), events)
             .build()
             .flags(squeue::Flags::IO_LINK)
-            .user_data((ud & !(0xff << 56)) | (u64::from(Op::PollOut as u8) << 56));
+            .user_data(poll_ud);
         let len = u32::try_from(len).unwrap_or(u32::MAX);
-        let splice = opcode::Splice::new(Fd(pipe), -1, Fd(fd), -1, len)
+        let splice = opcode::Splice::new(Fd(fd_in), -1, Fd(fd_out), -1, len)
             .flags(libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK)
             .build()
             .user_data(ud);
@@ -454,19 +471,6 @@ impl Ring {
             self.push(poll)?;
             self.push(splice)
         }
-    }
-
-    /// Make room for `n` submissions that must go in together (a link).
-    fn reserve(&mut self, n: usize) -> io::Result<()> {
-        let free = {
-            let sq = self.ring.submission();
-            sq.capacity() - sq.len()
-        };
-        if free < n {
-            self.enable()?;
-            self.ring.submit()?;
-        }
-        Ok(())
     }
 
     /// Connect `fd` to the address at `addr`.
