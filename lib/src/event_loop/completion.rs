@@ -46,6 +46,9 @@ pub(crate) struct Inflight {
     pub iov: Option<Box<[libc::iovec; MAX_IOVECS]>>,
     /// The message header of a `sendmsg` in flight, naming `iov`.
     pub msg: Option<Box<libc::msghdr>>,
+    /// The last send moved nothing (`-EAGAIN`): the next one waits until
+    /// the socket is writable.
+    pub poll_first: bool,
     /// An outbound connect in flight, with the address it reads.
     pub connect: Option<Box<socket2::SockAddr>>,
     /// A poll-then-splice into the pipe of the connection it is spliced
@@ -307,6 +310,7 @@ impl Core {
         };
         let fd = conn.sock.as_raw_fd();
         let generation = conn.generation;
+        let poll_first = conn.io.poll_first;
         let Some(ring) = self.ring.as_deref_mut() else {
             return Ok(());
         };
@@ -318,7 +322,8 @@ impl Core {
         let submitted = unsafe {
             match front {
                 Front::Bytes(1) => {
-                    ring.send(fd, iov[0].iov_base as *const u8, iov[0].iov_len, send)
+                    let (ptr, len) = (iov[0].iov_base as *const u8, iov[0].iov_len);
+                    ring.send(fd, ptr, len, poll_first, send)
                 }
                 Front::Bytes(n) => {
                     // (Zeroed: a msghdr is plain data, and all-zero is an
@@ -329,7 +334,7 @@ impl Core {
                         .get_or_insert_with(|| Box::new(std::mem::zeroed()));
                     msg.msg_iov = iov.as_mut_ptr();
                     msg.msg_iovlen = n;
-                    ring.sendmsg(fd, &**msg, send)
+                    ring.sendmsg(fd, &**msg, poll_first, send)
                 }
                 Front::Pipe { fd: pipe, len } => ring.splice_when_writable(pipe, fd, len, send),
                 Front::File {
@@ -820,9 +825,14 @@ impl Loop {
         let Some(front) = conn.io.send.take() else {
             return;
         };
-        if cqe.result == -libc::EAGAIN && matches!(front, Front::Pipe { .. }) {
-            // The socket filled again between the poll and the splice:
-            // nothing moved; submitted again (behind a new poll).
+        if cqe.result == -libc::EAGAIN && !matches!(front, Front::File { .. }) {
+            // Nothing moved, and nothing is lost: the socket filled again
+            // between a splice's poll and the splice, or io_uring gave a
+            // sendmsg up to a worker thread, where the non-blocking socket
+            // refuses it (`Ring::sendmsg`). Submitted again, once the
+            // socket is writable.
+            debug!(slot, "send found no room: submitted again when writable");
+            conn.io.poll_first = true;
             if let Err(e) = conn.out.complete(front, 0, &mut self.core.pool) {
                 self.core.abort(slot, CloseReason::Io(e.kind()));
                 return;
@@ -842,6 +852,7 @@ impl Loop {
             self.core.abort(slot, CloseReason::Io(e.kind()));
             return;
         }
+        conn.io.poll_first = false;
         conn.last_active = self.core.now;
         self.core.mark_dirty(slot);
     }

@@ -30,6 +30,11 @@ use io_uring::{cqueue, opcode, squeue, IoUring};
 /// The group id of the loop's provided buffers.
 const BUF_GROUP: u16 = 0;
 
+/// `IORING_RECVSEND_POLL_FIRST` (send/sendmsg `ioprio`): wait until the
+/// socket is writable before trying. The io-uring crate keeps its `sys`
+/// constants private, so it is repeated here from the kernel's uapi.
+const RECVSEND_POLL_FIRST: u16 = 1;
+
 /// What a submission was, in the top byte of its user data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -327,7 +332,8 @@ impl Ring {
         unsafe { self.push(sqe) }
     }
 
-    /// Send `len` bytes at `ptr` to `fd`.
+    /// Send `len` bytes at `ptr` to `fd`; with `poll_first`, only once
+    /// the socket is writable (after a send that found it full).
     ///
     /// # Safety
     /// The bytes must stay valid and unchanged until the completion.
@@ -336,18 +342,27 @@ impl Ring {
         fd: RawFd,
         ptr: *const u8,
         len: usize,
+        poll_first: bool,
         ud: u64,
     ) -> io::Result<()> {
         let len = u32::try_from(len).unwrap_or(u32::MAX);
         let sqe = opcode::Send::new(Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
+            .ioprio(if poll_first { RECVSEND_POLL_FIRST } else { 0 })
             .build()
             .user_data(ud);
         // SAFETY: the caller's promise.
         unsafe { self.push(sqe) }
     }
 
-    /// Send the slices of `msg`'s iovec array on socket `fd`.
+    /// Send the slices of `msg`'s iovec array on socket `fd`; with
+    /// `poll_first`, only once the socket is writable.
+    ///
+    /// Completes with `-EAGAIN` now and then on a non-blocking socket:
+    /// io_uring waits for room by polling, but after many wakes that found
+    /// no room it hands the send to a worker thread, where sendmsg (unlike
+    /// send) honours `O_NONBLOCK`. The caller submits again with
+    /// `poll_first`.
     ///
     /// # Safety
     /// The header, its array and the slices must stay valid and unchanged
@@ -356,12 +371,14 @@ impl Ring {
         &mut self,
         fd: RawFd,
         msg: *const libc::msghdr,
+        poll_first: bool,
         ud: u64,
     ) -> io::Result<()> {
         // sendmsg, not writev: a write to a non-blocking file fails with
-        // EAGAIN in io_uring, where a socket operation waits for room.
+        // EAGAIN in io_uring at once, where a socket operation polls first.
         let sqe = opcode::SendMsg::new(Fd(fd), msg)
             .flags(libc::MSG_NOSIGNAL as u32)
+            .ioprio(if poll_first { RECVSEND_POLL_FIRST } else { 0 })
             .build()
             .user_data(ud);
         // SAFETY: the caller's promise.
