@@ -268,7 +268,7 @@ fn settings_layer_conf_then_env_then_flags(mode: Mode) {
         .env("GAIDAROS_LISTENER_MAIN__HANDLER", "multiline")
         .start();
     assert!(
-        server.log().contains("handler=echo"),
+        server.logged(&["handler=echo"]),
         "--handler beats env and conf; log:\n{}",
         server.log()
     );
@@ -303,7 +303,7 @@ fn server_type_flag_overrides_conf(mode: Mode) {
         Mode::Thread => "server=thread loops=2",
     };
     assert!(
-        util::wait_for(Duration::from_secs(5), || server.log().contains(want)),
+        server.logged(&[want]),
         "log should say {want:?}:\n{}",
         server.log()
     );

@@ -180,7 +180,7 @@ fn max_connections_pauses_accepting_until_a_connection_closes(mode: Mode) {
         expect_echo(s, &format!("still held {i}\n"));
     }
     assert!(
-        server.log().contains("max_connections"),
+        server.logged(&["max_connections"]),
         "the pause is logged; log:\n{}",
         server.log()
     );

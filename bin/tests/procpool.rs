@@ -107,7 +107,11 @@ fn a_killed_worker_is_replaced_and_the_others_serve_on() {
         children(server.pid()),
         server.log()
     );
-    assert!(server.log().contains("worker exited; starting another"));
+    assert!(
+        server.logged(&["worker exited; starting another"]),
+        "the restart is logged; log:\n{}",
+        server.log()
+    );
     check_echo(addr, "after the restart");
     server.stop();
 }

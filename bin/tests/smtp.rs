@@ -25,10 +25,6 @@ use std::time::{Duration, Instant};
 
 use util::{connect, gaidaros, read_to_eof, End, Mode, Server, ServerCmd, TempDir};
 
-/// How long a log line may take to reach the test: the server logs before
-/// it replies, but its stderr is read by another thread of the test.
-const LOG_WAIT: Duration = Duration::from_secs(5);
-
 /// How long a client program may run.
 const CLIENT_LIMIT: Duration = Duration::from_secs(30);
 const HOSTNAME: &str = "mx.test";
@@ -380,7 +376,7 @@ fn python_smtplib_delivers_a_multi_recipient_message_intact() {
     );
     mail.assert_tmp_empty();
     assert!(
-        util::wait_for(LOG_WAIT, || server.log().contains("recipients=3")),
+        server.logged(&["recipients=3"]),
         "delivery logged with 3 recipients:\n{}",
         server.log()
     );
@@ -656,11 +652,7 @@ fn unwritable_maildir_gets_451_keeps_what_was_accepted_and_recovers() {
     let messages = mail.messages();
     assert_eq!(messages.len(), 1, "only the first");
     assert!(messages[0].ends_with(b"\r\nfirst\r\n"));
-    assert!(
-        util::wait_for(LOG_WAIT, || server.log().contains("delivery failed")),
-        "{}",
-        server.log()
-    );
+    assert!(server.logged(&["delivery failed"]), "{}", server.log());
     // Fixed: the same session, and a new one, deliver again.
     fs::remove_file(&tmp).expect("remove the file");
     fs::create_dir(&tmp).expect("tmp/ again");
@@ -707,7 +699,7 @@ fn recipients_beyond_100_get_452_and_the_message_goes_to_the_first_100() {
     c.quit();
     assert_eq!(mail.messages().len(), 1);
     assert!(
-        util::wait_for(LOG_WAIT, || server.log().contains("recipients=100")),
+        server.logged(&["recipients=100"]),
         "delivered to 100:\n{}",
         server.log()
     );
@@ -915,9 +907,7 @@ fn a_write_failure_mid_message_gets_451_and_the_session_goes_on() {
     c.send(b".\r\n");
     c.expect(451, Some("4.3.0"));
     assert!(
-        util::wait_for(LOG_WAIT, || server
-            .log()
-            .contains("delivery failed, answering 451")),
+        server.logged(&["delivery failed, answering 451"]),
         "{}",
         server.log()
     );

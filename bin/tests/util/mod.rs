@@ -504,6 +504,16 @@ impl Server {
         lock(&self.log).clone()
     }
 
+    /// Whether the log has a line containing one of `needles`, waiting at
+    /// most [`LOG_WAIT`] for it: a thread of its own reads the log, so a
+    /// line may arrive after what the test saw of the event it reports.
+    pub fn logged(&self, needles: &[&str]) -> bool {
+        wait_for(LOG_WAIT, || {
+            let log = lock(&self.log);
+            needles.iter().any(|n| log.contains(n))
+        })
+    }
+
     /// Send a signal.
     pub fn signal(&self, sig: Signal) {
         kill(Pid::from_raw(self.pid()), sig).expect("signal the server");
@@ -754,6 +764,9 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// How long a test waits for a line it expects in the server's log.
+pub const LOG_WAIT: Duration = Duration::from_secs(5);
 
 /// Wait until `cond` holds or `limit` passes; returns whether it held.
 pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
