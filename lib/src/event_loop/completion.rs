@@ -550,10 +550,14 @@ impl Loop {
 
     fn uring_accepted(&mut self, cqe: Cqe) {
         let li = cqe.slot;
-        if !cqe.more() {
-            if let Some(l) = self.listeners.get_mut(li) {
-                l.armed = false;
-            }
+        // A cancelled accept may still report after a new one went out:
+        // only the current one's end disarms the listener.
+        let current = self
+            .listeners
+            .get(li)
+            .is_some_and(|l| l.accept_gen == cqe.generation);
+        if !cqe.more() && current {
+            self.listeners[li].armed = false;
         }
         if self.settings.shared_listeners {
             // A readiness report of a shared listener: accept from here.
@@ -565,8 +569,12 @@ impl Loop {
         if cqe.result < 0 {
             let e = io::Error::from_raw_os_error(-cqe.result);
             match -cqe.result {
-                libc::ECANCELED => {}
-                libc::EINTR | libc::ECONNABORTED | libc::ECONNRESET => self.accept(li),
+                // Cancelled by the loop (paused or stopping: `accept` arms
+                // nothing then), or ended by the kernel: armed again.
+                libc::ECANCELED if !current => {}
+                libc::ECANCELED | libc::EINTR | libc::ECONNABORTED | libc::ECONNRESET => {
+                    self.accept(li)
+                }
                 _ => self.pause_listener(li, &format!("accept: {e}")),
             }
             return;
@@ -613,8 +621,9 @@ impl Loop {
             // backlog meanwhile.
             if l.armed {
                 l.armed = false;
+                let ud = user_data(Op::Accept, li, l.accept_gen);
                 if let Some(ring) = self.core.ring() {
-                    if let Err(e) = ring.cancel(user_data(Op::Accept, li, 0)) {
+                    if let Err(e) = ring.cancel(ud) {
                         warn!("cannot cancel accept: {e}");
                     }
                 }
@@ -623,8 +632,10 @@ impl Loop {
         }
         if !l.armed {
             l.armed = true;
+            l.accept_gen = l.accept_gen.wrapping_add(1);
+            let generation = l.accept_gen;
             if let Some(ring) = self.core.ring() {
-                if let Err(e) = ring.accept_multi(fd, li) {
+                if let Err(e) = ring.accept_multi(fd, li, generation) {
                     self.listeners[li].armed = false;
                     self.pause_listener(li, &format!("accept: {e}"));
                 }
@@ -644,8 +655,10 @@ impl Loop {
         }
         let fd = sock.as_raw_fd();
         l.armed = true;
+        l.accept_gen = l.accept_gen.wrapping_add(1);
+        let generation = l.accept_gen;
         if let Some(ring) = self.core.ring() {
-            if let Err(e) = ring.poll_listener(fd, li) {
+            if let Err(e) = ring.poll_listener(fd, li, generation) {
                 self.listeners[li].armed = false;
                 self.pause_listener(li, &format!("poll: {e}"));
             }

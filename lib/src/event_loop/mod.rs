@@ -402,6 +402,9 @@ struct ListenerSlot {
     last_warning: Option<Instant>,
     /// A multishot accept is out (completion).
     armed: bool,
+    /// Which one (completion): its user data carries this, so what a
+    /// cancelled one still reports is not taken for the current one's.
+    accept_gen: u32,
     /// Connections the kernel accepted while the listener was at its
     /// limit (completion): served when it resumes.
     backlog: VecDeque<std::net::TcpStream>,
@@ -536,6 +539,7 @@ impl Loop {
                 paused: false,
                 last_warning: None,
                 armed: false,
+                accept_gen: 0,
                 backlog: VecDeque::new(),
             });
             setups.push(setup);
@@ -731,7 +735,8 @@ impl Loop {
             if let Some(ring) = self.core.ring.as_deref_mut() {
                 l.backlog.clear();
                 if l.armed {
-                    if let Err(e) = ring.cancel(backend::user_data(backend::Op::Accept, i, 0)) {
+                    let ud = backend::user_data(backend::Op::Accept, i, l.accept_gen);
+                    if let Err(e) = ring.cancel(ud) {
                         debug!("cancel accept of listener {i}: {e}");
                     }
                 }

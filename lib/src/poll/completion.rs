@@ -275,15 +275,15 @@ impl Ring {
     }
 
     /// Accept connections on `fd` until cancelled or failed; completions
-    /// carry `listener` as their slot.
-    pub fn accept_multi(&mut self, fd: RawFd, listener: usize) -> io::Result<()> {
+    /// carry `listener` as their slot and `generation` as theirs.
+    pub fn accept_multi(&mut self, fd: RawFd, listener: usize, generation: u32) -> io::Result<()> {
         // Non-blocking, as every socket of the loop is: io_uring's socket
         // operations wait by polling whatever the mode, and splices to or
         // from a non-blocking socket never hold a kernel worker waiting.
         let sqe = opcode::AcceptMulti::new(Fd(fd))
             .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
             .build()
-            .user_data(user_data(Op::Accept, listener, 0));
+            .user_data(user_data(Op::Accept, listener, generation));
         // SAFETY: no memory; the listener outlives its accept (it is
         // cancelled before the listener is dropped, and the kernel holds
         // its own reference to the file meanwhile).
@@ -293,11 +293,11 @@ impl Ring {
     /// Report readability of the listening socket `fd` until cancelled:
     /// for a socket shared with other processes, whose connections must
     /// stay in its queue until this process really takes them.
-    pub fn poll_listener(&mut self, fd: RawFd, listener: usize) -> io::Result<()> {
+    pub fn poll_listener(&mut self, fd: RawFd, listener: usize, generation: u32) -> io::Result<()> {
         let sqe = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
             .multi(true)
             .build()
-            .user_data(user_data(Op::Accept, listener, 0));
+            .user_data(user_data(Op::Accept, listener, generation));
         // SAFETY: no memory; as for accept_multi.
         unsafe { self.push(sqe) }
     }
