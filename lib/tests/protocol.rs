@@ -470,6 +470,20 @@ fn a_panicking_protocol_loses_its_session_only() {
     assert_eq!(read_all(calm), b"");
 }
 
+/// The first connection opened is the client: connect to the upstream
+/// for it (the upstream's own open comes here too, and is not a client).
+fn open_upstream_once(
+    client: &mut Option<ConnId>,
+    ctx: &mut Ctx<'_>,
+    conn: ConnId,
+    target: SocketAddr,
+) {
+    if client.is_none() {
+        *client = Some(conn);
+        ctx.connect(target).expect("connect upstream");
+    }
+}
+
 /// Sends a file to the client, then splices an upstream's bytes behind it.
 struct FileThenRelay {
     target: SocketAddr,
@@ -480,10 +494,7 @@ struct FileThenRelay {
 
 impl Protocol for FileThenRelay {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
-        if self.client.is_none() {
-            self.client = Some(conn);
-            ctx.connect(self.target).expect("connect upstream");
-        }
+        open_upstream_once(&mut self.client, ctx, conn, self.target);
     }
     fn on_connect(&mut self, ctx: &mut Ctx<'_>, up: ConnId, result: std::io::Result<()>) {
         result.expect("upstream connects");
@@ -559,10 +570,7 @@ struct LateBytes {
 
 impl Protocol for LateBytes {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
-        if self.client.is_none() {
-            self.client = Some(conn);
-            ctx.connect(self.target).expect("connect upstream");
-        }
+        open_upstream_once(&mut self.client, ctx, conn, self.target);
     }
     fn on_connect(&mut self, ctx: &mut Ctx<'_>, up: ConnId, result: std::io::Result<()>) {
         result.expect("upstream connects");

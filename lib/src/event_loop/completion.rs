@@ -23,7 +23,7 @@ use std::time::Duration;
 use mio::net::TcpStream;
 use tracing::{debug, warn};
 
-use super::output::{Front, MAX_IOVECS};
+use super::output::{Front, MAX_IOVECS, NO_IOVEC};
 use super::{Conn, Core, Loop, ReadStep};
 use crate::poll::{user_data, Cqe, Op, Ring};
 use crate::protocol::{CloseReason, ConnId};
@@ -297,14 +297,10 @@ impl Core {
         // -K: each response in its own send, as the readiness backends
         // write each at once.
         let one_chunk = !self.setups[conn.listener].coalesce;
-        let iov = conn.io.iov.get_or_insert_with(|| {
-            Box::new(
-                [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; MAX_IOVECS],
-            )
-        });
+        let iov = conn
+            .io
+            .iov
+            .get_or_insert_with(|| Box::new([NO_IOVEC; MAX_IOVECS]));
         let Some(front) = conn.out.lock_front(iov, FILE_PIPE, one_chunk)? else {
             return Ok(());
         };

@@ -31,6 +31,12 @@ const SENDFILE_STEP: usize = 1 << 20;
 /// Most chunks gathered into one writev(2).
 pub const MAX_IOVECS: usize = 64;
 
+/// An empty slice, to fill the iovec arrays `lock_front` writes into.
+pub const NO_IOVEC: libc::iovec = libc::iovec {
+    iov_base: std::ptr::null_mut(),
+    iov_len: 0,
+};
+
 impl BufPool {
     pub fn new() -> Self {
         BufPool { free: Vec::new() }
@@ -622,7 +628,7 @@ mod tests {
         ) {
             let mut pool = BufPool::new();
             let mut q = OutQueue::default();
-            let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOVECS];
+            let mut iov = [NO_IOVEC; MAX_IOVECS];
             let mut want = Vec::new();
             let mut got = Vec::new();
             let mut rooms = rooms.into_iter().cycle();
@@ -667,10 +673,7 @@ mod tests {
         let mut pool = BufPool::new();
         let mut q = OutQueue::default();
         let file = Arc::new(File::open("/dev/zero").unwrap());
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOVECS];
+        let mut iov = [NO_IOVEC; MAX_IOVECS];
         q.push_bytes(b"head", &mut pool);
         q.push_file(file, 10, 100_000);
         q.push_bytes(b"tail", &mut pool);
@@ -714,10 +717,7 @@ mod tests {
         let mut pool = BufPool::new();
         let mut q = OutQueue::default();
         let file = Arc::new(File::open("/dev/zero").unwrap());
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOVECS];
+        let mut iov = [NO_IOVEC; MAX_IOVECS];
         q.attach_pipe(65536).unwrap();
         let (relay_read, relay_write, capacity) = {
             let (p, room) = q.pipe_room().unwrap();
@@ -769,10 +769,7 @@ mod tests {
     fn sealed_responses_leave_one_chunk_per_submission() {
         let mut pool = BufPool::new();
         let mut q = OutQueue::default();
-        let mut iov = [libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOVECS];
+        let mut iov = [NO_IOVEC; MAX_IOVECS];
         for r in [&b"one\n"[..], b"two\n", b"three\n"] {
             q.push_bytes(r, &mut pool);
             q.seal();
