@@ -1,0 +1,27 @@
+//! The OS layer: the system calls that neither std nor mio wrap, one file
+//! per concern. Together with [`crate::poll`] (the poll backends, io_uring
+//! among them) this is the only place of the crate with `unsafe` code;
+//! every block says why it is sound in a `// SAFETY:` line.
+//!
+//! | file | provides |
+//! |---|---|
+//! | `sendfile.rs` | [`sendfile`]: file ranges to a socket, zero-copy (the readiness backends' file path) |
+//! | `pipe.rs` | [`Pipe`]: kernel pipes and splice(2) between sockets (`Ctx::splice`), taking bytes back out |
+//! | `fdpass.rs` | [`send_fds`], [`recv_fds`], [`stdin_socket`]: descriptors between a procpool master and its workers |
+//! | `fs.rs` | [`open_beneath`]: a file opened beneath a root directory, never outside it (openat2) |
+//! | `limits.rs` | [`raise_nofile_limit`], [`ignore_file_size_signal`], [`is_resource_exhaustion`] |
+//!
+//! Most calls go through `nix` or `rustix`; what `unsafe` remains takes
+//! ownership of descriptors the kernel has just made.
+
+mod fdpass;
+mod fs;
+mod limits;
+mod pipe;
+mod sendfile;
+
+pub use fdpass::{recv_fds, send_fds, stdin_socket};
+pub use fs::open_beneath;
+pub use limits::{ignore_file_size_signal, is_resource_exhaustion, raise_nofile_limit};
+pub use pipe::Pipe;
+pub use sendfile::sendfile;
