@@ -146,7 +146,7 @@ fn respond_path(c: &mut Criterion) {
 }
 
 /// The loop's service path for one read: every pipelined request framed,
-/// dispatched and answered into one output buffer under one panic guard
+/// handled and answered into one output buffer under one panic guard
 /// (`service::serve_batch`). Per element = per request.
 fn batch_path(c: &mut Criterion) {
     let max_request = Limits::default().max_request;

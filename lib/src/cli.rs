@@ -18,9 +18,9 @@ use argh::FromArgs;
 use tracing::Level;
 
 use crate::config::{ConfError, Layers, Origin, Settings, LISTENER_KEYS, SERVER_KEYS};
-use crate::dispatch;
 use crate::handler::Registry;
 use crate::master;
+use crate::pools;
 use crate::server::{ServeError, Server, ServerType, SignalWatch};
 use crate::sys;
 
@@ -314,7 +314,7 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
             .with_max_level(level)
             .with_target(false)
             .try_init();
-        return dispatch::serve_worker(&settings, &registry);
+        return pools::serve_worker(&settings, &registry);
     }
     let level = raise(settings.server.log_level, args.verbose);
     // A second init (a test calling run twice) keeps the first subscriber.
@@ -354,7 +354,7 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
         .filter(|a| *a != master::SERVER_WORKER_FLAG && *a != master::CONN_WORKER_FLAG)
         .cloned()
         .collect();
-    let worker = match dispatch::WorkerCommand::current(&own) {
+    let worker = match pools::WorkerCommand::current(&own) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!("cannot find the running binary (-X proc and procpool need it): {e}");

@@ -21,10 +21,10 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::dispatch::HandlerType;
 use crate::event_loop::Limits;
 use crate::handler::{Options, Registry};
 use crate::net::IpVersion;
+use crate::pools::ExecMode;
 use crate::server::ServerType;
 
 /// Where a value came from.
@@ -202,7 +202,7 @@ pub struct ServerSettings {
     /// Log level after `-v`.
     pub log_level: tracing::Level,
     /// `-X`.
-    pub handler_type: HandlerType,
+    pub handler_type: ExecMode,
     /// `-n`.
     pub pool_size: usize,
     /// Jobs waiting for a worker.
@@ -551,7 +551,7 @@ impl Settings {
         let log_level = server.get("log_level", "error, warn, info, debug or trace", |s| {
             s.parse::<tracing::Level>().ok()
         })?;
-        let handler_type = server.get("handler_type", HandlerType::NAMES, |s| s.parse().ok())?;
+        let handler_type = server.get("handler_type", ExecMode::NAMES, |s| s.parse().ok())?;
         let pool_size = server.get("pool_size", "a whole number 1-10000", |s| {
             s.parse::<usize>().ok().filter(|n| (1..=10_000).contains(n))
         })?;

@@ -41,12 +41,12 @@
 
 pub mod cli;
 pub mod config;
-pub mod dispatch;
 pub mod event_loop;
 pub mod handler;
 pub mod master;
 pub mod net;
 pub mod poll;
+pub mod pools;
 pub mod protocol;
 pub mod server;
 pub mod service;

@@ -21,11 +21,11 @@ use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
 use crate::config::Settings;
-use crate::dispatch;
 use crate::event_loop::{ListenerSetup, Loop, LoopHandle, LoopSettings};
 use crate::handler::Registry;
 use crate::net::{self, BindSpec, ConnOptions};
 use crate::poll::{self, PollType};
+use crate::pools;
 
 /// The server type (`-S`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,9 +57,9 @@ impl fmt::Display for ServerType {
 fn setups(
     settings: &Settings,
     registry: &Registry,
-    worker: Option<&dispatch::WorkerCommand>,
+    worker: Option<&pools::WorkerCommand>,
 ) -> Result<Vec<Arc<ListenerSetup>>, ServeError> {
-    let pool = dispatch::build_with(
+    let pool = pools::build_with(
         settings.server.handler_type,
         settings.server.pool_size,
         settings.server.pool_queue,
@@ -202,7 +202,7 @@ impl Server {
     pub fn bind_with(
         settings: &Settings,
         registry: &Registry,
-        worker: Option<&dispatch::WorkerCommand>,
+        worker: Option<&pools::WorkerCommand>,
     ) -> Result<Server, ServeError> {
         Server::bind_sockets(settings, registry, worker, None)
     }
@@ -212,7 +212,7 @@ impl Server {
     pub fn bind_sockets(
         settings: &Settings,
         registry: &Registry,
-        worker: Option<&dispatch::WorkerCommand>,
+        worker: Option<&pools::WorkerCommand>,
         mut given: Option<Vec<std::net::TcpListener>>,
     ) -> Result<Server, ServeError> {
         let n_loops = match settings.server.server_type {
@@ -312,7 +312,7 @@ impl Server {
     pub fn for_connection(
         settings: &Settings,
         registry: &Registry,
-        worker: Option<&dispatch::WorkerCommand>,
+        worker: Option<&pools::WorkerCommand>,
         listener: usize,
         stream: std::net::TcpStream,
     ) -> Result<Server, ServeError> {

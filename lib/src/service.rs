@@ -13,7 +13,7 @@
 //! ```
 //!
 //! Because a service owns no socket and no per-connection state, every
-//! dispatch mode can run it: inline on the loop, on another thread or in
+//! execution mode (`-X`) can run it: inline on the loop, on another thread or in
 //! another process.
 
 use std::borrow::Cow;
@@ -156,7 +156,7 @@ pub struct Batch {
 /// appending their responses to `out` in order: the loop's whole service
 /// path for the bytes of one read.
 ///
-/// Framing follows [`next_frame`], dispatch [`respond`]. After each
+/// Framing follows [`next_frame`], handling [`respond`]. After each
 /// response `stop(out)` may end the batch (the loop uses it for the output
 /// cap and for `-K`, which writes every response on its own). One panic
 /// guard covers the batch: a panic fails the request that raised it, the
@@ -186,7 +186,7 @@ pub fn serve_batch(
                 }
             };
             pos += len;
-            match dispatch(service, &rest[..len], out, mark) {
+            match respond_one(service, &rest[..len], out, mark) {
                 Ok(Keep::Alive) => {}
                 Ok(Keep::Close) => {
                     return Batch {
@@ -252,7 +252,7 @@ fn frame_len(
 }
 
 /// One complete frame through split_request, decode, handle and encode, as
-/// the loop dispatches it: the response is appended to `out`. On error
+/// the loop hands it on: the response is appended to `out`. On error
 /// (a panic included) `out` is left as it was and the caller sends
 /// [`reply_error`] instead.
 pub fn respond(
@@ -261,7 +261,7 @@ pub fn respond(
     out: &mut Vec<u8>,
 ) -> Result<Keep, ServiceError> {
     let start = out.len();
-    let result = guard(|| dispatch(service, frame, out, start));
+    let result = guard(|| respond_one(service, frame, out, start));
     if result.is_err() {
         out.truncate(start);
     }
@@ -270,7 +270,7 @@ pub fn respond(
 
 /// split_request, decode, handle, encode; the response starts at `start`.
 #[inline]
-fn dispatch(
+fn respond_one(
     service: &dyn Service,
     frame: &[u8],
     out: &mut Vec<u8>,

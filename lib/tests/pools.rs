@@ -13,8 +13,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use gaidaros::dispatch::{self, HandlerType, Pool};
 use gaidaros::net::{self, BindSpec, ConnOptions, IpVersion};
+use gaidaros::pools::{self, ExecMode, Pool};
 use gaidaros::service::HandleFuture;
 use gaidaros::{Handler, Keep, Limits, ListenerSetup, Loop, LoopHandle, Service, ServiceError};
 
@@ -22,11 +22,11 @@ use gaidaros::{Handler, Keep, Limits, ListenerSetup, Loop, LoopHandle, Service, 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Every pool type (blocking, which has none, is the reference).
-const POOLED: [HandlerType; 4] = [
-    HandlerType::Thread,
-    HandlerType::ThreadPool,
-    HandlerType::Gthread,
-    HandlerType::GthreadPool,
+const POOLED: [ExecMode; 4] = [
+    ExecMode::Thread,
+    ExecMode::ThreadPool,
+    ExecMode::Gthread,
+    ExecMode::GthreadPool,
 ];
 
 struct Running {
@@ -74,8 +74,8 @@ fn start(service: Arc<dyn Service>, pool: Option<Arc<dyn Pool>>, limits: Limits)
 }
 
 /// The pool of `kind`: `size` workers (or requests in flight), `queue` queued.
-fn pool(kind: HandlerType, size: usize, queue: usize) -> Option<Arc<dyn Pool>> {
-    dispatch::build(kind, size, queue).expect("build the pool")
+fn pool(kind: ExecMode, size: usize, queue: usize) -> Option<Arc<dyn Pool>> {
+    pools::build(kind, size, queue).expect("build the pool")
 }
 
 fn client(addr: SocketAddr) -> TcpStream {
@@ -141,7 +141,7 @@ impl Service for Boom {
     }
 }
 
-fn a_panic_fails_its_connection_only(kind: HandlerType) {
+fn a_panic_fails_its_connection_only(kind: ExecMode) {
     let server = start(Arc::new(Boom), pool(kind, 4, 64), Limits::default());
     let mut calm = client(server.addr);
     expect_echo(&mut calm, "before\n");
@@ -166,27 +166,27 @@ fn a_panic_fails_its_connection_only(kind: HandlerType) {
 
 #[test]
 fn a_panic_fails_its_connection_only_blocking() {
-    a_panic_fails_its_connection_only(HandlerType::Blocking);
+    a_panic_fails_its_connection_only(ExecMode::Blocking);
 }
 
 #[test]
 fn a_panic_fails_its_connection_only_thread() {
-    a_panic_fails_its_connection_only(HandlerType::Thread);
+    a_panic_fails_its_connection_only(ExecMode::Thread);
 }
 
 #[test]
 fn a_panic_fails_its_connection_only_threadpool() {
-    a_panic_fails_its_connection_only(HandlerType::ThreadPool);
+    a_panic_fails_its_connection_only(ExecMode::ThreadPool);
 }
 
 #[test]
 fn a_panic_fails_its_connection_only_gthread() {
-    a_panic_fails_its_connection_only(HandlerType::Gthread);
+    a_panic_fails_its_connection_only(ExecMode::Gthread);
 }
 
 #[test]
 fn a_panic_fails_its_connection_only_gthreadpool() {
-    a_panic_fails_its_connection_only(HandlerType::GthreadPool);
+    a_panic_fails_its_connection_only(ExecMode::GthreadPool);
 }
 
 #[test]
@@ -238,7 +238,7 @@ impl Service for Sleepy {
 }
 
 /// Requests finishing out of order still leave in request order.
-fn responses_leave_in_request_order(kind: HandlerType, size: usize) {
+fn responses_leave_in_request_order(kind: ExecMode, size: usize) {
     let service = Arc::new(Sleepy {
         finished: Mutex::new(Vec::new()),
     });
@@ -282,17 +282,17 @@ fn responses_leave_in_request_order(kind: HandlerType, size: usize) {
 
 #[test]
 fn responses_leave_in_request_order_threadpool() {
-    responses_leave_in_request_order(HandlerType::ThreadPool, 8);
+    responses_leave_in_request_order(ExecMode::ThreadPool, 8);
 }
 
 #[test]
 fn responses_leave_in_request_order_thread() {
-    responses_leave_in_request_order(HandlerType::Thread, 8);
+    responses_leave_in_request_order(ExecMode::Thread, 8);
 }
 
 #[test]
 fn responses_leave_in_request_order_gthreadpool() {
-    responses_leave_in_request_order(HandlerType::GthreadPool, 8);
+    responses_leave_in_request_order(ExecMode::GthreadPool, 8);
 }
 
 /// Echoes after an asynchronous 50 ms sleep, counting how many requests
@@ -330,7 +330,7 @@ fn green_threads_overlap_waiting_requests_on_tasks() {
     let service = Arc::new(Napper::default());
     let server = start(
         service.clone(),
-        pool(HandlerType::GthreadPool, 100, 1024),
+        pool(ExecMode::GthreadPool, 100, 1024),
         Limits::default(),
     );
     let mut conns: Vec<TcpStream> = (0..100).map(|_| client(server.addr)).collect();
@@ -396,7 +396,7 @@ fn gate_line(i: usize) -> String {
 /// expect every line back in order. The service must have received at most
 /// `bound` requests while closed: the loop read only what it could hand
 /// on, and the rest stayed in the kernel's socket buffers.
-fn backpressure(kind: HandlerType, size: usize, queue: usize, max_pipelined: usize, bound: usize) {
+fn backpressure(kind: ExecMode, size: usize, queue: usize, max_pipelined: usize, bound: usize) {
     let gate = Arc::new(Gate::default());
     let limits = Limits {
         max_pipelined,
@@ -484,24 +484,24 @@ fn backpressure(kind: HandlerType, size: usize, queue: usize, max_pipelined: usi
 #[test]
 fn a_full_threadpool_stops_reading_until_a_job_finishes() {
     // One worker, one queued job, two in flight: 1 + 1 + 2.
-    backpressure(HandlerType::ThreadPool, 1, 1, 2, 4);
+    backpressure(ExecMode::ThreadPool, 1, 1, 2, 4);
 }
 
 #[test]
 fn max_pipelined_stops_reading_with_room_in_the_pool() {
     // Eight idle workers, but one connection may only have two requests in
     // the pool.
-    backpressure(HandlerType::ThreadPool, 8, 64, 2, 2);
+    backpressure(ExecMode::ThreadPool, 8, 64, 2, 2);
 }
 
 #[test]
 fn a_full_green_pool_stops_reading_until_a_task_finishes() {
-    backpressure(HandlerType::GthreadPool, 1, 1, 2, 4);
+    backpressure(ExecMode::GthreadPool, 1, 1, 2, 4);
 }
 
 #[test]
 fn a_full_thread_per_request_pool_stops_reading_until_a_thread_finishes() {
-    backpressure(HandlerType::Thread, 1, 1, 2, 4);
+    backpressure(ExecMode::Thread, 1, 1, 2, 4);
 }
 
 /// Echoes lines.
@@ -518,7 +518,7 @@ impl Service for Echo {
 /// the one before it to finish. 2000 pipelined lines must all come back;
 /// a lost wake-up between "a job finished" and "the pool has room" stalls
 /// the connection for good.
-fn a_pool_of_one_serves_a_long_pipeline(kind: HandlerType) {
+fn a_pool_of_one_serves_a_long_pipeline(kind: ExecMode) {
     let server = start(Arc::new(Echo), pool(kind, 1, 1), Limits::default());
     let request: String = (0..2000)
         .map(|i| format!("one at a time {i:05}\n"))
@@ -551,22 +551,22 @@ fn a_pool_of_one_serves_a_long_pipeline(kind: HandlerType) {
 
 #[test]
 fn a_pool_of_one_serves_a_long_pipeline_thread() {
-    a_pool_of_one_serves_a_long_pipeline(HandlerType::Thread);
+    a_pool_of_one_serves_a_long_pipeline(ExecMode::Thread);
 }
 
 #[test]
 fn a_pool_of_one_serves_a_long_pipeline_threadpool() {
-    a_pool_of_one_serves_a_long_pipeline(HandlerType::ThreadPool);
+    a_pool_of_one_serves_a_long_pipeline(ExecMode::ThreadPool);
 }
 
 #[test]
 fn a_pool_of_one_serves_a_long_pipeline_gthread() {
-    a_pool_of_one_serves_a_long_pipeline(HandlerType::Gthread);
+    a_pool_of_one_serves_a_long_pipeline(ExecMode::Gthread);
 }
 
 #[test]
 fn a_pool_of_one_serves_a_long_pipeline_gthreadpool() {
-    a_pool_of_one_serves_a_long_pipeline(HandlerType::GthreadPool);
+    a_pool_of_one_serves_a_long_pipeline(ExecMode::GthreadPool);
 }
 
 /// Echoes; a line starting with `hold` waits for the gate first.
@@ -593,7 +593,7 @@ fn a_pool_shared_by_two_loops_resumes_the_loop_that_found_it_full() {
     let service = Arc::new(HoldOnRequest::default());
     // One worker and one queued job: no race between a job's reply and
     // its slot being freed (the queue slot frees when the worker takes it).
-    let shared = pool(HandlerType::ThreadPool, 1, 1);
+    let shared = pool(ExecMode::ThreadPool, 1, 1);
     let loop_a = start(service.clone(), shared.clone(), Limits::default());
     let loop_b = start(service.clone(), shared, Limits::default());
 

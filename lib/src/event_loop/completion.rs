@@ -469,7 +469,7 @@ impl Loop {
         for slot in slots {
             let conn = self.core.conns.remove(slot);
             if let Some(mut conn) = self.core.uring_close(slot, conn) {
-                conn.out.clear(&mut self.core.pool);
+                conn.out.clear(&mut self.core.bufs);
             }
         }
         let deadline = std::time::Instant::now() + RETIRE_WAIT;
@@ -842,7 +842,7 @@ impl Loop {
             // socket is writable.
             debug!(slot, "send found no room: submitted again when writable");
             conn.io.poll_first = true;
-            if let Err(e) = conn.out.complete(front, 0, &mut self.core.pool) {
+            if let Err(e) = conn.out.complete(front, 0, &mut self.core.bufs) {
                 self.core.abort(slot, CloseReason::Io(e.kind()));
                 return;
             }
@@ -856,7 +856,7 @@ impl Loop {
         }
         if let Err(e) = conn
             .out
-            .complete(front, cqe.result as usize, &mut self.core.pool)
+            .complete(front, cqe.result as usize, &mut self.core.bufs)
         {
             self.core.abort(slot, CloseReason::Io(e.kind()));
             return;

@@ -57,7 +57,7 @@ impl Ctx<'_> {
         if c.closing || c.wr_shut || c.shut_wr_pending {
             return false;
         }
-        c.out.push_bytes(data, &mut core.pool);
+        c.out.push_bytes(data, &mut core.bufs);
         let under = core.note_output(slot);
         core.mark_dirty(slot);
         under

@@ -54,11 +54,11 @@ use tracing::{debug, error, trace, warn};
 
 pub use ctx::Ctx;
 
-use crate::dispatch::Job;
-use crate::dispatch::{Done, HandlerType, Pool, ReplyTo};
 use crate::handler::Handler;
 use crate::net::{self, ConnOptions};
 use crate::poll::{self as backend, Cqe, Event, Interest, PollType, Readiness, Ring, Waker};
+use crate::pools::Job;
+use crate::pools::{Done, ExecMode, Pool, ReplyTo};
 use crate::protocol::{CloseReason, ConnId, Protocol, TimerId};
 use crate::service::{self, BatchEnd, Keep, Service, ServiceError};
 use crate::sys;
@@ -252,7 +252,7 @@ pub(crate) struct Conn {
     pending: VecDeque<Option<Done>>,
     /// A complete request waits in `input` for room in the pool or under
     /// `max_pipelined`: reading stops until a job finishes.
-    dispatch_waiting: bool,
+    pool_waiting: bool,
     /// Nothing read yet: its first request may be on its way.
     fresh: bool,
     /// Shutting down while this connection's request was still arriving:
@@ -295,7 +295,7 @@ impl Conn {
             next_seq: 0,
             write_seq: 0,
             pending: VecDeque::new(),
-            dispatch_waiting: false,
+            pool_waiting: false,
             fresh: true,
             shutdown_deadline: None,
             interest: Interest::NONE,
@@ -313,7 +313,7 @@ impl Conn {
     fn reading_blocked(&self) -> bool {
         self.read_paused
             || self.splice_stalled
-            || self.dispatch_waiting
+            || self.pool_waiting
             || (self.over_cap && self.session.is_none())
             || self.read_eof
             || (self.closing && self.linger_deadline.is_none())
@@ -375,7 +375,7 @@ pub(crate) struct Core {
     zombies: HashMap<(usize, u32), Conn>,
     timers: Timers,
     cancelled: HashSet<TimerId>,
-    pool: BufPool,
+    bufs: BufPool,
     dirty: Vec<usize>,
     ready: VecDeque<ConnId>,
     deferred: VecDeque<Deferred>,
@@ -547,7 +547,7 @@ impl Loop {
         let spin_for_jobs = setups.iter().any(|s: &Arc<ListenerSetup>| {
             s.pool
                 .as_ref()
-                .is_some_and(|p| !matches!(p.kind(), HandlerType::Proc | HandlerType::ProcPool))
+                .is_some_and(|p| !matches!(p.kind(), ExecMode::Proc | ExecMode::ProcPool))
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, completions) = crossbeam_channel::unbounded();
@@ -570,7 +570,7 @@ impl Loop {
             zombies: HashMap::new(),
             timers: Timers::default(),
             cancelled: HashSet::new(),
-            pool: BufPool::new(),
+            bufs: BufPool::new(),
             dirty: Vec::new(),
             ready: VecDeque::new(),
             deferred: VecDeque::new(),
@@ -637,7 +637,7 @@ impl Loop {
                 return Err(e);
             }
             self.core.now = Instant::now();
-            self.dispatch();
+            self.handle_events();
             self.run_ready();
             self.run_timers();
             self.settle();
@@ -676,7 +676,7 @@ impl Loop {
     }
 
     /// Act on what the last wait brought.
-    fn dispatch(&mut self) {
+    fn handle_events(&mut self) {
         if self.core.ring.is_some() {
             let cqes = std::mem::take(&mut self.cqes);
             for cqe in &cqes {
@@ -1124,7 +1124,7 @@ impl Loop {
                     let used = used.min(n);
                     if used < n {
                         let conn = &mut core.conns[slot];
-                        conn.input = core.pool.take();
+                        conn.input = core.bufs.take();
                         conn.input.extend_from_slice(&data[used..]);
                     }
                 } else {
@@ -1137,7 +1137,7 @@ impl Loop {
                     let mut input = input;
                     input.drain(..used.min(input.len()));
                     if input.is_empty() {
-                        core.pool.give(input);
+                        core.bufs.give(input);
                     } else {
                         core.conns[slot].input = input;
                     }
@@ -1342,7 +1342,7 @@ impl Core {
         let mut pos = 0;
         while pos < buf.len() && !conn.closing {
             if conn.pending.len() >= setup.limits.max_pipelined {
-                conn.dispatch_waiting = true;
+                conn.pool_waiting = true;
                 break;
             }
             let rest = &buf[pos..];
@@ -1388,7 +1388,7 @@ impl Core {
                     self.jobs_out += 1;
                 }
                 Err(_) => {
-                    conn.dispatch_waiting = true;
+                    conn.pool_waiting = true;
                     self.pool_waiters.push(id);
                     break;
                 }
@@ -1398,14 +1398,14 @@ impl Core {
         let keep = if rest.is_empty() || conn.closing {
             Vec::new()
         } else if input.is_empty() {
-            let mut fresh = self.pool.take();
+            let mut fresh = self.bufs.take();
             fresh.extend_from_slice(rest);
             fresh
         } else {
             input.drain(..pos);
             std::mem::take(&mut input)
         };
-        self.pool.give(input);
+        self.bufs.give(input);
         conn.input = keep;
         self.emit_done(slot);
     }
@@ -1436,9 +1436,9 @@ impl Core {
             conn.last_active = self.now;
             self.emit_done(slot);
             let conn = &mut self.conns[slot];
-            if conn.dispatch_waiting && !self.pool_waiters.contains(&conn.id(slot)) {
+            if conn.pool_waiting && !self.pool_waiters.contains(&conn.id(slot)) {
                 // It waited on its own in-flight limit: one has finished.
-                conn.dispatch_waiting = false;
+                conn.pool_waiting = false;
                 self.ready.push_back(conn.id(slot));
             }
         }
@@ -1448,7 +1448,7 @@ impl Core {
                 .get_mut(id.slot as usize)
                 .filter(|c| c.generation == id.generation)
             {
-                conn.dispatch_waiting = false;
+                conn.pool_waiting = false;
                 self.ready.push_back(id);
             }
         }
@@ -1465,7 +1465,7 @@ impl Core {
                 break;
             };
             conn.write_seq += 1;
-            conn.out.push_bytes(&done.response, &mut self.pool);
+            conn.out.push_bytes(&done.response, &mut self.bufs);
             wrote = true;
             match done.outcome {
                 Ok(Keep::Alive) => continue,
@@ -1500,7 +1500,7 @@ impl Core {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if conn.read_eof && !conn.over_cap && !conn.dispatch_waiting {
+        if conn.read_eof && !conn.over_cap && !conn.pool_waiting {
             // Everything complete was answered (or handed to a pool); an
             // incomplete tail can never complete now.
             conn.closing = true;
@@ -1521,7 +1521,7 @@ impl Core {
             self.conns[slot].splice_to = None;
             return false;
         };
-        dst.out.push_bytes(data, &mut self.pool);
+        dst.out.push_bytes(data, &mut self.bufs);
         self.mark_dirty(to_slot);
         if !self.note_output(to_slot) {
             self.conns[slot].splice_stalled = true;
@@ -1729,23 +1729,23 @@ impl Core {
         let direct = self.ring.is_none();
         let conn = &mut self.conns[slot];
         if conn.input.is_empty() {
-            let used = serve(conn, &mut self.pool, service, setup, data, direct);
+            let used = serve(conn, &mut self.bufs, service, setup, data, direct);
             if used < data.len() && !conn.closing {
-                conn.input = self.pool.take();
+                conn.input = self.bufs.take();
                 conn.input.extend_from_slice(&data[used..]);
             }
         } else {
             conn.input.extend_from_slice(data);
             let mut input = std::mem::take(&mut conn.input);
-            let used = serve(conn, &mut self.pool, service, setup, &input, direct);
+            let used = serve(conn, &mut self.bufs, service, setup, &input, direct);
             input.drain(..used);
             if input.is_empty() || conn.closing {
-                self.pool.give(input);
+                self.bufs.give(input);
             } else {
                 conn.input = input;
             }
         }
-        conn.out.trim(&mut self.pool);
+        conn.out.trim(&mut self.bufs);
         self.close_after_grace(slot);
     }
 
@@ -1753,7 +1753,7 @@ impl Core {
     /// incomplete is left, it closes after its answers.
     fn close_after_grace(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        if conn.shutdown_deadline.is_some() && conn.input.is_empty() && !conn.dispatch_waiting {
+        if conn.shutdown_deadline.is_some() && conn.input.is_empty() && !conn.pool_waiting {
             conn.closing = true;
             conn.close_reason.get_or_insert(CloseReason::Shutdown);
         }
@@ -1772,7 +1772,7 @@ impl Core {
             let sent = if self.ring.is_some() {
                 self.uring_send(slot)
             } else {
-                let flushed = conn.out.flush(&mut conn.sock, &mut self.pool);
+                let flushed = conn.out.flush(&mut conn.sock, &mut self.bufs);
                 if flushed.is_ok() {
                     conn.last_active = self.now;
                 }
@@ -1901,7 +1901,7 @@ impl Core {
                 .active
                 .fetch_sub(1, Ordering::Relaxed);
         }
-        self.pool.give(std::mem::take(&mut conn.input));
+        self.bufs.give(std::mem::take(&mut conn.input));
         let id = conn.id(slot);
         let session = conn.session;
         if let Some(src) = conn.fed_by {
@@ -1915,7 +1915,7 @@ impl Core {
             Some(conn)
         };
         if let Some(mut conn) = gone {
-            conn.out.clear(&mut self.pool);
+            conn.out.clear(&mut self.bufs);
         }
         trace!(%id, "closed");
         if let Some(key) = session {
@@ -2038,7 +2038,7 @@ impl Core {
 /// responses to the connection's output. Returns the bytes consumed.
 fn serve(
     conn: &mut Conn,
-    pool: &mut BufPool,
+    bufs: &mut BufPool,
     service: &dyn Service,
     setup: &ListenerSetup,
     buf: &[u8],
@@ -2052,7 +2052,7 @@ fn serve(
         // Output pending before this batch, and where the batch starts
         // appending in the tail buffer.
         let queued = conn.out.len();
-        let tail = conn.out.tail(pool);
+        let tail = conn.out.tail(bufs);
         let start = tail.len();
         let batch = service::serve_batch(service, &buf[pos..], max, tail, |out| {
             // -K stops after every response so it leaves at once.
@@ -2066,7 +2066,7 @@ fn serve(
                 conn.close_reason = Some(CloseReason::Local);
             }
             BatchEnd::Error(e) => {
-                fail(conn, pool, service, &e);
+                fail(conn, bufs, service, &e);
                 return buf.len();
             }
             BatchEnd::Stopped => {}
@@ -2074,10 +2074,10 @@ fn serve(
         // (Under -T completion the send is submitted when the batch is
         // done; what follows gathers behind it while it is out.)
         if !coalesce && direct {
-            if let Err(e) = conn.out.flush(&mut conn.sock, pool) {
+            if let Err(e) = conn.out.flush(&mut conn.sock, bufs) {
                 conn.closing = true;
                 conn.close_reason = Some(CloseReason::Io(e.kind()));
-                conn.out.clear(pool);
+                conn.out.clear(bufs);
                 return buf.len();
             }
         } else if !coalesce {
@@ -2092,10 +2092,10 @@ fn serve(
 }
 
 /// Send the service's error reply and close after it.
-fn fail(conn: &mut Conn, pool: &mut BufPool, service: &dyn Service, error: &ServiceError) {
+fn fail(conn: &mut Conn, bufs: &mut BufPool, service: &dyn Service, error: &ServiceError) {
     debug!(peer = ?conn.peer, "request error: {error}");
     // A panicking error reply closes without one.
-    service::reply_error(service, error, conn.out.tail(pool));
+    service::reply_error(service, error, conn.out.tail(bufs));
     conn.closing = true;
     conn.close_reason = Some(match error {
         ServiceError::TooLarge { .. } => CloseReason::TooLarge,

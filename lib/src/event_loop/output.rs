@@ -146,13 +146,13 @@ impl OutQueue {
     }
 
     /// The buffer new bytes are appended to.
-    pub fn tail(&mut self, pool: &mut BufPool) -> &mut Vec<u8> {
+    pub fn tail(&mut self, bufs: &mut BufPool) -> &mut Vec<u8> {
         if !matches!(self.chunks.back(), Some(Chunk::Bytes(_)))
             || self.chunks.len() <= self.locked
             || self.sealed
         {
             self.sealed = false;
-            self.chunks.push_back(Chunk::Bytes(pool.take()));
+            self.chunks.push_back(Chunk::Bytes(bufs.take()));
         }
         match self.chunks.back_mut() {
             Some(Chunk::Bytes(b)) => b,
@@ -169,9 +169,9 @@ impl OutQueue {
         }
     }
 
-    pub fn push_bytes(&mut self, data: &[u8], pool: &mut BufPool) {
+    pub fn push_bytes(&mut self, data: &[u8], bufs: &mut BufPool) {
         if !data.is_empty() {
-            self.tail(pool).extend_from_slice(data);
+            self.tail(bufs).extend_from_slice(data);
         }
     }
 
@@ -222,21 +222,21 @@ impl OutQueue {
     }
 
     /// Drop a trailing empty byte chunk (left when a handler wrote nothing).
-    pub fn trim(&mut self, pool: &mut BufPool) {
+    pub fn trim(&mut self, bufs: &mut BufPool) {
         if self.chunks.len() <= self.locked {
             return;
         }
         if let Some(Chunk::Bytes(b)) = self.chunks.back() {
             if b.is_empty() {
                 if let Some(Chunk::Bytes(b)) = self.chunks.pop_back() {
-                    pool.give(b);
+                    bufs.give(b);
                 }
             }
         }
     }
 
     /// Write as much as the socket takes.
-    pub fn flush<S>(&mut self, sock: &mut S, pool: &mut BufPool) -> io::Result<Flushed>
+    pub fn flush<S>(&mut self, sock: &mut S, bufs: &mut BufPool) -> io::Result<Flushed>
     where
         S: Write + std::os::fd::AsFd,
     {
@@ -309,7 +309,7 @@ impl OutQueue {
                         "socket accepted no bytes",
                     ))
                 }
-                Ok(n) => self.advance(n, pool),
+                Ok(n) => self.advance(n, bufs),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -395,10 +395,10 @@ impl OutQueue {
 
     /// The submission `front` moved `n` bytes: unlock and account for them.
     /// A file range's bytes are now in the pipe and leave from there next.
-    pub fn complete(&mut self, front: Front, n: usize, pool: &mut BufPool) -> io::Result<()> {
+    pub fn complete(&mut self, front: Front, n: usize, bufs: &mut BufPool) -> io::Result<()> {
         self.locked = 0;
         match front {
-            Front::Bytes(_) => self.advance(n, pool),
+            Front::Bytes(_) => self.advance(n, bufs),
             Front::Pipe { .. } => self.pipe_sent(n),
             Front::File { .. } => {
                 if n == 0 {
@@ -466,7 +466,7 @@ impl OutQueue {
     }
 
     /// Mark `n` bytes of leading byte chunks written.
-    fn advance(&mut self, mut n: usize, pool: &mut BufPool) {
+    fn advance(&mut self, mut n: usize, bufs: &mut BufPool) {
         while n > 0 {
             let Some(Chunk::Bytes(front)) = self.chunks.front() else {
                 return;
@@ -479,16 +479,16 @@ impl OutQueue {
             n -= left;
             self.head = 0;
             if let Some(Chunk::Bytes(b)) = self.chunks.pop_front() {
-                pool.give(b);
+                bufs.give(b);
             }
         }
     }
 
     /// Give every buffer back to the pool.
-    pub fn clear(&mut self, pool: &mut BufPool) {
+    pub fn clear(&mut self, bufs: &mut BufPool) {
         for chunk in self.chunks.drain(..) {
             if let Chunk::Bytes(b) = chunk {
-                pool.give(b);
+                bufs.give(b);
             }
         }
         self.head = 0;

@@ -12,14 +12,14 @@ use std::task::{Context, Poll};
 
 use crate::poll::Waker;
 
-use super::{Admission, HandlerType, Job, Pool};
+use super::{Admission, ExecMode, Job, Pool};
 use crate::service::{Keep, Service, ServiceError};
 
 /// Requests as tasks on a multi-thread tokio runtime.
 pub struct GreenPool {
     runtime: tokio::runtime::Runtime,
     admission: Admission,
-    kind: HandlerType,
+    kind: ExecMode,
 }
 
 impl GreenPool {
@@ -34,9 +34,9 @@ impl GreenPool {
             runtime,
             admission: Admission::new(size.unwrap_or(queue)),
             kind: if size.is_some() {
-                HandlerType::GthreadPool
+                ExecMode::GthreadPool
             } else {
-                HandlerType::Gthread
+                ExecMode::Gthread
             },
         })
     }
@@ -56,7 +56,7 @@ impl Pool for GreenPool {
         self.admission.notify_room(waker);
     }
 
-    fn kind(&self) -> HandlerType {
+    fn kind(&self) -> ExecMode {
         self.kind
     }
 }

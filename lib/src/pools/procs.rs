@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 use super::wire::{self, Kind};
 use crate::poll::Waker;
 
-use super::{spawn_with_job, Admission, HandlerType, Job, JobQueue, Pool};
+use super::{spawn_with_job, Admission, ExecMode, Job, JobQueue, Pool};
 use crate::config::Settings;
 use crate::handler::{Handler, Registry};
 use crate::service::{self, Keep, Service, ServiceError};
@@ -238,8 +238,8 @@ impl Pool for ProcPool {
         self.queue.notify_room(waker);
     }
 
-    fn kind(&self) -> HandlerType {
-        HandlerType::ProcPool
+    fn kind(&self) -> ExecMode {
+        ExecMode::ProcPool
     }
 }
 
@@ -290,8 +290,8 @@ impl Pool for ProcPerRequest {
         self.admission.notify_room(waker);
     }
 
-    fn kind(&self) -> HandlerType {
-        HandlerType::Proc
+    fn kind(&self) -> ExecMode {
+        ExecMode::Proc
     }
 }
 

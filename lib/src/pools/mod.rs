@@ -42,7 +42,7 @@ pub use threads::{ThreadPerRequest, ThreadPool};
 
 /// Where requests run (`-X`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HandlerType {
+pub enum ExecMode {
     /// Inline on the loop thread.
     Blocking,
     /// A new OS thread per request (at most `-n` at once).
@@ -59,58 +59,54 @@ pub enum HandlerType {
     ProcPool,
 }
 
-impl HandlerType {
+impl ExecMode {
     /// Every accepted spelling, for messages.
     pub const NAMES: &'static str =
         "blocking, thread, threadpool, gthread, gthreadpool, proc or procpool";
 }
 
-impl FromStr for HandlerType {
+impl FromStr for ExecMode {
     type Err = ();
 
     fn from_str(s: &str) -> Result<Self, ()> {
         Ok(match s {
-            "blocking" => HandlerType::Blocking,
-            "thread" => HandlerType::Thread,
-            "threadpool" => HandlerType::ThreadPool,
-            "gthread" => HandlerType::Gthread,
-            "gthreadpool" => HandlerType::GthreadPool,
-            "proc" => HandlerType::Proc,
-            "procpool" => HandlerType::ProcPool,
+            "blocking" => ExecMode::Blocking,
+            "thread" => ExecMode::Thread,
+            "threadpool" => ExecMode::ThreadPool,
+            "gthread" => ExecMode::Gthread,
+            "gthreadpool" => ExecMode::GthreadPool,
+            "proc" => ExecMode::Proc,
+            "procpool" => ExecMode::ProcPool,
             _ => return Err(()),
         })
     }
 }
 
-impl fmt::Display for HandlerType {
+impl fmt::Display for ExecMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            HandlerType::Blocking => "blocking",
-            HandlerType::Thread => "thread",
-            HandlerType::ThreadPool => "threadpool",
-            HandlerType::Gthread => "gthread",
-            HandlerType::GthreadPool => "gthreadpool",
-            HandlerType::Proc => "proc",
-            HandlerType::ProcPool => "procpool",
+            ExecMode::Blocking => "blocking",
+            ExecMode::Thread => "thread",
+            ExecMode::ThreadPool => "threadpool",
+            ExecMode::Gthread => "gthread",
+            ExecMode::GthreadPool => "gthreadpool",
+            ExecMode::Proc => "proc",
+            ExecMode::ProcPool => "procpool",
         })
     }
 }
 
 /// Build the pool for `kind` with `size` workers (or in-flight requests),
-/// `queue` jobs waiting at most. `None` for [`HandlerType::Blocking`]; an
+/// `queue` jobs waiting at most. `None` for [`ExecMode::Blocking`]; an
 /// error for the process types, which need [`build_with`].
-pub fn build(
-    kind: HandlerType,
-    size: usize,
-    queue: usize,
-) -> std::io::Result<Option<Arc<dyn Pool>>> {
+pub fn build(kind: ExecMode, size: usize, queue: usize) -> std::io::Result<Option<Arc<dyn Pool>>> {
     build_with(kind, size, queue, None)
 }
 
 /// [`build`], with `worker`: how to start the binary as a worker process
 /// (`-X proc`, `-X procpool`).
 pub fn build_with(
-    kind: HandlerType,
+    kind: ExecMode,
     size: usize,
     queue: usize,
     worker: Option<&WorkerCommand>,
@@ -125,13 +121,13 @@ pub fn build_with(
         })
     };
     Ok(match kind {
-        HandlerType::Proc => Some(Arc::new(ProcPerRequest::new(size, need_worker()?))),
-        HandlerType::ProcPool => Some(Arc::new(ProcPool::new(size, queue, need_worker()?)?)),
-        HandlerType::Blocking => None,
-        HandlerType::Thread => Some(Arc::new(ThreadPerRequest::new(size))),
-        HandlerType::ThreadPool => Some(Arc::new(ThreadPool::new(size, queue)?)),
-        HandlerType::Gthread => Some(Arc::new(GreenPool::new(None, queue)?)),
-        HandlerType::GthreadPool => Some(Arc::new(GreenPool::new(Some(size), queue)?)),
+        ExecMode::Proc => Some(Arc::new(ProcPerRequest::new(size, need_worker()?))),
+        ExecMode::ProcPool => Some(Arc::new(ProcPool::new(size, queue, need_worker()?)?)),
+        ExecMode::Blocking => None,
+        ExecMode::Thread => Some(Arc::new(ThreadPerRequest::new(size))),
+        ExecMode::ThreadPool => Some(Arc::new(ThreadPool::new(size, queue)?)),
+        ExecMode::Gthread => Some(Arc::new(GreenPool::new(None, queue)?)),
+        ExecMode::GthreadPool => Some(Arc::new(GreenPool::new(Some(size), queue)?)),
     })
 }
 
@@ -146,7 +142,7 @@ pub trait Pool: Send + Sync {
     fn notify_room(&self, waker: &Arc<Waker>);
 
     /// Its handler type, for logs.
-    fn kind(&self) -> HandlerType;
+    fn kind(&self) -> ExecMode;
 }
 
 /// Where a finished job goes: the owning loop's completion queue, and the
@@ -410,9 +406,9 @@ mod tests {
             "proc",
             "procpool",
         ] {
-            let t: HandlerType = name.parse().unwrap();
+            let t: ExecMode = name.parse().unwrap();
             assert_eq!(t.to_string(), name);
         }
-        assert!("process".parse::<HandlerType>().is_err());
+        assert!("process".parse::<ExecMode>().is_err());
     }
 }

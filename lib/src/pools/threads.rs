@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::poll::Waker;
 
-use super::{spawn_with_job, Admission, HandlerType, Job, JobQueue, Pool};
+use super::{spawn_with_job, Admission, ExecMode, Job, JobQueue, Pool};
 
 /// How long an idle worker polls the queue before it sleeps: a request
 /// that follows within this time is taken without a wake-up (tens of
@@ -48,8 +48,8 @@ impl Pool for ThreadPool {
         self.queue.notify_room(waker);
     }
 
-    fn kind(&self) -> HandlerType {
-        HandlerType::ThreadPool
+    fn kind(&self) -> ExecMode {
+        ExecMode::ThreadPool
     }
 }
 
@@ -81,7 +81,7 @@ impl Pool for ThreadPerRequest {
         self.admission.notify_room(waker);
     }
 
-    fn kind(&self) -> HandlerType {
-        HandlerType::Thread
+    fn kind(&self) -> ExecMode {
+        ExecMode::Thread
     }
 }
