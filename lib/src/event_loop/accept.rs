@@ -1,0 +1,151 @@
+//! Accepting connections: listener limits, back-off, adopting a socket.
+
+use std::collections::VecDeque;
+use std::io::{self};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use tracing::{trace, warn};
+
+use super::timer::Due;
+use super::{Loop, ACCEPT_BACKOFF, LISTENER_BASE};
+use crate::handler::Handler;
+use crate::net::{self};
+use crate::poll::Interest;
+use crate::sys;
+
+pub(super) struct ListenerSlot {
+    pub(super) sock: Option<TcpListener>,
+    pub(super) paused: bool,
+    pub(super) last_warning: Option<Instant>,
+    /// A multishot accept is out (completion).
+    pub(super) armed: bool,
+    /// Which one (completion): its user data carries this, so what a
+    /// cancelled one still reports is not taken for the current one's.
+    pub(super) accept_gen: u32,
+    /// Connections the kernel accepted while the listener was at its
+    /// limit (completion): served when it resumes.
+    pub(super) backlog: VecDeque<std::net::TcpStream>,
+}
+
+impl Loop {
+    pub(super) fn pause_listener(&mut self, li: usize, why: &str) {
+        let now = self.core.now;
+        if self.listeners[li].paused {
+            return;
+        }
+        self.listener_interest(li, Interest::READ, Interest::NONE);
+        let l = &mut self.listeners[li];
+        l.paused = true;
+        if l.last_warning
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            l.last_warning = Some(now);
+            warn!(
+                listener = %self.core.setups[li].name,
+                "not accepting for {} ms: {why}",
+                ACCEPT_BACKOFF.as_millis()
+            );
+        }
+        self.core
+            .timers
+            .arm(now + ACCEPT_BACKOFF, Due::Listener(li));
+    }
+
+    /// Level-triggered: a listener that is not accepting must not be
+    /// watched, or its queue would be reported again and again.
+    pub(super) fn listener_interest(&mut self, li: usize, old: Interest, new: Interest) {
+        if !self.core.level {
+            return;
+        }
+        let (Some(sock), Some(p)) = (
+            self.listeners[li].sock.as_ref(),
+            self.core.poller.as_deref_mut(),
+        ) else {
+            return;
+        };
+        if let Err(e) = p.set_interest(sock.as_fd(), LISTENER_BASE + li, old, new) {
+            warn!(listener = %self.core.setups[li].name, "cannot change listener interest: {e}");
+        }
+    }
+
+    pub(super) fn accept(&mut self, li: usize) {
+        if self.core.ring.is_some() && !self.settings.shared_listeners {
+            self.uring_accept(li);
+            return;
+        }
+        let setup = self.core.setups[li].clone();
+        loop {
+            let slot = &self.listeners[li];
+            if slot.paused {
+                return;
+            }
+            let Some(listener) = slot.sock.as_ref() else {
+                return;
+            };
+            if setup.active() >= setup.limits.max_connections {
+                let why = format!("max_connections ({}) reached", setup.limits.max_connections);
+                self.pause_listener(li, &why);
+                return;
+            }
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    self.adopt(li, stream, peer);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.core.ring.is_some() {
+                        self.uring_poll_listener(li);
+                    }
+                    return;
+                }
+                Err(e) if sys::is_resource_exhaustion(&e) => {
+                    self.pause_listener(li, &format!("accept: {e}"));
+                    return;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(e) => {
+                    self.pause_listener(li, &format!("accept: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Serve `stream`, accepted on listener `li`.
+    pub(super) fn adopt(&mut self, li: usize, stream: TcpStream, peer: SocketAddr) {
+        let setup = self.core.setups[li].clone();
+        if let Err(e) = net::configure(&stream, setup.conn_options) {
+            warn!(listener = %setup.name, %peer, "cannot set socket options: {e}");
+            return;
+        }
+        match self.core.add_conn(stream, li, Interest::READ) {
+            Ok(slot) => {
+                setup.active.fetch_add(1, Ordering::Relaxed);
+                let conn = &mut self.core.conns[slot];
+                conn.peer = Some(peer);
+                let id = conn.id(slot);
+                trace!(listener = %setup.name, %peer, %id, "accepted");
+                if let Handler::Protocol(factory) = &setup.handler {
+                    let key = self.core.add_session(factory.open(), li);
+                    self.core.sessions[key.slot].live = 1;
+                    self.core.conns[slot].session = Some(key);
+                    self.core.call(key, |p, ctx| p.on_open(ctx, id));
+                }
+                self.core.ensure_armed(slot);
+                if self.core.ring.is_some() {
+                    self.core.uring_arm_recv(slot);
+                }
+            }
+            Err(e) => warn!(listener = %setup.name, "cannot register connection: {e}"),
+        }
+    }
+}

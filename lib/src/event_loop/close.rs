@@ -1,0 +1,75 @@
+//! Closing connections and telling their sessions.
+
+use std::sync::atomic::Ordering;
+
+use tracing::{debug, trace};
+
+use super::{Core, Deferred};
+use crate::protocol::{CloseReason, ConnId};
+
+impl Core {
+    /// Close at once, dropping pending output.
+    pub(super) fn abort(&mut self, slot: usize, reason: CloseReason) {
+        debug!(slot, %reason, "closing connection");
+        self.close(slot, Some(reason));
+    }
+
+    /// Remove a connection and tell its session.
+    pub(super) fn close(&mut self, slot: usize, reason: Option<CloseReason>) {
+        if !self.conns.contains(slot) {
+            return;
+        }
+        // Dropping the socket closes it, which also removes it from the poll
+        // set: no deregister syscall needed.
+        let mut conn = self.conns.remove(slot);
+        if conn.accepted {
+            self.setups[conn.listener]
+                .active
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        self.bufs.give(std::mem::take(&mut conn.input));
+        let id = conn.id(slot);
+        let session = conn.session;
+        if let Some(src) = conn.fed_by {
+            self.lost_splice_destination(src, id);
+        }
+        // Under -T completion, a connection with submissions out lives on
+        // (output and socket) until they complete.
+        let gone = if self.ring.is_some() {
+            self.uring_close(slot, conn)
+        } else {
+            Some(conn)
+        };
+        if let Some(mut conn) = gone {
+            conn.out.clear(&mut self.bufs);
+        }
+        trace!(%id, "closed");
+        if let Some(key) = session {
+            if let Some(s) = self.sessions.get_mut(key.slot) {
+                if s.generation == key.generation {
+                    s.live = s.live.saturating_sub(1);
+                    let reason = reason.unwrap_or(CloseReason::Local);
+                    self.deferred.push_back(Deferred::Closed(key, id, reason));
+                }
+            }
+        }
+    }
+
+    /// `gone`, the connection `src` was spliced into, has closed: `src`
+    /// must not wait for it to drain, and its bytes go to on_data from now
+    /// on (unless it has been spliced elsewhere since).
+    pub(super) fn lost_splice_destination(&mut self, src: ConnId, gone: ConnId) {
+        let slot = src.slot as usize;
+        if self.get(src).is_none() {
+            return;
+        }
+        if self.ring.is_some() {
+            self.uring_cancel_splice(slot, gone);
+        }
+        let s = &mut self.conns[slot];
+        if s.splice_to == Some(gone) {
+            s.splice_stalled = false;
+            self.ready.push_back(src);
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The service path: framing and handling on the loop, or handing requests
+//! to a handler pool (`-X`) and putting their answers back in order.
+
+use std::io;
+use std::sync::Arc;
+
+use tracing::debug;
+
+use super::output::BufPool;
+use super::{Conn, Core, ListenerSetup};
+use crate::handler::Handler;
+use crate::pools::{Done, Job, Pool};
+use crate::protocol::CloseReason;
+use crate::service::{self, BatchEnd, Keep, Service, ServiceError};
+
+impl Core {
+    /// Feed bytes read from a service connection through framing and the
+    /// service. `data` empty means: process what the connection holds.
+    pub(super) fn feed_service(
+        &mut self,
+        slot: usize,
+        service: &dyn Service,
+        setup: &ListenerSetup,
+        data: &[u8],
+    ) {
+        if let (Some(pool), Handler::Service(shared)) = (&setup.pool, &setup.handler) {
+            self.feed_pool(slot, pool, shared, setup, data);
+            self.close_after_grace(slot);
+            return;
+        }
+        let direct = self.ring.is_none();
+        let conn = &mut self.conns[slot];
+        if conn.input.is_empty() {
+            let used = serve(conn, &mut self.bufs, service, setup, data, direct);
+            if used < data.len() && !conn.closing {
+                conn.input = self.bufs.take();
+                conn.input.extend_from_slice(&data[used..]);
+            }
+        } else {
+            conn.input.extend_from_slice(data);
+            let mut input = std::mem::take(&mut conn.input);
+            let used = serve(conn, &mut self.bufs, service, setup, &input, direct);
+            input.drain(..used);
+            if input.is_empty() || conn.closing {
+                self.bufs.give(input);
+            } else {
+                conn.input = input;
+            }
+        }
+        conn.out.trim(&mut self.bufs);
+        self.close_after_grace(slot);
+    }
+
+    /// Shutting down with a request of `slot` still arriving: once nothing
+    /// incomplete is left, it closes after its answers.
+    pub(super) fn close_after_grace(&mut self, slot: usize) {
+        let conn = &mut self.conns[slot];
+        if conn.shutdown_deadline.is_some() && conn.input.is_empty() && !conn.pool_waiting {
+            conn.closing = true;
+            conn.close_reason.get_or_insert(CloseReason::Shutdown);
+        }
+    }
+
+    /// Hand the complete requests in `data` (after what `slot` holds) to
+    /// `pool`, in order, until the pool or the connection's in-flight limit
+    /// is full; the rest stays in the connection's input.
+    pub(super) fn feed_pool(
+        &mut self,
+        slot: usize,
+        pool: &Arc<dyn Pool>,
+        shared: &Arc<dyn Service>,
+        setup: &ListenerSetup,
+        data: &[u8],
+    ) {
+        let conn = &mut self.conns[slot];
+        let mut input = std::mem::take(&mut conn.input);
+        let buf: &[u8] = if input.is_empty() {
+            data
+        } else {
+            input.extend_from_slice(data);
+            &input
+        };
+        let id = conn.id(slot);
+        let max = setup.limits.max_request;
+        let mut pos = 0;
+        while pos < buf.len() && !conn.closing {
+            if conn.pending.len() >= setup.limits.max_pipelined {
+                conn.pool_waiting = true;
+                break;
+            }
+            let rest = &buf[pos..];
+            let len = match service::next_frame(&**shared, rest, max) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => {
+                    // Answered in order, after the requests already running.
+                    let mut response = Vec::new();
+                    service::reply_error(&**shared, &e, &mut response);
+                    let seq = conn.next_seq;
+                    conn.next_seq += 1;
+                    conn.pending.push_back(Some(Done {
+                        conn: id,
+                        seq,
+                        response,
+                        outcome: Err(e),
+                    }));
+                    pos = buf.len();
+                    break;
+                }
+            };
+            let job = Job {
+                service: Arc::clone(shared),
+                listener: conn.listener as u32,
+                request: rest[..len].to_vec(),
+                conn: id,
+                seq: conn.next_seq,
+                reply: self.reply.clone(),
+                running: None,
+            };
+            // Full: ask to be woken when there is room, then try once more
+            // (the room may have been made in between).
+            let taken = pool.submit(job).or_else(|job| {
+                pool.notify_room(&self.reply.waker);
+                pool.submit(job)
+            });
+            match taken {
+                Ok(()) => {
+                    conn.next_seq += 1;
+                    conn.pending.push_back(None);
+                    pos += len;
+                    self.jobs_out += 1;
+                }
+                Err(_) => {
+                    conn.pool_waiting = true;
+                    self.pool_waiters.push(id);
+                    break;
+                }
+            }
+        }
+        let rest = &buf[pos.min(buf.len())..];
+        let keep = if rest.is_empty() || conn.closing {
+            Vec::new()
+        } else if input.is_empty() {
+            let mut fresh = self.bufs.take();
+            fresh.extend_from_slice(rest);
+            fresh
+        } else {
+            input.drain(..pos);
+            std::mem::take(&mut input)
+        };
+        self.bufs.give(input);
+        conn.input = keep;
+        self.emit_done(slot);
+    }
+
+    /// Take in the requests pools have finished for this loop, and retry
+    /// the connections that found a pool full (the wake may be the pool
+    /// saying it has room).
+    pub(super) fn complete_jobs(&mut self) {
+        while let Ok(done) = self.completions.try_recv() {
+            self.jobs_out = self.jobs_out.saturating_sub(1);
+            let slot = done.conn.slot as usize;
+            let Some(conn) = self
+                .conns
+                .get_mut(slot)
+                .filter(|c| c.generation == done.conn.generation)
+            else {
+                // Its connection closed meanwhile.
+                continue;
+            };
+            let Some(at) = done.seq.checked_sub(conn.write_seq) else {
+                continue;
+            };
+            match conn.pending.get_mut(at as usize) {
+                Some(entry @ None) => *entry = Some(done),
+                // Not waited for (the connection is closing early).
+                _ => continue,
+            }
+            conn.last_active = self.now;
+            self.emit_done(slot);
+            let conn = &mut self.conns[slot];
+            if conn.pool_waiting && !self.pool_waiters.contains(&conn.id(slot)) {
+                // It waited on its own in-flight limit: one has finished.
+                conn.pool_waiting = false;
+                self.ready.push_back(conn.id(slot));
+            }
+        }
+        for id in std::mem::take(&mut self.pool_waiters) {
+            if let Some(conn) = self
+                .conns
+                .get_mut(id.slot as usize)
+                .filter(|c| c.generation == id.generation)
+            {
+                conn.pool_waiting = false;
+                self.ready.push_back(id);
+            }
+        }
+    }
+
+    /// Move the finished responses at the head of `slot`'s pending list
+    /// into its output, in request order.
+    pub(super) fn emit_done(&mut self, slot: usize) {
+        let cap = self.cap_of(slot);
+        let conn = &mut self.conns[slot];
+        let mut wrote = false;
+        while let Some(Some(_)) = conn.pending.front() {
+            let Some(Some(done)) = conn.pending.pop_front() else {
+                break;
+            };
+            conn.write_seq += 1;
+            conn.out.push_bytes(&done.response, &mut self.bufs);
+            wrote = true;
+            match done.outcome {
+                Ok(Keep::Alive) => continue,
+                Ok(Keep::Close) => {
+                    conn.close_reason = Some(CloseReason::Local);
+                }
+                Err(e) => {
+                    debug!(peer = ?conn.peer, "request error: {e}");
+                    conn.close_reason = Some(match e {
+                        ServiceError::TooLarge { .. } => CloseReason::TooLarge,
+                        _ => CloseReason::Io(io::ErrorKind::InvalidData),
+                    });
+                }
+            }
+            // Nothing after a closing response is sent: forget the rest.
+            conn.closing = true;
+            conn.pending.clear();
+            conn.input.clear();
+            break;
+        }
+        if conn.out.len() >= cap {
+            conn.over_cap = true;
+        }
+        if wrote {
+            self.mark_dirty(slot);
+        }
+    }
+
+    /// A service connection's reads are done for now: at the end of its
+    /// stream it closes after its answers.
+    pub(super) fn service_read_done(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.read_eof && !conn.over_cap && !conn.pool_waiting {
+            // Everything complete was answered (or handed to a pool); an
+            // incomplete tail can never complete now.
+            conn.closing = true;
+            conn.close_reason.get_or_insert(CloseReason::Local);
+        }
+        self.mark_dirty(slot);
+    }
+}
+
+/// Run complete requests at the front of `buf` through `service`, appending
+/// responses to the connection's output. Returns the bytes consumed.
+pub(super) fn serve(
+    conn: &mut Conn,
+    bufs: &mut BufPool,
+    service: &dyn Service,
+    setup: &ListenerSetup,
+    buf: &[u8],
+    direct: bool,
+) -> usize {
+    let max = setup.limits.max_request;
+    let cap = setup.limits.output_cap;
+    let coalesce = setup.coalesce;
+    let mut pos = 0;
+    while !conn.closing && !conn.over_cap {
+        // Output pending before this batch, and where the batch starts
+        // appending in the tail buffer.
+        let queued = conn.out.len();
+        let tail = conn.out.tail(bufs);
+        let start = tail.len();
+        let batch = service::serve_batch(service, &buf[pos..], max, tail, |out| {
+            // -K stops after every response so it leaves at once.
+            !coalesce || queued + out.len().saturating_sub(start) >= cap
+        });
+        pos += batch.consumed;
+        match batch.end {
+            BatchEnd::NeedMore => break,
+            BatchEnd::Close => {
+                conn.closing = true;
+                conn.close_reason = Some(CloseReason::Local);
+            }
+            BatchEnd::Error(e) => {
+                fail(conn, bufs, service, &e);
+                return buf.len();
+            }
+            BatchEnd::Stopped => {}
+        }
+        // (Under -T completion the send is submitted when the batch is
+        // done; what follows gathers behind it while it is out.)
+        if !coalesce && direct {
+            if let Err(e) = conn.out.flush(&mut conn.sock, bufs) {
+                conn.closing = true;
+                conn.close_reason = Some(CloseReason::Io(e.kind()));
+                conn.out.clear(bufs);
+                return buf.len();
+            }
+        } else if !coalesce {
+            // Completion: this response leaves in a send of its own.
+            conn.out.seal();
+        }
+        if conn.out.len() >= cap {
+            conn.over_cap = true;
+        }
+    }
+    pos
+}
+
+/// Send the service's error reply and close after it.
+pub(super) fn fail(
+    conn: &mut Conn,
+    bufs: &mut BufPool,
+    service: &dyn Service,
+    error: &ServiceError,
+) {
+    debug!(peer = ?conn.peer, "request error: {error}");
+    // A panicking error reply closes without one.
+    service::reply_error(service, error, conn.out.tail(bufs));
+    conn.closing = true;
+    conn.close_reason = Some(match error {
+        ServiceError::TooLarge { .. } => CloseReason::TooLarge,
+        _ => CloseReason::Io(io::ErrorKind::InvalidData),
+    });
+}

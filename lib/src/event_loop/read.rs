@@ -1,0 +1,386 @@
+//! Reading: from the socket (or the ring's completions) to the service
+//! framing or the protocol's `on_data`, and splicing.
+
+use std::io::{self, Read};
+
+use super::{Core, Loop, SessionKey, READ_BUDGET};
+use crate::handler::Handler;
+use crate::protocol::{CloseReason, ConnId};
+
+/// What one read attempt on a connection gave.
+pub(super) enum ReadStep {
+    /// `n` bytes are in the buffer.
+    Data(usize),
+    /// Bytes were spliced to the destination's pipe; `drained` when fewer
+    /// came than there was room for (the socket's queue is empty).
+    Spliced {
+        /// A short splice: no need to try again before the next edge.
+        drained: bool,
+    },
+    /// The peer sent FIN.
+    Eof,
+    /// Nothing more now: would block, reading is blocked, or the budget is
+    /// spent (then the connection is queued to read again).
+    Stop,
+    /// A socket error.
+    Failed(io::ErrorKind),
+}
+
+impl Loop {
+    pub(super) fn read(&mut self, slot: usize) {
+        if self.core.ring.is_some() {
+            self.uring_read(slot);
+            return;
+        }
+        let Some(conn) = self.core.conns.get(slot) else {
+            return;
+        };
+        if conn.linger_deadline.is_some() {
+            self.discard_input(slot);
+        } else if let Some(key) = conn.session {
+            self.read_protocol(slot, key);
+        } else {
+            self.read_service(slot);
+        }
+        if self.core.level {
+            self.core.update_interest(slot);
+        }
+    }
+
+    /// Act on what one completed receive gave (`-T completion`): the
+    /// readiness backends' read loops do the same per read.
+    pub(super) fn handle_step(&mut self, slot: usize, step: ReadStep) {
+        let Some(conn) = self.core.conns.get_mut(slot) else {
+            return;
+        };
+        if matches!(step, ReadStep::Eof) {
+            conn.read_eof = true;
+        }
+        if conn.linger_deadline.is_some() {
+            if !matches!(step, ReadStep::Data(_)) {
+                self.core.close(slot, None);
+            }
+            return;
+        }
+        if let Some(key) = conn.session {
+            self.protocol_step(slot, key, step);
+            return;
+        }
+        let setup = self.core.setups[conn.listener].clone();
+        let Handler::Service(service) = &setup.handler else {
+            return;
+        };
+        match step {
+            ReadStep::Data(n) => {
+                self.core
+                    .feed_service(slot, &**service, &setup, &self.scratch[..n]);
+            }
+            ReadStep::Failed(kind) => {
+                self.core.abort(slot, CloseReason::Io(kind));
+                return;
+            }
+            _ => {}
+        }
+        self.core.service_read_done(slot);
+    }
+
+    /// Before reading again after a pause: a service answers what it has
+    /// buffered first.
+    pub(super) fn prime(&mut self, slot: usize) {
+        let conn = &self.core.conns[slot];
+        if conn.session.is_some() || conn.input.is_empty() || conn.over_cap {
+            return;
+        }
+        let setup = self.core.setups[conn.listener].clone();
+        if let Handler::Service(service) = &setup.handler {
+            self.core.feed_service(slot, &**service, &setup, &[]);
+            self.core.service_read_done(slot);
+        }
+    }
+
+    /// Lingering close: read and drop whatever the peer still sends until its
+    /// FIN or the linger deadline.
+    pub(super) fn discard_input(&mut self, slot: usize) {
+        let core = &mut self.core;
+        for _ in 0..READ_BUDGET {
+            let Some(conn) = core.conns.get_mut(slot) else {
+                return;
+            };
+            match conn.sock.read(&mut self.scratch) {
+                Ok(0) => {
+                    core.close(slot, None);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    core.close(slot, None);
+                    return;
+                }
+            }
+        }
+        let id = core.conns[slot].id(slot);
+        core.ready.push_back(id);
+    }
+
+    pub(super) fn read_service(&mut self, slot: usize) {
+        let core = &mut self.core;
+        let setup = core.setups[core.conns[slot].listener].clone();
+        let Handler::Service(service) = &setup.handler else {
+            return;
+        };
+        let service = &**service;
+        let recv = setup.limits.recv_size.min(self.scratch.len());
+        // Input left over while output was over the cap comes first.
+        if !core.conns[slot].input.is_empty() && !core.conns[slot].over_cap {
+            core.feed_service(slot, service, &setup, &[]);
+        }
+        let mut budget = READ_BUDGET;
+        loop {
+            match core.read_step(slot, &mut budget, &mut self.scratch[..recv]) {
+                ReadStep::Data(n) => {
+                    core.feed_service(slot, service, &setup, &self.scratch[..n]);
+                    if n < recv && !core.conns[slot].hup {
+                        // A short read emptied the socket's queue; new bytes
+                        // raise a new edge. Saves the read that would only
+                        // return WouldBlock.
+                        break;
+                    }
+                }
+                // Services are never spliced.
+                ReadStep::Eof | ReadStep::Stop | ReadStep::Spliced { .. } => break,
+                ReadStep::Failed(kind) => {
+                    core.abort(slot, CloseReason::Io(kind));
+                    return;
+                }
+            }
+        }
+        core.service_read_done(slot);
+    }
+
+    pub(super) fn read_protocol(&mut self, slot: usize, key: SessionKey) {
+        let core = &mut self.core;
+        let limits = &core.setups[core.conns[slot].listener].limits;
+        let recv = limits.recv_size.min(self.scratch.len());
+        let mut budget = READ_BUDGET;
+        loop {
+            let core = &mut self.core;
+            let Some(conn) = core.conns.get(slot) else {
+                return;
+            };
+            let step = match conn.splice_to {
+                Some(to) => core.splice_step(slot, to, &mut budget),
+                None => core.read_step(slot, &mut budget, &mut self.scratch[..recv]),
+            };
+            // A short read or splice emptied the socket's queue: new bytes
+            // raise a new edge (see read_service).
+            let drained = match step {
+                ReadStep::Spliced { drained } => drained,
+                ReadStep::Data(n) => n < recv,
+                _ => true,
+            };
+            if !self.protocol_step(slot, key, step) {
+                return;
+            }
+            if drained && self.core.conns.get(slot).is_none_or(|c| !c.hup) {
+                return;
+            }
+        }
+    }
+
+    /// Hand what one read gave to the protocol. False: stop reading.
+    pub(super) fn protocol_step(&mut self, slot: usize, key: SessionKey, step: ReadStep) -> bool {
+        let core = &mut self.core;
+        let Some(id) = core.conns.get(slot).map(|c| c.id(slot)) else {
+            return false;
+        };
+        match step {
+            ReadStep::Spliced { .. } => true,
+            ReadStep::Eof => {
+                core.call(key, |p, ctx| p.on_read_closed(ctx, id));
+                false
+            }
+            ReadStep::Stop => false,
+            ReadStep::Failed(kind) => {
+                core.abort(slot, CloseReason::Io(kind));
+                false
+            }
+            ReadStep::Data(n) => {
+                let max_request = core.setups[core.conns[slot].listener].limits.max_request;
+                let data = &self.scratch[..n];
+                if let Some(to) = core.conns[slot].splice_to.filter(|_| core.ring.is_some()) {
+                    // Completion: a spliced connection's bytes were received
+                    // into the ring's buffers; they are queued on `to`
+                    // (unless it has closed: then on_data gets them).
+                    if core.relay(slot, to, data) {
+                        return true;
+                    }
+                }
+                let conn = &mut core.conns[slot];
+                if conn.input.is_empty() {
+                    let mut used = 0;
+                    if !core.call(key, |p, ctx| used = p.on_data(ctx, id, data)) {
+                        return false;
+                    }
+                    let used = used.min(n);
+                    if used < n {
+                        let conn = &mut core.conns[slot];
+                        conn.input = core.bufs.take();
+                        conn.input.extend_from_slice(&data[used..]);
+                    }
+                } else {
+                    conn.input.extend_from_slice(data);
+                    let input = std::mem::take(&mut conn.input);
+                    let mut used = 0;
+                    if !core.call(key, |p, ctx| used = p.on_data(ctx, id, &input)) {
+                        return false;
+                    }
+                    let mut input = input;
+                    input.drain(..used.min(input.len()));
+                    if input.is_empty() {
+                        core.bufs.give(input);
+                    } else {
+                        core.conns[slot].input = input;
+                    }
+                }
+                if core.conns[slot].input.len() > max_request {
+                    core.abort(slot, CloseReason::TooLarge);
+                    return false;
+                }
+                true
+            }
+        }
+    }
+}
+
+impl Core {
+    /// One read(2) from `slot` into `buf`, within the event's `budget`.
+    pub(super) fn read_step(
+        &mut self,
+        slot: usize,
+        budget: &mut usize,
+        buf: &mut [u8],
+    ) -> ReadStep {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return ReadStep::Stop;
+        };
+        if conn.reading_blocked() {
+            return ReadStep::Stop;
+        }
+        if *budget == 0 {
+            let id = conn.id(slot);
+            self.ready.push_back(id);
+            return ReadStep::Stop;
+        }
+        *budget -= 1;
+        loop {
+            match conn.sock.read(buf) {
+                Ok(0) => {
+                    conn.read_eof = true;
+                    return ReadStep::Eof;
+                }
+                Ok(n) => {
+                    conn.last_active = self.now;
+                    conn.fresh = false;
+                    return ReadStep::Data(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadStep::Stop,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return ReadStep::Failed(e.kind()),
+            }
+        }
+    }
+
+    /// One splice(2) from `slot`'s socket into the pipe of `to`'s output
+    /// queue, within the event's `budget` and the pipe's free room.
+    pub(super) fn splice_step(&mut self, slot: usize, to: ConnId, budget: &mut usize) -> ReadStep {
+        let to_slot = to.slot as usize;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return ReadStep::Stop;
+        };
+        if conn.reading_blocked() {
+            return ReadStep::Stop;
+        }
+        let id = conn.id(slot);
+        let room = self
+            .conns
+            .get(to_slot)
+            .filter(|d| d.generation == to.generation)
+            .and_then(|d| d.out.pipe_room())
+            .map(|(_, room)| room);
+        let Some(room) = room else {
+            // The destination is gone: its bytes go through on_data again.
+            self.conns[slot].splice_to = None;
+            self.ready.push_back(id);
+            return ReadStep::Stop;
+        };
+        if room == 0 {
+            // Full: wait until the destination drains to half its cap.
+            self.conns[slot].splice_stalled = true;
+            self.conns[to_slot].over_cap = true;
+            return ReadStep::Stop;
+        }
+        if *budget == 0 {
+            self.ready.push_back(id);
+            return ReadStep::Stop;
+        }
+        *budget -= 1;
+        let Some((src, dst)) = self.conns.get2_mut(slot, to_slot) else {
+            return ReadStep::Stop;
+        };
+        let Some((pipe, _)) = dst.out.pipe_room() else {
+            return ReadStep::Stop;
+        };
+        loop {
+            match pipe.fill_from(&src.sock, room) {
+                Ok(0) => {
+                    src.read_eof = true;
+                    return ReadStep::Eof;
+                }
+                Ok(n) => {
+                    src.last_active = self.now;
+                    dst.out.push_piped(n);
+                    self.mark_dirty(to_slot);
+                    if !self.note_output(to_slot) {
+                        self.conns[slot].splice_stalled = true;
+                    }
+                    return ReadStep::Spliced { drained: n < room };
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if room < pipe.capacity() {
+                        // The pipe holds bytes, so it may be out of slots
+                        // (one per spliced segment) rather than the socket
+                        // empty: no new edge would come if the peer waits
+                        // for window. Resume when the destination drains.
+                        src.splice_stalled = true;
+                        dst.over_cap = true;
+                    }
+                    return ReadStep::Stop;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return ReadStep::Failed(e.kind()),
+            }
+        }
+    }
+
+    /// Queue bytes received on `slot` on `to`, the connection it is
+    /// spliced to (`-T completion`). False when `to` has closed.
+    pub(super) fn relay(&mut self, slot: usize, to: ConnId, data: &[u8]) -> bool {
+        let to_slot = to.slot as usize;
+        let Some(dst) = self
+            .conns
+            .get_mut(to_slot)
+            .filter(|d| d.generation == to.generation)
+        else {
+            self.conns[slot].splice_to = None;
+            return false;
+        };
+        dst.out.push_bytes(data, &mut self.bufs);
+        self.mark_dirty(to_slot);
+        if !self.note_output(to_slot) {
+            self.conns[slot].splice_stalled = true;
+        }
+        true
+    }
+}

@@ -1,0 +1,426 @@
+//! Building and running a loop: the wait, acting on what it brought, timers,
+//! shutdown.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use slab::Slab;
+use tracing::{debug, warn};
+
+use super::output::BufPool;
+use super::timer::{Due, Timers};
+use super::{
+    Core, ListenerSetup, ListenerSlot, LoopHandle, LoopSettings, SessionKey, JOB_SPIN,
+    LISTENER_BASE, RING_BUFFERS, RING_BUFFER_MAX, SHUTDOWN_GRACE, WAKER,
+};
+use crate::poll::{self as backend, Cqe, Event, Interest, PollType, Ring, Waker};
+use crate::pools::{ExecMode, ReplyTo};
+use crate::protocol::CloseReason;
+
+/// One event loop: a poll instance, its listeners and connections.
+pub struct Loop {
+    pub(super) events: Vec<Event>,
+    pub(super) cqes: Vec<Cqe>,
+    pub(super) waker: Arc<Waker>,
+    pub(super) core: Core,
+    pub(super) listeners: Vec<ListenerSlot>,
+    pub(super) scratch: Vec<u8>,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) settings: LoopSettings,
+}
+
+impl Loop {
+    /// A loop serving `listeners`, each a bound listening socket with its
+    /// setup. Returns the loop and the handle that stops it.
+    pub fn new(
+        listeners: Vec<(std::net::TcpListener, Arc<ListenerSetup>)>,
+        settings: LoopSettings,
+    ) -> io::Result<(Loop, LoopHandle)> {
+        Loop::build(
+            listeners.into_iter().map(|(l, s)| (Some(l), s)).collect(),
+            settings,
+        )
+    }
+
+    /// A loop with no listening socket that serves one connection accepted
+    /// elsewhere (a `-S proc` worker): `stream` is served as if listener
+    /// `listener` of `setups` had accepted it.
+    pub fn for_connection(
+        setups: Vec<Arc<ListenerSetup>>,
+        listener: usize,
+        stream: std::net::TcpStream,
+        settings: LoopSettings,
+    ) -> io::Result<(Loop, LoopHandle)> {
+        if listener >= setups.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no such listener",
+            ));
+        }
+        let (mut lp, handle) =
+            Loop::build(setups.into_iter().map(|s| (None, s)).collect(), settings)?;
+        // The ring does the waiting under -T completion: its sockets block.
+        stream.set_nonblocking(lp.core.ring.is_none())?;
+        let peer = stream.peer_addr()?;
+        lp.adopt(listener, TcpStream::from_std(stream), peer);
+        Ok((lp, handle))
+    }
+
+    pub(super) fn build(
+        listeners: Vec<(Option<std::net::TcpListener>, Arc<ListenerSetup>)>,
+        settings: LoopSettings,
+    ) -> io::Result<(Loop, LoopHandle)> {
+        let waker = Arc::new(Waker::new(settings.poll == PollType::Completion)?);
+        let mut scratch_len = 0;
+        for (_, setup) in &listeners {
+            scratch_len = scratch_len.max(setup.limits.recv_size.max(1));
+        }
+        let (mut poller, mut ring) = match settings.poll {
+            PollType::Completion => (
+                None,
+                Some(Box::new(Ring::new(
+                    RING_BUFFERS,
+                    scratch_len.min(RING_BUFFER_MAX),
+                )?)),
+            ),
+            kind => (Some(backend::readiness(kind)?), None),
+        };
+        let level = poller.as_ref().is_some_and(|p| p.is_level());
+        if let Some(p) = poller.as_mut() {
+            p.set_interest(waker.as_fd(), WAKER, Interest::NONE, Interest::READ)?;
+        }
+        if let Some(r) = ring.as_mut() {
+            r.read_waker(waker.raw_fd())?;
+        }
+        let mut slots = Vec::new();
+        let mut setups = Vec::new();
+        for (i, (std_listener, setup)) in listeners.into_iter().enumerate() {
+            let sock = match std_listener {
+                Some(l) => {
+                    l.set_nonblocking(ring.is_none() || settings.shared_listeners)?;
+                    let sock = TcpListener::from_std(l);
+                    if let Some(p) = poller.as_mut() {
+                        p.set_interest(
+                            sock.as_fd(),
+                            LISTENER_BASE + i,
+                            Interest::NONE,
+                            Interest::READ,
+                        )?;
+                    }
+                    Some(sock)
+                }
+                None => None,
+            };
+            slots.push(ListenerSlot {
+                sock,
+                paused: false,
+                last_warning: None,
+                armed: false,
+                accept_gen: 0,
+                backlog: VecDeque::new(),
+            });
+            setups.push(setup);
+        }
+        let spin_for_jobs = setups.iter().any(|s: &Arc<ListenerSetup>| {
+            s.pool
+                .as_ref()
+                .is_some_and(|p| !matches!(p.kind(), ExecMode::Proc | ExecMode::ProcPool))
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, completions) = crossbeam_channel::unbounded();
+        let reply = ReplyTo {
+            tx,
+            waker: waker.clone(),
+        };
+        let handle = LoopHandle {
+            waker,
+            stop: stop.clone(),
+        };
+        let core = Core {
+            conns: Slab::new(),
+            sessions: Slab::new(),
+            next_generation: 0,
+            setups,
+            poller,
+            ring,
+            level,
+            zombies: HashMap::new(),
+            timers: Timers::default(),
+            cancelled: HashSet::new(),
+            bufs: BufPool::new(),
+            dirty: Vec::new(),
+            ready: VecDeque::new(),
+            deferred: VecDeque::new(),
+            now: Instant::now(),
+            stopping: false,
+            reply,
+            completions,
+            pool_waiters: Vec::new(),
+            jobs_out: 0,
+            spin_for_jobs,
+        };
+        let mut lp = Loop {
+            events: Vec::with_capacity(1024),
+            cqes: Vec::with_capacity(1024),
+            waker: handle.waker.clone(),
+            core,
+            listeners: slots,
+            scratch: vec![0; scratch_len],
+            stop,
+            settings,
+        };
+        if lp.core.ring.is_some() {
+            for li in 0..lp.listeners.len() {
+                lp.accept(li);
+            }
+        }
+        Ok((lp, handle))
+    }
+
+    /// Run until stopped through the [`LoopHandle`] and drained.
+    pub fn run(mut self) -> io::Result<()> {
+        let result = self.run_until_done();
+        if self.core.ring.is_some() {
+            self.retire_ring();
+        }
+        result
+    }
+
+    pub(super) fn run_until_done(&mut self) -> io::Result<()> {
+        let mut drain_deadline: Option<Instant> = None;
+        loop {
+            let timeout = if !self.core.ready.is_empty() {
+                Some(Duration::ZERO)
+            } else {
+                let next = match (self.core.timers.next(), drain_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                next.map(|t| t.saturating_duration_since(Instant::now()))
+            };
+            // A pool answers within microseconds as a rule: look for the
+            // answer (and new requests) for a moment before sleeping, so
+            // that a request does not pay the loop's wake-up as well.
+            let spun = self.core.spin_for_jobs
+                && self.core.jobs_out > 0
+                && timeout != Some(Duration::ZERO)
+                && self.spin_for_jobs()?;
+            if spun {
+                // The events found while spinning are in self.events.
+            } else if let Err(e) = self.wait(timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            self.core.now = Instant::now();
+            self.handle_events();
+            self.run_ready();
+            self.run_timers();
+            self.settle();
+            if drain_deadline.is_none() && self.stop.load(Ordering::SeqCst) {
+                drain_deadline = Some(self.core.now + self.settings.drain_timeout);
+                self.begin_shutdown();
+                self.settle();
+            }
+            if self.settings.exit_when_idle && self.core.conns.is_empty() {
+                return Ok(());
+            }
+            if let Some(deadline) = drain_deadline {
+                if self.core.conns.is_empty() {
+                    return Ok(());
+                }
+                if self.core.now >= deadline {
+                    warn!(
+                        connections = self.core.conns.len(),
+                        "drain timeout reached: closing connections with output still pending"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Wait for events or completions, at most `timeout`.
+    pub(super) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        if let Some(ring) = self.core.ring.as_deref_mut() {
+            return ring.wait(&mut self.cqes, timeout);
+        }
+        match self.core.poller.as_deref_mut() {
+            Some(p) => p.wait(&mut self.events, timeout),
+            None => Ok(()),
+        }
+    }
+
+    /// Act on what the last wait brought.
+    pub(super) fn handle_events(&mut self) {
+        if self.core.ring.is_some() {
+            let cqes = std::mem::take(&mut self.cqes);
+            for cqe in &cqes {
+                self.on_cqe(*cqe);
+            }
+            self.cqes = cqes;
+            return;
+        }
+        let events = std::mem::take(&mut self.events);
+        for ev in &events {
+            match ev.token {
+                WAKER => {
+                    if self.core.level {
+                        self.waker.reset();
+                    }
+                    self.core.complete_jobs();
+                }
+                t if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                slot => self.conn_event(slot, ev),
+            }
+        }
+        self.events = events;
+    }
+
+    /// Poll without sleeping for up to [`JOB_SPIN`] while jobs are out.
+    /// True when events came (they are in `self.events` or `self.cqes`).
+    pub(super) fn spin_for_jobs(&mut self) -> io::Result<bool> {
+        let start = Instant::now();
+        while start.elapsed() < JOB_SPIN {
+            match self.wait(Some(Duration::ZERO)) {
+                Ok(()) if !self.events.is_empty() || !self.cqes.is_empty() => return Ok(true),
+                Ok(()) => std::hint::spin_loop(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    pub(super) fn begin_shutdown(&mut self) {
+        self.core.stopping = true;
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            let Some(sock) = l.sock.take() else {
+                continue;
+            };
+            if let Some(p) = self.core.poller.as_deref_mut() {
+                if let Err(e) = p.set_interest(
+                    sock.as_fd(),
+                    LISTENER_BASE + i,
+                    Interest::READ,
+                    Interest::NONE,
+                ) {
+                    debug!("deregister listener {i}: {e}");
+                }
+            }
+            if let Some(ring) = self.core.ring.as_deref_mut() {
+                l.backlog.clear();
+                if l.armed {
+                    let ud = backend::user_data(backend::Op::Accept, i, l.accept_gen);
+                    if let Err(e) = ring.cancel(ud) {
+                        debug!("cancel accept of listener {i}: {e}");
+                    }
+                }
+            }
+        }
+        let slots: Vec<usize> = self.core.conns.iter().map(|(k, _)| k).collect();
+        let grace = self.core.now + SHUTDOWN_GRACE.min(self.settings.drain_timeout);
+        for slot in slots {
+            if let Some(c) = self.core.conns.get_mut(slot) {
+                if c.session.is_none()
+                    && (c.fresh || !c.input.is_empty())
+                    && c.out.is_empty()
+                    && c.pending.is_empty()
+                    && !c.closing
+                {
+                    // A request may be arriving (a client that connected
+                    // just before the stop, or one half read): answer it,
+                    // then close. Losing it would refuse work that a
+                    // reload promises to keep.
+                    c.shutdown_deadline = Some(grace);
+                    self.core.ensure_armed(slot);
+                    continue;
+                }
+                c.closing = true;
+                c.close_reason.get_or_insert(CloseReason::Shutdown);
+            }
+            self.core.mark_dirty(slot);
+        }
+    }
+
+    pub(super) fn run_ready(&mut self) {
+        let n = self.core.ready.len();
+        for _ in 0..n {
+            let Some(id) = self.core.ready.pop_front() else {
+                break;
+            };
+            if self.core.get(id).is_some() {
+                self.read(id.slot as usize);
+                self.settle();
+            }
+        }
+    }
+
+    pub(super) fn run_timers(&mut self) {
+        let now = self.core.now;
+        while let Some((at, due)) = self.core.timers.pop_due(now) {
+            match due {
+                Due::Conn(id) => self.core.conn_due(id, at),
+                Due::Session {
+                    slot,
+                    generation,
+                    timer,
+                } => {
+                    if self.core.cancelled.remove(&timer) {
+                        continue;
+                    }
+                    let key = SessionKey { slot, generation };
+                    self.core.call(key, |p, ctx| p.on_timer(ctx, timer));
+                }
+                Due::Listener(li) => {
+                    if self.listeners[li].paused {
+                        self.listeners[li].paused = false;
+                        self.listener_interest(li, Interest::NONE, Interest::READ);
+                    }
+                    self.accept(li);
+                }
+            }
+            self.settle();
+        }
+    }
+
+    /// Carry out what handlers asked for until nothing is left: flush dirty
+    /// connections, deliver deferred events.
+    pub(super) fn settle(&mut self) {
+        self.core.settle();
+    }
+
+    pub(super) fn conn_event(&mut self, slot: usize, ev: &Event) {
+        let Some(conn) = self.core.conns.get(slot) else {
+            return;
+        };
+        if conn.connect_deadline.is_some() {
+            let id = conn.id(slot);
+            if ev.writable || ev.error || ev.write_closed {
+                self.core.finish_connect(slot);
+            }
+            // on_connect is told before on_data sees the first bytes (and
+            // may close this connection, whose slot a new one may take).
+            self.settle();
+            if self.core.get(id).is_none() {
+                return;
+            }
+        }
+        if ev.writable {
+            self.core.mark_dirty(slot);
+        }
+        if ev.read_closed || ev.error {
+            self.core.conns[slot].hup = true;
+        }
+        if ev.readable || ev.read_closed || ev.error {
+            self.read(slot);
+        }
+        self.settle();
+    }
+}

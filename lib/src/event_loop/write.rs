@@ -1,0 +1,107 @@
+//! Writing: flushing a connection's output queue and acting on its state
+//! afterwards (half-close, close, lingering, leaving the over-cap state).
+
+use std::net::Shutdown;
+
+use tracing::debug;
+
+use super::{Core, Deferred};
+use crate::net::{self};
+use crate::protocol::CloseReason;
+
+impl Core {
+    /// Write what `slot` has pending and act on its state: interest changes,
+    /// half-close, close, lingering, and leaving the over-cap state.
+    pub(super) fn flush(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        if conn.connect_deadline.is_some() {
+            return;
+        }
+        if !conn.out.is_empty() {
+            let sent = if self.ring.is_some() {
+                self.uring_send(slot)
+            } else {
+                let flushed = conn.out.flush(&mut conn.sock, &mut self.bufs);
+                if flushed.is_ok() {
+                    conn.last_active = self.now;
+                }
+                flushed.map(|_| ())
+            };
+            if let Err(e) = sent {
+                self.abort(slot, CloseReason::Io(e.kind()));
+                return;
+            }
+        }
+        let conn = &mut self.conns[slot];
+        let cork = self.setups[conn.listener].conn_options.cork;
+        let id = conn.id(slot);
+        if conn.out.is_empty() {
+            if cork {
+                // Push out the last partial frame; failing here only delays it.
+                if let Err(e) = net::push_corked(&conn.sock) {
+                    debug!(%id, "uncork: {e}");
+                }
+            }
+            if conn.writable_interest {
+                conn.writable_interest = false;
+                self.update_interest(slot);
+                if !self.conns.contains(slot) {
+                    return;
+                }
+            }
+            let conn = &mut self.conns[slot];
+            if conn.shut_wr_pending {
+                conn.shut_wr_pending = false;
+                conn.wr_shut = true;
+                if let Err(e) = conn.sock.shutdown(Shutdown::Write) {
+                    debug!(%id, "shutdown(write): {e}");
+                }
+            }
+            if conn.closing && conn.linger_deadline.is_none() && conn.pending.is_empty() {
+                let reason = conn.close_reason.clone();
+                if !conn.read_eof {
+                    // Give the last reply time to arrive: closing over unread
+                    // input would reset the connection and destroy it.
+                    if let Err(e) = conn.sock.shutdown(Shutdown::Write) {
+                        debug!(%id, "shutdown(write): {e}");
+                    }
+                    let linger = self.setups[conn.listener].limits.linger_timeout;
+                    conn.linger_deadline = Some(self.now + linger);
+                    self.ensure_armed(slot);
+                    self.ready.push_back(id);
+                } else {
+                    self.close(slot, reason);
+                }
+                return;
+            }
+        } else if !conn.writable_interest && self.poller.is_some() {
+            conn.writable_interest = true;
+            self.update_interest(slot);
+            if !self.conns.contains(slot) {
+                return;
+            }
+        }
+        let cap = self.cap_of(slot);
+        let conn = &mut self.conns[slot];
+        if conn.over_cap && conn.out.len() <= cap / 2 {
+            conn.over_cap = false;
+            match conn.session {
+                // Services: answer what is buffered, then read again.
+                None => self.ready.push_back(id),
+                Some(key) => self.deferred.push_back(Deferred::Writable(key, id)),
+            }
+            if let Some(src) = conn.fed_by {
+                if let Some(s) = self
+                    .conns
+                    .get_mut(src.slot as usize)
+                    .filter(|s| s.generation == src.generation && s.splice_stalled)
+                {
+                    s.splice_stalled = false;
+                    self.ready.push_back(src);
+                }
+            }
+        }
+    }
+}
