@@ -18,7 +18,7 @@ use argh::FromArgs;
 use tracing::Level;
 
 use crate::config::{ConfError, Layers, Origin, Settings, LISTENER_KEYS, SERVER_KEYS};
-use crate::handler::Registry;
+use crate::handler::{Handler, Registry};
 use crate::master;
 use crate::pools;
 use crate::server::{ServeError, Server, ServerType, SignalWatch};
@@ -314,7 +314,18 @@ pub fn run_with_args(registry: Registry, argv: &[String]) -> ExitCode {
             .with_max_level(level)
             .with_target(false)
             .try_init();
-        return pools::serve_worker(&settings, &registry);
+        let mut services = Vec::new();
+        for l in &settings.listeners {
+            match registry.build(&l.handler, &l.options) {
+                Ok(Handler::Service(s)) => services.push(Some(s)),
+                Ok(Handler::Protocol(_)) => services.push(None),
+                Err(e) => {
+                    eprintln!("gaidaros worker: listener {}: {e}", l.name);
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        return pools::serve_worker(&services);
     }
     let level = raise(settings.server.log_level, args.verbose);
     // A second init (a test calling run twice) keeps the first subscriber.

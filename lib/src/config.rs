@@ -24,8 +24,8 @@ use std::time::Duration;
 use crate::event_loop::Limits;
 use crate::handler::{Options, Registry};
 use crate::net::IpVersion;
-use crate::pools::ExecMode;
-use crate::server::ServerType;
+use crate::settings::ExecMode;
+use crate::settings::ServerType;
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,69 +183,7 @@ pub const LISTENER_KEYS: &[KeySpec] = keys! {
 };
 
 pub use crate::poll::PollType;
-
-/// Process-wide settings.
-#[derive(Debug, Clone)]
-pub struct ServerSettings {
-    /// `-S`.
-    pub server_type: ServerType,
-    /// `-N`, resolved (never 0).
-    pub loops: usize,
-    /// `-T`.
-    pub poll: PollType,
-    /// What `-T completion` falls back to when io_uring is refused.
-    pub poll_fallback: Option<PollType>,
-    /// One SO_REUSEPORT socket per loop.
-    pub reuseport: bool,
-    /// Drain bound on shutdown.
-    pub drain_timeout: Duration,
-    /// Log level after `-v`.
-    pub log_level: tracing::Level,
-    /// `-X`.
-    pub handler_type: ExecMode,
-    /// `-n`.
-    pub pool_size: usize,
-    /// Jobs waiting for a worker.
-    pub pool_queue: usize,
-}
-
-/// One listener.
-#[derive(Debug, Clone)]
-pub struct ListenerSettings {
-    /// The section name (`[listener.NAME]`), `main` when implicit.
-    pub name: String,
-    /// Handler name.
-    pub handler: String,
-    /// Bind host.
-    pub host: String,
-    /// Bind port.
-    pub port: u16,
-    /// Address family.
-    pub ip_version: IpVersion,
-    /// listen(2) backlog.
-    pub backlog: i32,
-    /// TCP_CORK.
-    pub cork: bool,
-    /// TCP_NODELAY.
-    pub nodelay: bool,
-    /// Write coalescing.
-    pub coalesce: bool,
-    /// Limits.
-    pub limits: Limits,
-    /// Options for the handler.
-    pub options: Options,
-}
-
-/// Everything needed to start the server.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Process-wide settings.
-    pub server: ServerSettings,
-    /// The listeners.
-    pub listeners: Vec<ListenerSettings>,
-    /// Settings that are valid but have no effect, to be logged at start.
-    pub warnings: Vec<String>,
-}
+pub use crate::settings::{ListenerSettings, ServerSettings, Settings};
 
 /// A layered map of `section -> key -> (value, origin)`.
 #[derive(Debug, Default, Clone)]

@@ -42,19 +42,27 @@
 pub mod cli;
 pub mod config;
 pub mod event_loop;
+pub mod fs;
 pub mod handler;
-pub mod master;
 pub mod net;
-pub mod poll;
-pub mod pools;
 pub mod protocol;
 pub mod server;
 pub mod service;
-pub mod sys;
+pub mod settings;
+
+// Internals. `pools` stays reachable for the library's own integration
+// tests and the fuzz targets (its wire codec), not as an API.
+mod master;
+mod poll;
+#[doc(hidden)]
+pub mod pools;
+mod sys;
 
 pub use cli::{run, run_with_args};
 pub use event_loop::{Ctx, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings};
 pub use handler::{Handler, HandlerSpec, OptionError, OptionSpec, Options, Registry};
+pub use poll::PollType;
+pub use pools::ExecMode;
 pub use protocol::{CloseReason, ConnId, Protocol, ProtocolFactory, TimerId};
 pub use server::{ServeError, Server, ServerType, SignalWatch};
 pub use service::{line_end, Keep, Service, ServiceError};

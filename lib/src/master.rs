@@ -35,8 +35,8 @@ use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
-use crate::config::Settings;
 use crate::net::{self, BindSpec};
+use crate::settings::Settings;
 use crate::sys;
 
 /// The flag that starts the binary as a `-S procpool` worker.

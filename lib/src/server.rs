@@ -20,37 +20,13 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
-use crate::config::Settings;
 use crate::event_loop::{ListenerSetup, Loop, LoopHandle, LoopSettings};
 use crate::handler::Registry;
 use crate::net::{self, BindSpec, ConnOptions};
 use crate::poll::{self, PollType};
 use crate::pools;
-
-/// The server type (`-S`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServerType {
-    /// One loop on the main thread.
-    Blocking,
-    /// `-N` loop threads.
-    Thread,
-    /// A master and `-N` worker processes, each with one loop on the shared
-    /// listening sockets (see [`crate::master`]).
-    ProcPool,
-    /// A worker process per accepted connection (see [`crate::master`]).
-    Proc,
-}
-
-impl fmt::Display for ServerType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ServerType::Blocking => "blocking",
-            ServerType::Thread => "thread",
-            ServerType::ProcPool => "procpool",
-            ServerType::Proc => "proc",
-        })
-    }
-}
+pub use crate::settings::ServerType;
+use crate::settings::Settings;
 
 /// Each listener's handler and setup, with the process's handler pool (one,
 /// shared by every service listener).

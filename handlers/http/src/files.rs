@@ -3,7 +3,7 @@
 //! A request path is percent-decoded and split into segments; `..`, NUL
 //! and undecodable escapes are refused with 400 before anything is opened.
 //! The file is then opened beneath the root by the kernel
-//! ([`gaidaros::sys::open_beneath`]: openat2 with RESOLVE_BENEATH), so a
+//! ([`gaidaros::fs::open_beneath`]: openat2 with RESOLVE_BENEATH), so a
 //! symlink that leads out of the root is not followed (403) while one that
 //! stays inside is. Conditional requests (If-Match, If-Unmodified-Since,
 //! If-None-Match, If-Modified-Since, If-Range) and ranges are answered by [`file_response`], which routes of
@@ -119,7 +119,7 @@ impl StaticFiles {
     }
 
     fn open_file(&self, rel: &Path) -> io::Result<(File, Metadata)> {
-        let file = gaidaros::sys::open_beneath(&self.root, &self.root_path, rel)?;
+        let file = gaidaros::fs::open_beneath(&self.root, &self.root_path, rel)?;
         let meta = file.metadata()?;
         Ok((file, meta))
     }

@@ -9,7 +9,7 @@
 //!                 HttpConn (conn.rs) ── Request ─▶ Router (routes.rs)
 //!                  ├ HeadScan + httparse (head.rs)   └▶ StaticFiles (files.rs)
 //!                  └ BodyDecoder (body.rs)                 ├ range.rs
-//!                                                          └ open_beneath (gaidaros::sys)
+//!                                                          └ open_beneath (gaidaros::fs)
 //! ```
 //!
 //! [`HttpConn`] is sans-I/O: it takes bytes and the time and yields

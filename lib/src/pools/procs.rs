@@ -25,8 +25,6 @@ use super::wire::{self, Kind};
 use crate::poll::Waker;
 
 use super::{spawn_with_job, Admission, ExecMode, Job, JobQueue, Pool};
-use crate::config::Settings;
-use crate::handler::{Handler, Registry};
 use crate::service::{self, Keep, Service, ServiceError};
 
 /// The flag that starts the binary as a pool worker.
@@ -295,21 +293,10 @@ impl Pool for ProcPerRequest {
     }
 }
 
-/// The worker's side: build each listener's service from the registry, then
-/// answer request frames on stdin with response frames on stdout until
-/// stdin ends. Returns the process's exit code.
-pub fn serve_worker(settings: &Settings, registry: &Registry) -> ExitCode {
-    let mut services: Vec<Option<Arc<dyn Service>>> = Vec::new();
-    for l in &settings.listeners {
-        match registry.build(&l.handler, &l.options) {
-            Ok(Handler::Service(s)) => services.push(Some(s)),
-            Ok(Handler::Protocol(_)) => services.push(None),
-            Err(e) => {
-                eprintln!("gaidaros worker: listener {}: {e}", l.name);
-                return ExitCode::from(2);
-            }
-        }
-    }
+/// The worker's side: answer request frames on stdin with response frames
+/// on stdout, with `services[listener]` (None for a listener whose handler
+/// is a protocol), until stdin ends. Returns the process's exit code.
+pub fn serve_worker(services: &[Option<Arc<dyn Service>>]) -> ExitCode {
     let mut input = io::stdin().lock();
     let mut output = io::stdout().lock();
     let mut buf: Vec<u8> = Vec::new();

@@ -1,7 +1,7 @@
 //! Shared by the library's integration tests.
 
-use gaidaros::poll::PollType;
 use gaidaros::LoopSettings;
+use gaidaros::PollType;
 
 /// Loop settings with the poll backend `GAIDAROS_TEST_POLL` names (edge
 /// when unset): `scripts/test` runs these tests under each backend.
