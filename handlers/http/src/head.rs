@@ -81,12 +81,11 @@ impl HeadScan {
                     return Err(HttpError::UriTooLong);
                 }
             } else if !ends_head {
-                if line_len > limits.max_header_line {
-                    return Err(HttpError::HeaderTooLarge("a header line is too long"));
-                }
-                if self.header_bytes + line_len > limits.max_headers_size {
-                    return Err(HttpError::HeaderTooLarge("the headers are too large"));
-                }
+                self.check_sizes(
+                    line_len > limits.max_header_line,
+                    self.header_bytes + line_len > limits.max_headers_size,
+                    limits,
+                )?;
                 if self.lines > limits.max_headers {
                     return Err(HttpError::HeaderTooLarge("too many header lines"));
                 }
@@ -121,9 +120,34 @@ impl HeadScan {
             }
         } else if partial == b"\r" {
             // Perhaps the empty line ending the head.
-        } else if len >= limits.max_header_line {
+        } else {
+            self.check_sizes(
+                len >= limits.max_header_line,
+                self.header_bytes + len > limits.max_headers_size,
+                limits,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The verdict on a header line that passed its own limit
+    /// (`too_long`) or took all headers over theirs (`too_large`), seen
+    /// whole or cut short: the limit passed first as its bytes arrive,
+    /// the line's own on a tie. A line is known too long from its
+    /// `max_header_line`-th octet, too large from its
+    /// `max_headers_size - header_bytes + 1`-th, so the verdict does not
+    /// depend on where the reads cut it.
+    fn check_sizes(
+        &self,
+        too_long: bool,
+        too_large: bool,
+        limits: &HeadLimits,
+    ) -> Result<(), HttpError> {
+        let large_first = self.header_bytes + limits.max_header_line > limits.max_headers_size + 1;
+        if too_long && !(too_large && large_first) {
             return Err(HttpError::HeaderTooLarge("a header line is too long"));
-        } else if self.header_bytes + len > limits.max_headers_size {
+        }
+        if too_large {
             return Err(HttpError::HeaderTooLarge("the headers are too large"));
         }
         Ok(())
@@ -429,6 +453,38 @@ mod tests {
         )
         .unwrap();
         assert!(r.expect_continue);
+    }
+
+    /// Found by the `http_conn` fuzz target: a line over max_header_line
+    /// that also takes the headers over max_headers_size got "a header
+    /// line is too long" when it arrived whole, and "the headers are too
+    /// large" (passed first) when it arrived a byte at a time; cut in
+    /// pieces of 13, "too long" again (check_partial, seeing both passed,
+    /// named the line's). The 431's text depended on the reads.
+    #[test]
+    fn the_limit_passed_first_is_reported_however_the_head_is_cut() {
+        let limits = HeadLimits {
+            max_request_line: 64,
+            max_header_line: 48,
+            max_headers_size: 160,
+            max_headers: 6,
+        };
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..4 {
+            // 30 octets each: 120 of the 160.
+            head.extend_from_slice(format!("X-{i}: {}\r\n", "a".repeat(23)).as_bytes());
+        }
+        head.extend_from_slice(format!("Y: {}\r\n\r\n", "b".repeat(60)).as_bytes());
+        let want = Err(HttpError::HeaderTooLarge("the headers are too large"));
+        assert_eq!(HeadScan::default().scan(&head, &limits), want);
+        for piece in 1..=70 {
+            let mut scan = HeadScan::default();
+            let verdict = (piece..head.len() + piece)
+                .step_by(piece)
+                .map(|n| scan.scan(&head[..n.min(head.len())], &limits))
+                .find(|r| *r != Ok(None));
+            assert_eq!(verdict, Some(want), "in pieces of {piece}");
+        }
     }
 
     #[test]
