@@ -11,7 +11,7 @@ use mio::net::{TcpListener, TcpStream};
 use tracing::{trace, warn};
 
 use super::timer::Due;
-use super::{Loop, ACCEPT_BACKOFF, LISTENER_BASE};
+use super::{Lifecycle, Loop, ACCEPT_BACKOFF, LISTENER_BASE};
 use crate::handler::Handler;
 use crate::net::{self};
 use crate::poll::Interest;
@@ -127,7 +127,9 @@ impl Loop {
             warn!(listener = %setup.name, %peer, "cannot set socket options: {e}");
             return;
         }
-        match self.core.add_conn(stream, li, Interest::READ) {
+        let service = matches!(setup.handler, Handler::Service(_));
+        let life = Lifecycle::accepted(service);
+        match self.core.add_conn(stream, li, life, Interest::READ) {
             Ok(slot) => {
                 setup.active.fetch_add(1, Ordering::Relaxed);
                 let conn = &mut self.core.conns[slot];
@@ -137,7 +139,7 @@ impl Loop {
                 if let Handler::Protocol(factory) = &setup.handler {
                     let key = self.core.add_session(factory.open(), li);
                     self.core.sessions[key.slot].live = 1;
-                    self.core.conns[slot].session = Some(key);
+                    self.core.conns[slot].proto.session = Some(key);
                     self.core.call(key, |p, ctx| p.on_open(ctx, id));
                 }
                 self.core.ensure_armed(slot);

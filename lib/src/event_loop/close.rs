@@ -29,8 +29,8 @@ impl Core {
         }
         self.bufs.give(std::mem::take(&mut conn.input));
         let id = conn.id(slot);
-        let session = conn.session;
-        if let Some(src) = conn.fed_by {
+        let session = conn.proto.session;
+        if let Some(src) = conn.proto.fed_by {
             self.lost_splice_destination(src, id);
         }
         // Under -T completion, a connection with submissions out lives on
@@ -67,8 +67,8 @@ impl Core {
             self.uring_cancel_splice(slot, gone);
         }
         let s = &mut self.conns[slot];
-        if s.splice_to == Some(gone) {
-            s.splice_stalled = false;
+        if s.proto.splice_to == Some(gone) {
+            s.life.holds.splice_stalled = false;
             self.ready.push_back(src);
         }
     }

@@ -102,7 +102,7 @@ impl Core {
         if conn.io.reclaim.is_some() {
             return;
         }
-        if let Some(to) = conn.splice_to {
+        if let Some(to) = conn.proto.splice_to {
             self.uring_arm_splice(slot, to);
             return;
         }
@@ -161,14 +161,14 @@ impl Core {
             .map(|(pipe, room)| (Arc::clone(pipe), room));
         let Some((pipe, room)) = room else {
             // The destination is gone: its bytes go through on_data again.
-            self.conns[slot].splice_to = None;
+            self.conns[slot].proto.splice_to = None;
             self.uring_arm_recv(slot);
             return;
         };
         if room == 0 {
             // Full: resumed when the destination drains to half its cap.
-            self.conns[slot].splice_stalled = true;
-            self.conns[to_slot].over_cap = true;
+            self.conns[slot].life.holds.splice_stalled = true;
+            self.conns[to_slot].life.mark_full();
             return;
         }
         let Some(ring) = self.ring.as_deref_mut() else {
@@ -197,7 +197,7 @@ impl Core {
         self.mark_dirty(to_slot);
         if !self.note_output(to_slot) {
             if let Some(s) = src.and_then(|s| self.conns.get_mut(s)) {
-                s.splice_stalled = true;
+                s.life.holds.splice_stalled = true;
             }
         }
         true
@@ -242,7 +242,7 @@ impl Core {
     /// The pipe `slot` splices into holds bytes (so a splice that found no
     /// room in it met a full pipe, not an empty socket).
     pub(super) fn pipe_busy(&self, slot: usize) -> bool {
-        let Some(to) = self.conns.get(slot).and_then(|c| c.splice_to) else {
+        let Some(to) = self.conns.get(slot).and_then(|c| c.proto.splice_to) else {
             return false;
         };
         self.get(to)
@@ -536,7 +536,7 @@ impl Loop {
             .get(&key)
             .is_some_and(|z| z.io.count() == 0)
         {
-            let fed_by = self.core.zombies.remove(&key).and_then(|z| z.fed_by);
+            let fed_by = self.core.zombies.remove(&key).and_then(|z| z.proto.fed_by);
             // Its pipe is free now: a source may take back what it spliced.
             if let Some(src) = fed_by {
                 self.core.uring_reclaim(src);
@@ -688,7 +688,7 @@ impl Loop {
         let n = cqe.result as usize;
         let conn = &mut self.core.conns[slot];
         let held =
-            (conn.reading_blocked() && conn.linger_deadline.is_none()) || !conn.io.stash.is_empty();
+            (conn.reading_blocked() && !conn.life.is_lingering()) || !conn.io.stash.is_empty();
         if n == 0 {
             // End of stream: after what is stashed.
             conn.io.recv = Recv::Idle;
@@ -711,8 +711,7 @@ impl Loop {
         self.scratch[..n].copy_from_slice(ring.buffer(bid, n));
         ring.recycle(bid);
         let conn = &mut self.core.conns[slot];
-        conn.last_active = self.core.now;
-        conn.fresh = false;
+        conn.note_read(self.core.now);
         if held {
             // Paused meanwhile, or older bytes still wait: keep them, in
             // order, for when it resumes.
@@ -739,7 +738,7 @@ impl Loop {
         let Some(conn) = self.core.conns.get_mut(slot) else {
             return;
         };
-        if conn.reading_blocked() && conn.linger_deadline.is_none() {
+        if conn.reading_blocked() && !conn.life.is_lingering() {
             self.core.uring_pause_recv(slot);
             return;
         }
@@ -755,7 +754,7 @@ impl Loop {
                 let Some(conn) = self.core.conns.get_mut(slot) else {
                     return;
                 };
-                if conn.reading_blocked() && conn.linger_deadline.is_none() {
+                if conn.reading_blocked() && !conn.life.is_lingering() {
                     conn.io.stash.extend_from_slice(&stash[at..]);
                     return;
                 }
@@ -766,7 +765,7 @@ impl Loop {
         let Some(conn) = self.core.conns.get_mut(slot) else {
             return;
         };
-        if conn.reading_blocked() && conn.linger_deadline.is_none() {
+        if conn.reading_blocked() && !conn.life.is_lingering() {
             // What was buffered filled the pool or the output again.
             return;
         }
@@ -788,8 +787,7 @@ impl Loop {
                 return;
             }
             n if n > 0 => {
-                conn.last_active = self.core.now;
-                conn.fresh = false;
+                conn.note_read(self.core.now);
                 let n = n as usize;
                 if let Some((pipe, to)) = into {
                     if !self.core.spliced_into(Some(slot), to, n) {
@@ -798,8 +796,8 @@ impl Loop {
                         // open by the splice) and go to on_data, as later
                         // ones will.
                         let conn = &mut self.core.conns[slot];
-                        if conn.splice_to == Some(to) {
-                            conn.splice_to = None;
+                        if conn.proto.splice_to == Some(to) {
+                            conn.proto.splice_to = None;
                         }
                         self.core.uring_take_back(slot, pipe, n);
                         return;
@@ -810,9 +808,9 @@ impl Loop {
             // takes one, whatever its size): wait for it to drain, as when
             // it is full, rather than poll and fail again at once.
             e if e == -libc::EAGAIN && self.core.pipe_busy(slot) => {
-                if let Some(to) = self.core.conns[slot].splice_to {
-                    self.core.conns[slot].splice_stalled = true;
-                    self.core.conns[to.slot as usize].over_cap = true;
+                if let Some(to) = self.core.conns[slot].proto.splice_to {
+                    self.core.conns[slot].life.holds.splice_stalled = true;
+                    self.core.conns[to.slot as usize].life.mark_full();
                 }
                 return;
             }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use mio::net::TcpStream;
 use tracing::debug;
 
-use super::{Core, Deferred, SessionKey};
+use super::{Core, Deferred, Lifecycle, SessionKey};
 use crate::net::{self};
 use crate::poll::Interest;
 use crate::protocol::{CloseReason, ConnId};
@@ -26,7 +26,9 @@ impl Core {
         } else {
             (TcpStream::connect(addr)?, None)
         };
-        let slot = self.add_conn(sock, listener, Interest::BOTH)?;
+        let timeout = self.setups[listener].limits.connect_timeout;
+        let life = Lifecycle::outbound(self.now + timeout);
+        let slot = self.add_conn(sock, listener, life, Interest::BOTH)?;
         if addr_buf.is_some() {
             self.conns[slot].io.connect = addr_buf;
             if let Err(e) = self.uring_submit_connect(slot) {
@@ -36,13 +38,11 @@ impl Core {
                 return Err(e);
             }
         }
-        let timeout = self.setups[listener].limits.connect_timeout;
         let conn = &mut self.conns[slot];
         conn.accepted = false;
-        conn.session = Some(session);
+        conn.proto.session = Some(session);
         conn.peer = Some(addr);
         conn.writable_interest = true;
-        conn.connect_deadline = Some(self.now + timeout);
         let id = conn.id(slot);
         if let Some(s) = self.sessions.get_mut(session.slot) {
             s.live += 1;
@@ -72,13 +72,13 @@ impl Core {
     /// `slot`'s outbound connect succeeded.
     pub(super) fn connected(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        conn.connect_deadline = None;
+        conn.life.connected();
         let options = self.setups[conn.listener].conn_options;
         if let Err(e) = net::configure(&conn.sock, options) {
             debug!(slot, "socket options on outbound connection: {e}");
         }
         let id = conn.id(slot);
-        if let Some(key) = conn.session {
+        if let Some(key) = conn.proto.session {
             self.deferred
                 .push_back(Deferred::Connected(key, id, Ok(())));
         }
@@ -90,7 +90,7 @@ impl Core {
     pub(super) fn connect_failed(&mut self, slot: usize, kind: io::ErrorKind) {
         let conn = &self.conns[slot];
         let id = conn.id(slot);
-        if let Some(key) = conn.session {
+        if let Some(key) = conn.proto.session {
             let err = io::Error::new(kind, format!("connect to {:?} failed: {kind}", conn.peer));
             self.deferred
                 .push_back(Deferred::Connected(key, id, Err(err)));

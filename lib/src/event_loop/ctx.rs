@@ -24,7 +24,7 @@ impl Ctx<'_> {
         self.core
             .conns
             .get(id.slot as usize)
-            .filter(|c| c.generation == id.generation && c.session == Some(self.session))
+            .filter(|c| c.generation == id.generation && c.proto.session == Some(self.session))
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
@@ -32,7 +32,7 @@ impl Ctx<'_> {
         self.core
             .conns
             .get_mut(id.slot as usize)
-            .filter(|c| c.generation == id.generation && c.session == Some(session))
+            .filter(|c| c.generation == id.generation && c.proto.session == Some(session))
     }
 
     /// The loop's clock, read once per loop iteration.
@@ -50,11 +50,11 @@ impl Ctx<'_> {
         let Some(c) = core
             .conns
             .get_mut(slot)
-            .filter(|c| c.generation == conn.generation && c.session == Some(self.session))
+            .filter(|c| c.generation == conn.generation && c.proto.session == Some(self.session))
         else {
             return false;
         };
-        if c.closing || c.wr_shut || c.shut_wr_pending {
+        if !c.life.takes_output() {
             return false;
         }
         c.out.push_bytes(data, &mut core.bufs);
@@ -70,7 +70,7 @@ impl Ctx<'_> {
         let Some(c) = self.conn_mut(conn) else {
             return false;
         };
-        if c.closing || c.wr_shut || c.shut_wr_pending {
+        if !c.life.takes_output() {
             return false;
         }
         c.out.push_file(file, offset, len);
@@ -113,15 +113,15 @@ impl Ctx<'_> {
     /// Stop reading from `conn` (its peer's bytes wait in the kernel).
     pub fn pause_read(&mut self, conn: ConnId) {
         if let Some(c) = self.conn_mut(conn) {
-            c.read_paused = true;
+            c.life.holds.paused = true;
         }
     }
 
     /// Resume reading from `conn`.
     pub fn resume_read(&mut self, conn: ConnId) {
         if let Some(c) = self.conn_mut(conn) {
-            if c.read_paused {
-                c.read_paused = false;
+            if c.life.holds.paused {
+                c.life.holds.paused = false;
                 self.core.ready.push_back(conn);
             }
         }
@@ -180,8 +180,8 @@ impl Ctx<'_> {
             self.core.setups[dest.listener].limits.output_cap
         };
         self.core.conns[to_slot].out.attach_pipe(cap)?;
-        self.core.conns[to_slot].fed_by = Some(from);
-        self.core.conns[from.slot as usize].splice_to = Some(to);
+        self.core.conns[to_slot].proto.fed_by = Some(from);
+        self.core.conns[from.slot as usize].proto.splice_to = Some(to);
         // Bytes may already wait on `from`: no new edge would announce them.
         self.core.ready.push_back(from);
         Ok(())
@@ -191,8 +191,7 @@ impl Ctx<'_> {
     pub fn shutdown_write(&mut self, conn: ConnId) {
         let slot = conn.slot as usize;
         if let Some(c) = self.conn_mut(conn) {
-            if !c.wr_shut {
-                c.shut_wr_pending = true;
+            if c.life.shutdown_write() {
                 self.core.mark_dirty(slot);
             }
         }
@@ -202,7 +201,7 @@ impl Ctx<'_> {
     pub fn close(&mut self, conn: ConnId) {
         let slot = conn.slot as usize;
         if let Some(c) = self.conn_mut(conn) {
-            c.closing = true;
+            c.life.close(None);
             self.core.mark_dirty(slot);
         }
     }

@@ -32,7 +32,7 @@ impl Core {
         let conn = &mut self.conns[slot];
         if conn.input.is_empty() {
             let used = serve(conn, &mut self.bufs, service, setup, data, direct);
-            if used < data.len() && !conn.closing {
+            if used < data.len() && !conn.life.is_closing() {
                 conn.input = self.bufs.take();
                 conn.input.extend_from_slice(&data[used..]);
             }
@@ -41,7 +41,7 @@ impl Core {
             let mut input = std::mem::take(&mut conn.input);
             let used = serve(conn, &mut self.bufs, service, setup, &input, direct);
             input.drain(..used);
-            if input.is_empty() || conn.closing {
+            if input.is_empty() || conn.life.is_closing() {
                 self.bufs.give(input);
             } else {
                 conn.input = input;
@@ -55,10 +55,7 @@ impl Core {
     /// incomplete is left, it closes after its answers.
     pub(super) fn close_after_grace(&mut self, slot: usize) {
         let conn = &mut self.conns[slot];
-        if conn.shutdown_deadline.is_some() && conn.input.is_empty() && !conn.pool_waiting {
-            conn.closing = true;
-            conn.close_reason.get_or_insert(CloseReason::Shutdown);
-        }
+        conn.life.grace_check(conn.input.is_empty());
     }
 
     /// Hand the complete requests in `data` (after what `slot` holds) to
@@ -83,9 +80,9 @@ impl Core {
         let id = conn.id(slot);
         let max = setup.limits.max_request;
         let mut pos = 0;
-        while pos < buf.len() && !conn.closing {
-            if conn.pending.len() >= setup.limits.max_pipelined {
-                conn.pool_waiting = true;
+        while pos < buf.len() && !conn.life.is_closing() {
+            if conn.jobs.pending.len() >= setup.limits.max_pipelined {
+                conn.life.holds.pool_waiting = true;
                 break;
             }
             let rest = &buf[pos..];
@@ -96,9 +93,9 @@ impl Core {
                     // Answered in order, after the requests already running.
                     let mut response = Vec::new();
                     service::reply_error(&**shared, &e, &mut response);
-                    let seq = conn.next_seq;
-                    conn.next_seq += 1;
-                    conn.pending.push_back(Some(Done {
+                    let seq = conn.jobs.next_seq;
+                    conn.jobs.next_seq += 1;
+                    conn.jobs.pending.push_back(Some(Done {
                         conn: id,
                         seq,
                         response,
@@ -113,7 +110,7 @@ impl Core {
                 listener: conn.listener as u32,
                 request: rest[..len].to_vec(),
                 conn: id,
-                seq: conn.next_seq,
+                seq: conn.jobs.next_seq,
                 reply: self.reply.clone(),
                 running: None,
             };
@@ -125,20 +122,20 @@ impl Core {
             });
             match taken {
                 Ok(()) => {
-                    conn.next_seq += 1;
-                    conn.pending.push_back(None);
+                    conn.jobs.next_seq += 1;
+                    conn.jobs.pending.push_back(None);
                     pos += len;
                     self.jobs_out += 1;
                 }
                 Err(_) => {
-                    conn.pool_waiting = true;
+                    conn.life.holds.pool_waiting = true;
                     self.pool_waiters.push(id);
                     break;
                 }
             }
         }
         let rest = &buf[pos.min(buf.len())..];
-        let keep = if rest.is_empty() || conn.closing {
+        let keep = if rest.is_empty() || conn.life.is_closing() {
             Vec::new()
         } else if input.is_empty() {
             let mut fresh = self.bufs.take();
@@ -168,10 +165,10 @@ impl Core {
                 // Its connection closed meanwhile.
                 continue;
             };
-            let Some(at) = done.seq.checked_sub(conn.write_seq) else {
+            let Some(at) = done.seq.checked_sub(conn.jobs.write_seq) else {
                 continue;
             };
-            match conn.pending.get_mut(at as usize) {
+            match conn.jobs.pending.get_mut(at as usize) {
                 Some(entry @ None) => *entry = Some(done),
                 // Not waited for (the connection is closing early).
                 _ => continue,
@@ -179,9 +176,9 @@ impl Core {
             conn.last_active = self.now;
             self.emit_done(slot);
             let conn = &mut self.conns[slot];
-            if conn.pool_waiting && !self.pool_waiters.contains(&conn.id(slot)) {
+            if conn.life.holds.pool_waiting && !self.pool_waiters.contains(&conn.id(slot)) {
                 // It waited on its own in-flight limit: one has finished.
-                conn.pool_waiting = false;
+                conn.life.holds.pool_waiting = false;
                 self.ready.push_back(conn.id(slot));
             }
         }
@@ -191,7 +188,7 @@ impl Core {
                 .get_mut(id.slot as usize)
                 .filter(|c| c.generation == id.generation)
             {
-                conn.pool_waiting = false;
+                conn.life.holds.pool_waiting = false;
                 self.ready.push_back(id);
             }
         }
@@ -203,35 +200,28 @@ impl Core {
         let cap = self.cap_of(slot);
         let conn = &mut self.conns[slot];
         let mut wrote = false;
-        while let Some(Some(_)) = conn.pending.front() {
-            let Some(Some(done)) = conn.pending.pop_front() else {
+        while let Some(Some(_)) = conn.jobs.pending.front() {
+            let Some(Some(done)) = conn.jobs.pending.pop_front() else {
                 break;
             };
-            conn.write_seq += 1;
+            conn.jobs.write_seq += 1;
             conn.out.push_bytes(&done.response, &mut self.bufs);
             wrote = true;
-            match done.outcome {
+            let reason = match done.outcome {
                 Ok(Keep::Alive) => continue,
-                Ok(Keep::Close) => {
-                    conn.close_reason = Some(CloseReason::Local);
-                }
+                Ok(Keep::Close) => CloseReason::Local,
                 Err(e) => {
                     debug!(peer = ?conn.peer, "request error: {e}");
-                    conn.close_reason = Some(match e {
-                        ServiceError::TooLarge { .. } => CloseReason::TooLarge,
-                        _ => CloseReason::Io(io::ErrorKind::InvalidData),
-                    });
+                    close_reason(&e)
                 }
-            }
+            };
             // Nothing after a closing response is sent: forget the rest.
-            conn.closing = true;
-            conn.pending.clear();
+            conn.life.close(Some(reason));
+            conn.jobs.pending.clear();
             conn.input.clear();
             break;
         }
-        if conn.out.len() >= cap {
-            conn.over_cap = true;
-        }
+        conn.life.output_grew(conn.out.len(), cap);
         if wrote {
             self.mark_dirty(slot);
         }
@@ -243,12 +233,7 @@ impl Core {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if conn.read_eof && !conn.over_cap && !conn.pool_waiting {
-            // Everything complete was answered (or handed to a pool); an
-            // incomplete tail can never complete now.
-            conn.closing = true;
-            conn.close_reason.get_or_insert(CloseReason::Local);
-        }
+        conn.life.reads_done();
         self.mark_dirty(slot);
     }
 }
@@ -267,7 +252,7 @@ pub(super) fn serve(
     let cap = setup.limits.output_cap;
     let coalesce = setup.coalesce;
     let mut pos = 0;
-    while !conn.closing && !conn.over_cap {
+    while !conn.life.is_closing() && !conn.life.over_cap() {
         // Output pending before this batch, and where the batch starts
         // appending in the tail buffer.
         let queued = conn.out.len();
@@ -280,10 +265,7 @@ pub(super) fn serve(
         pos += batch.consumed;
         match batch.end {
             BatchEnd::NeedMore => break,
-            BatchEnd::Close => {
-                conn.closing = true;
-                conn.close_reason = Some(CloseReason::Local);
-            }
+            BatchEnd::Close => conn.life.close(Some(CloseReason::Local)),
             BatchEnd::Error(e) => {
                 fail(conn, bufs, service, &e);
                 return buf.len();
@@ -294,8 +276,7 @@ pub(super) fn serve(
         // done; what follows gathers behind it while it is out.)
         if !coalesce && direct {
             if let Err(e) = conn.out.flush(&mut conn.sock, bufs) {
-                conn.closing = true;
-                conn.close_reason = Some(CloseReason::Io(e.kind()));
+                conn.life.close(Some(CloseReason::Io(e.kind())));
                 conn.out.clear(bufs);
                 return buf.len();
             }
@@ -303,9 +284,7 @@ pub(super) fn serve(
             // Completion: this response leaves in a send of its own.
             conn.out.seal();
         }
-        if conn.out.len() >= cap {
-            conn.over_cap = true;
-        }
+        conn.life.output_grew(conn.out.len(), cap);
     }
     pos
 }
@@ -320,9 +299,13 @@ pub(super) fn fail(
     debug!(peer = ?conn.peer, "request error: {error}");
     // A panicking error reply closes without one.
     service::reply_error(service, error, conn.out.tail(bufs));
-    conn.closing = true;
-    conn.close_reason = Some(match error {
+    conn.life.close(Some(close_reason(error)));
+}
+
+/// What a connection closed by a failed request is told it closed for.
+fn close_reason(error: &ServiceError) -> CloseReason {
+    match error {
         ServiceError::TooLarge { .. } => CloseReason::TooLarge,
         _ => CloseReason::Io(io::ErrorKind::InvalidData),
-    });
+    }
 }

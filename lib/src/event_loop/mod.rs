@@ -33,7 +33,8 @@
 //! | `settings.rs` | [`Limits`], [`ListenerSetup`], [`LoopSettings`], [`LoopHandle`] |
 //! | `run.rs` | [`Loop`]: building it, the wait, acting on events, timers, shutdown |
 //! | `state.rs` | `Core`, the state callbacks may touch: tables, deadlines, settling |
-//! | `conn.rs` | `Conn`, one connection's state; sessions |
+//! | `lifecycle.rs` | a connection's life as a plain state machine (phase, holds, backpressure) |
+//! | `conn.rs` | `Conn`: socket, buffers, lifecycle, service-only and protocol-only parts; sessions |
 //! | `accept.rs` | listeners: limits, back-off, adopting sockets |
 //! | `read.rs` | reads and splices into the service or the protocol |
 //! | `jobs.rs` | the service path: framing inline, or jobs for a handler pool |
@@ -52,6 +53,7 @@ mod conn;
 mod connect;
 mod ctx;
 mod jobs;
+mod lifecycle;
 mod read;
 mod run;
 mod settings;
@@ -72,7 +74,8 @@ pub use settings::{Limits, ListenerSetup, LoopHandle, LoopSettings};
 
 use accept::ListenerSlot;
 pub(crate) use conn::{Conn, SessionKey};
-use conn::{Deferred, Expiry, Session};
+use conn::{Deferred, Session};
+use lifecycle::{AfterDrain, Expiry, Lifecycle};
 use read::ReadStep;
 pub(crate) use state::Core;
 

@@ -35,9 +35,9 @@ impl Loop {
         let Some(conn) = self.core.conns.get(slot) else {
             return;
         };
-        if conn.linger_deadline.is_some() {
+        if conn.life.is_lingering() {
             self.discard_input(slot);
-        } else if let Some(key) = conn.session {
+        } else if let Some(key) = conn.proto.session {
             self.read_protocol(slot, key);
         } else {
             self.read_service(slot);
@@ -54,15 +54,15 @@ impl Loop {
             return;
         };
         if matches!(step, ReadStep::Eof) {
-            conn.read_eof = true;
+            conn.life.note_eof();
         }
-        if conn.linger_deadline.is_some() {
+        if conn.life.is_lingering() {
             if !matches!(step, ReadStep::Data(_)) {
                 self.core.close(slot, None);
             }
             return;
         }
-        if let Some(key) = conn.session {
+        if let Some(key) = conn.proto.session {
             self.protocol_step(slot, key, step);
             return;
         }
@@ -88,7 +88,7 @@ impl Loop {
     /// buffered first.
     pub(super) fn prime(&mut self, slot: usize) {
         let conn = &self.core.conns[slot];
-        if conn.session.is_some() || conn.input.is_empty() || conn.over_cap {
+        if conn.session().is_some() || conn.input.is_empty() || conn.life.over_cap() {
             return;
         }
         let setup = self.core.setups[conn.listener].clone();
@@ -133,7 +133,7 @@ impl Loop {
         let service = &**service;
         let recv = setup.limits.recv_size.min(self.scratch.len());
         // Input left over while output was over the cap comes first.
-        if !core.conns[slot].input.is_empty() && !core.conns[slot].over_cap {
+        if !core.conns[slot].input.is_empty() && !core.conns[slot].life.over_cap() {
             core.feed_service(slot, service, &setup, &[]);
         }
         let mut budget = READ_BUDGET;
@@ -169,7 +169,7 @@ impl Loop {
             let Some(conn) = core.conns.get(slot) else {
                 return;
             };
-            let step = match conn.splice_to {
+            let step = match conn.proto.splice_to {
                 Some(to) => core.splice_step(slot, to, &mut budget),
                 None => core.read_step(slot, &mut budget, &mut self.scratch[..recv]),
             };
@@ -209,7 +209,11 @@ impl Loop {
             ReadStep::Data(n) => {
                 let max_request = core.setups[core.conns[slot].listener].limits.max_request;
                 let data = &self.scratch[..n];
-                if let Some(to) = core.conns[slot].splice_to.filter(|_| core.ring.is_some()) {
+                if let Some(to) = core.conns[slot]
+                    .proto
+                    .splice_to
+                    .filter(|_| core.ring.is_some())
+                {
                     // Completion: a spliced connection's bytes were received
                     // into the ring's buffers; they are queued on `to`
                     // (unless it has closed: then on_data gets them).
@@ -277,12 +281,11 @@ impl Core {
         loop {
             match conn.sock.read(buf) {
                 Ok(0) => {
-                    conn.read_eof = true;
+                    conn.life.note_eof();
                     return ReadStep::Eof;
                 }
                 Ok(n) => {
-                    conn.last_active = self.now;
-                    conn.fresh = false;
+                    conn.note_read(self.now);
                     return ReadStep::Data(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadStep::Stop,
@@ -311,14 +314,14 @@ impl Core {
             .map(|(_, room)| room);
         let Some(room) = room else {
             // The destination is gone: its bytes go through on_data again.
-            self.conns[slot].splice_to = None;
+            self.conns[slot].proto.splice_to = None;
             self.ready.push_back(id);
             return ReadStep::Stop;
         };
         if room == 0 {
             // Full: wait until the destination drains to half its cap.
-            self.conns[slot].splice_stalled = true;
-            self.conns[to_slot].over_cap = true;
+            self.conns[slot].life.holds.splice_stalled = true;
+            self.conns[to_slot].life.mark_full();
             return ReadStep::Stop;
         }
         if *budget == 0 {
@@ -335,7 +338,7 @@ impl Core {
         loop {
             match pipe.fill_from(&src.sock, room) {
                 Ok(0) => {
-                    src.read_eof = true;
+                    src.life.note_eof();
                     return ReadStep::Eof;
                 }
                 Ok(n) => {
@@ -343,7 +346,7 @@ impl Core {
                     dst.out.push_piped(n);
                     self.mark_dirty(to_slot);
                     if !self.note_output(to_slot) {
-                        self.conns[slot].splice_stalled = true;
+                        self.conns[slot].life.holds.splice_stalled = true;
                     }
                     return ReadStep::Spliced { drained: n < room };
                 }
@@ -353,8 +356,8 @@ impl Core {
                         // (one per spliced segment) rather than the socket
                         // empty: no new edge would come if the peer waits
                         // for window. Resume when the destination drains.
-                        src.splice_stalled = true;
-                        dst.over_cap = true;
+                        src.life.holds.splice_stalled = true;
+                        dst.life.mark_full();
                     }
                     return ReadStep::Stop;
                 }
@@ -373,13 +376,13 @@ impl Core {
             .get_mut(to_slot)
             .filter(|d| d.generation == to.generation)
         else {
-            self.conns[slot].splice_to = None;
+            self.conns[slot].proto.splice_to = None;
             return false;
         };
         dst.out.push_bytes(data, &mut self.bufs);
         self.mark_dirty(to_slot);
         if !self.note_output(to_slot) {
-            self.conns[slot].splice_stalled = true;
+            self.conns[slot].life.holds.splice_stalled = true;
         }
         true
     }

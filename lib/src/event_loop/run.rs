@@ -20,7 +20,6 @@ use super::{
 };
 use crate::poll::{self as backend, Cqe, Event, Interest, PollType, Ring, Waker};
 use crate::pools::{ExecMode, ReplyTo};
-use crate::protocol::CloseReason;
 
 /// One event loop: a poll instance, its listeners and connections.
 pub struct Loop {
@@ -328,22 +327,17 @@ impl Loop {
         let grace = self.core.now + SHUTDOWN_GRACE.min(self.settings.drain_timeout);
         for slot in slots {
             if let Some(c) = self.core.conns.get_mut(slot) {
-                if c.session.is_none()
-                    && (c.fresh || !c.input.is_empty())
+                // A request may be arriving (a client that connected just
+                // before the stop, or one half read): answer it, then
+                // close. Losing it would refuse work that a reload
+                // promises to keep.
+                let may_arrive = (c.life.fresh() || !c.input.is_empty())
                     && c.out.is_empty()
-                    && c.pending.is_empty()
-                    && !c.closing
-                {
-                    // A request may be arriving (a client that connected
-                    // just before the stop, or one half read): answer it,
-                    // then close. Losing it would refuse work that a
-                    // reload promises to keep.
-                    c.shutdown_deadline = Some(grace);
+                    && c.jobs.pending.is_empty();
+                if c.life.begin_shutdown(may_arrive, grace) {
                     self.core.ensure_armed(slot);
                     continue;
                 }
-                c.closing = true;
-                c.close_reason.get_or_insert(CloseReason::Shutdown);
             }
             self.core.mark_dirty(slot);
         }
@@ -400,7 +394,7 @@ impl Loop {
         let Some(conn) = self.core.conns.get(slot) else {
             return;
         };
-        if conn.connect_deadline.is_some() {
+        if conn.life.is_connecting() {
             let id = conn.id(slot);
             if ev.writable || ev.error || ev.write_closed {
                 self.core.finish_connect(slot);

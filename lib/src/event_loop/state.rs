@@ -16,7 +16,7 @@ use tracing::{debug, error, warn};
 
 use super::output::BufPool;
 use super::timer::{Due, Timers};
-use super::{Conn, Ctx, Deferred, Expiry, ListenerSetup, Session, SessionKey};
+use super::{Conn, Ctx, Deferred, Expiry, Lifecycle, ListenerSetup, Session, SessionKey};
 use crate::poll::{Interest, Readiness, Ring};
 use crate::pools::{Done, ReplyTo};
 use crate::protocol::{CloseReason, ConnId, Protocol, TimerId};
@@ -84,6 +84,7 @@ impl Core {
         &mut self,
         sock: TcpStream,
         listener: usize,
+        life: Lifecycle,
         interest: Interest,
     ) -> io::Result<usize> {
         let entry = self.conns.vacant_entry();
@@ -92,7 +93,7 @@ impl Core {
             p.set_interest(sock.as_fd(), slot, Interest::NONE, interest)?;
         }
         self.next_generation = self.next_generation.wrapping_add(1);
-        let mut conn = Conn::new(sock, self.next_generation as u32, listener, self.now);
+        let mut conn = Conn::new(sock, self.next_generation as u32, listener, life, self.now);
         if self.poller.is_some() {
             conn.interest = interest;
         }
@@ -142,7 +143,7 @@ impl Core {
             let owned: Vec<usize> = self
                 .conns
                 .iter()
-                .filter(|(_, c)| c.session == Some(key))
+                .filter(|(_, c)| c.proto.session == Some(key))
                 .map(|(slot, _)| slot)
                 .collect();
             error!(
@@ -178,12 +179,7 @@ impl Core {
     pub(super) fn note_output(&mut self, slot: usize) -> bool {
         let cap = self.cap_of(slot);
         let conn = &mut self.conns[slot];
-        if conn.out.len() >= cap {
-            conn.over_cap = true;
-            false
-        } else {
-            true
-        }
+        conn.life.output_grew(conn.out.len(), cap)
     }
 
     /// Arm the deadline entry of `slot` if none is armed as early.

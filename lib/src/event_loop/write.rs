@@ -5,7 +5,7 @@ use std::net::Shutdown;
 
 use tracing::debug;
 
-use super::{Core, Deferred};
+use super::{AfterDrain, Core, Deferred};
 use crate::net::{self};
 use crate::protocol::CloseReason;
 
@@ -16,7 +16,7 @@ impl Core {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
         };
-        if conn.connect_deadline.is_some() {
+        if conn.life.is_connecting() {
             return;
         }
         if !conn.out.is_empty() {
@@ -52,29 +52,31 @@ impl Core {
                 }
             }
             let conn = &mut self.conns[slot];
-            if conn.shut_wr_pending {
-                conn.shut_wr_pending = false;
-                conn.wr_shut = true;
+            let linger = self.setups[conn.listener].limits.linger_timeout;
+            let jobs_pending = !conn.jobs.pending.is_empty();
+            let drained = conn.life.drained(jobs_pending, self.now, linger);
+            if drained.shutdown_write {
                 if let Err(e) = conn.sock.shutdown(Shutdown::Write) {
                     debug!(%id, "shutdown(write): {e}");
                 }
             }
-            if conn.closing && conn.linger_deadline.is_none() && conn.pending.is_empty() {
-                let reason = conn.close_reason.clone();
-                if !conn.read_eof {
-                    // Give the last reply time to arrive: closing over unread
-                    // input would reset the connection and destroy it.
+            match drained.then {
+                AfterDrain::Stay => {}
+                AfterDrain::Linger { .. } => {
+                    // Give the last reply time to arrive: closing over
+                    // unread input would reset the connection and destroy
+                    // it.
                     if let Err(e) = conn.sock.shutdown(Shutdown::Write) {
                         debug!(%id, "shutdown(write): {e}");
                     }
-                    let linger = self.setups[conn.listener].limits.linger_timeout;
-                    conn.linger_deadline = Some(self.now + linger);
                     self.ensure_armed(slot);
                     self.ready.push_back(id);
-                } else {
-                    self.close(slot, reason);
+                    return;
                 }
-                return;
+                AfterDrain::Close(reason) => {
+                    self.close(slot, reason);
+                    return;
+                }
             }
         } else if !conn.writable_interest && self.poller.is_some() {
             conn.writable_interest = true;
@@ -85,20 +87,19 @@ impl Core {
         }
         let cap = self.cap_of(slot);
         let conn = &mut self.conns[slot];
-        if conn.over_cap && conn.out.len() <= cap / 2 {
-            conn.over_cap = false;
-            match conn.session {
+        if conn.life.output_drained(conn.out.len(), cap) {
+            match conn.proto.session {
                 // Services: answer what is buffered, then read again.
                 None => self.ready.push_back(id),
                 Some(key) => self.deferred.push_back(Deferred::Writable(key, id)),
             }
-            if let Some(src) = conn.fed_by {
+            if let Some(src) = conn.proto.fed_by {
                 if let Some(s) = self
                     .conns
                     .get_mut(src.slot as usize)
-                    .filter(|s| s.generation == src.generation && s.splice_stalled)
+                    .filter(|s| s.generation == src.generation && s.life.holds.splice_stalled)
                 {
-                    s.splice_stalled = false;
+                    s.life.holds.splice_stalled = false;
                     self.ready.push_back(src);
                 }
             }
