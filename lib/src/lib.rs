@@ -59,7 +59,7 @@ pub mod pools;
 mod sys;
 
 pub use cli::{run, run_with_args};
-pub use event_loop::{Ctx, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings};
+pub use event_loop::{Ctx, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings, Unconsumed};
 pub use handler::{Handler, HandlerSpec, OptionError, OptionSpec, Options, Registry};
 pub use poll::PollType;
 pub use pools::ExecMode;

@@ -13,7 +13,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use gaidaros::{CloseReason, ConnId, Ctx, Protocol, ProtocolFactory, TimerId};
+use gaidaros::{CloseReason, ConnId, Ctx, Protocol, ProtocolFactory, TimerId, Unconsumed};
 use tracing::{debug, error, info};
 
 use crate::conn::{ConnLimits, Expired, HttpConn, Step};
@@ -88,7 +88,7 @@ impl ProtocolFactory for Http {
             conn: None,
             machine: None,
             req: Request::default(),
-            inbuf: Vec::new(),
+            inbuf: Unconsumed::default(),
             out: Vec::new(),
             timer: None,
             blocked: false,
@@ -106,7 +106,7 @@ struct Session {
     req: Request,
     /// Received bytes not yet consumed by the machine: an incomplete head,
     /// or requests waiting while output is at its cap.
-    inbuf: Vec<u8>,
+    inbuf: Unconsumed,
     /// Responses gathered during this read, written in one go.
     out: Vec<u8>,
     /// The armed timer and the instant it fires.
@@ -263,12 +263,6 @@ impl Session {
     }
 
     /// Give back the memory of a burst of pipelined requests once handled.
-    fn shrink_inbuf(&mut self) {
-        if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * GATHER {
-            self.inbuf = Vec::new();
-        }
-    }
-
     /// Input and output are done with after FIN: close once answered.
     fn finish_after_eof(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
         if self.eof && !self.blocked && !self.done {
@@ -293,19 +287,9 @@ impl Protocol for Session {
         if self.done {
             return data.len();
         }
-        if self.inbuf.is_empty() {
-            let used = self.process(ctx, conn, data);
-            if used < data.len() {
-                self.inbuf.extend_from_slice(&data[used..]);
-            }
-        } else {
-            self.inbuf.extend_from_slice(data);
-            let mut buf = std::mem::take(&mut self.inbuf);
-            let used = self.process(ctx, conn, &buf);
-            buf.drain(..used);
-            self.inbuf = buf;
-        }
-        self.shrink_inbuf();
+        let mut inbuf = std::mem::take(&mut self.inbuf);
+        inbuf.feed(data, |bytes| self.process(ctx, conn, bytes));
+        self.inbuf = inbuf;
         self.sync_timer(ctx);
         data.len()
     }
@@ -316,12 +300,9 @@ impl Protocol for Session {
         }
         self.blocked = false;
         ctx.resume_read(conn);
-        let buf = std::mem::take(&mut self.inbuf);
-        let used = self.process(ctx, conn, &buf);
-        let mut buf = buf;
-        buf.drain(..used);
-        self.inbuf = buf;
-        self.shrink_inbuf();
+        let mut inbuf = std::mem::take(&mut self.inbuf);
+        inbuf.feed(&[], |bytes| self.process(ctx, conn, bytes));
+        self.inbuf = inbuf;
         self.sync_timer(ctx);
         self.finish_after_eof(ctx, conn);
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use tracing::debug;
 
+use super::input::Pending;
 use super::output::BufPool;
 use super::{Conn, Core, ListenerSetup};
 use crate::handler::Handler;
@@ -30,23 +31,16 @@ impl Core {
         }
         let direct = self.ring.is_none();
         let conn = &mut self.conns[slot];
-        if conn.input.is_empty() {
-            let used = serve(conn, &mut self.bufs, service, setup, data, direct);
-            if used < data.len() && !conn.life.is_closing() {
-                conn.input = self.bufs.take();
-                conn.input.extend_from_slice(&data[used..]);
-            }
-        } else {
-            conn.input.extend_from_slice(data);
-            let mut input = std::mem::take(&mut conn.input);
-            let used = serve(conn, &mut self.bufs, service, setup, &input, direct);
-            input.drain(..used);
-            if input.is_empty() || conn.life.is_closing() {
-                self.bufs.give(input);
-            } else {
-                conn.input = input;
-            }
-        }
+        let pending = Pending::new(&mut conn.input, data);
+        let used = serve(
+            conn,
+            &mut self.bufs,
+            service,
+            setup,
+            pending.bytes(),
+            direct,
+        );
+        conn.input = pending.keep_rest(used, conn.life.is_closing(), &mut self.bufs);
         conn.out.trim(&mut self.bufs);
         self.close_after_grace(slot);
     }
@@ -70,13 +64,8 @@ impl Core {
         data: &[u8],
     ) {
         let conn = &mut self.conns[slot];
-        let mut input = std::mem::take(&mut conn.input);
-        let buf: &[u8] = if input.is_empty() {
-            data
-        } else {
-            input.extend_from_slice(data);
-            &input
-        };
+        let pending = Pending::new(&mut conn.input, data);
+        let buf = pending.bytes();
         let id = conn.id(slot);
         let max = setup.limits.max_request;
         let mut pos = 0;
@@ -134,19 +123,7 @@ impl Core {
                 }
             }
         }
-        let rest = &buf[pos.min(buf.len())..];
-        let keep = if rest.is_empty() || conn.life.is_closing() {
-            Vec::new()
-        } else if input.is_empty() {
-            let mut fresh = self.bufs.take();
-            fresh.extend_from_slice(rest);
-            fresh
-        } else {
-            input.drain(..pos);
-            std::mem::take(&mut input)
-        };
-        self.bufs.give(input);
-        conn.input = keep;
+        conn.input = pending.keep_rest(pos, conn.life.is_closing(), &mut self.bufs);
         self.emit_done(slot);
     }
 

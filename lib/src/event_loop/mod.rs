@@ -37,6 +37,7 @@
 //! | `conn.rs` | `Conn`: socket, buffers, lifecycle, service-only and protocol-only parts; sessions |
 //! | `accept.rs` | listeners: limits, back-off, adopting sockets |
 //! | `read.rs` | reads and splices into the service or the protocol |
+//! | `input.rs` | unconsumed input: the one routine that keeps a tail of bytes, and [`Unconsumed`] for handlers |
 //! | `jobs.rs` | the service path: framing inline, or jobs for a handler pool |
 //! | `write.rs` | flushing output and what follows it (half-close, close, linger) |
 //! | `connect.rs` | outbound connections of protocol sessions |
@@ -52,6 +53,7 @@ mod completion;
 mod conn;
 mod connect;
 mod ctx;
+mod input;
 mod jobs;
 mod lifecycle;
 mod read;
@@ -69,6 +71,7 @@ pub mod output;
 pub(crate) mod output;
 
 pub use ctx::Ctx;
+pub use input::Unconsumed;
 pub use run::Loop;
 pub use settings::{Limits, ListenerSetup, LoopHandle, LoopSettings};
 

@@ -3,6 +3,7 @@
 
 use std::io::{self, Read};
 
+use super::input::Pending;
 use super::{Core, Loop, SessionKey, READ_BUDGET};
 use crate::handler::Handler;
 use crate::protocol::{CloseReason, ConnId};
@@ -221,33 +222,15 @@ impl Loop {
                         return true;
                     }
                 }
-                let conn = &mut core.conns[slot];
-                if conn.input.is_empty() {
-                    let mut used = 0;
-                    if !core.call(key, |p, ctx| used = p.on_data(ctx, id, data)) {
-                        return false;
-                    }
-                    let used = used.min(n);
-                    if used < n {
-                        let conn = &mut core.conns[slot];
-                        conn.input = core.bufs.take();
-                        conn.input.extend_from_slice(&data[used..]);
-                    }
-                } else {
-                    conn.input.extend_from_slice(data);
-                    let input = std::mem::take(&mut conn.input);
-                    let mut used = 0;
-                    if !core.call(key, |p, ctx| used = p.on_data(ctx, id, &input)) {
-                        return false;
-                    }
-                    let mut input = input;
-                    input.drain(..used.min(input.len()));
-                    if input.is_empty() {
-                        core.bufs.give(input);
-                    } else {
-                        core.conns[slot].input = input;
-                    }
+                let pending = Pending::new(&mut core.conns[slot].input, data);
+                let mut used = 0;
+                let bytes = pending.bytes();
+                if !core.call(key, |p, ctx| used = p.on_data(ctx, id, bytes)) {
+                    return false;
                 }
+                // The session is alive, so is its connection: callbacks
+                // only ask for closes, carried out when they return.
+                core.conns[slot].input = pending.keep_rest(used, false, &mut core.bufs);
                 if core.conns[slot].input.len() > max_request {
                     core.abort(slot, CloseReason::TooLarge);
                     return false;
