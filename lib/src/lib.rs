@@ -63,7 +63,9 @@ pub use event_loop::{Ctx, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings,
 pub use handler::{Handler, HandlerSpec, OptionError, OptionSpec, Options, Registry};
 pub use poll::PollType;
 pub use pools::ExecMode;
-pub use protocol::{CloseReason, ConnId, Protocol, ProtocolFactory, TimerId};
+pub use protocol::{
+    CloseReason, ConnId, ConnectError, Protocol, ProtocolFactory, Queued, TimerId, WriteError,
+};
 pub use server::{ServeError, Server, ServerType, SignalWatch};
 pub use service::{line_end, Keep, Service, ServiceError};
 

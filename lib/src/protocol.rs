@@ -55,6 +55,15 @@ pub enum CloseReason {
     ConnectFailed(io::ErrorKind),
     /// A socket error (for example a reset from the peer).
     Io(io::ErrorKind),
+    /// The peer sent bytes that are not a request of the service; it got
+    /// the service's error reply first.
+    Malformed,
+    /// The service failed on a request (a panic in it included); the peer
+    /// got the service's error reply first.
+    Failed,
+    /// The protocol handler panicked: its session and all its
+    /// connections were closed, the rest of the loop goes on.
+    Panicked,
 }
 
 impl fmt::Display for CloseReason {
@@ -66,7 +75,79 @@ impl fmt::Display for CloseReason {
             CloseReason::TooLarge => f.write_str("unconsumed input over max_request"),
             CloseReason::ConnectFailed(kind) => write!(f, "connect failed: {kind}"),
             CloseReason::Io(kind) => write!(f, "socket error: {kind}"),
+            CloseReason::Malformed => f.write_str("malformed request"),
+            CloseReason::Failed => f.write_str("handler failed on a request"),
+            CloseReason::Panicked => f.write_str("protocol handler panicked"),
         }
+    }
+}
+
+/// Output a session queued with [`Ctx::write`] or [`Ctx::send_file`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Under the connection's output cap: go on producing.
+    UnderCap,
+    /// The pending output reached the cap. The bytes are queued all the
+    /// same (never dropped); stop producing for this connection (pause its
+    /// source) until [`Protocol::on_writable`].
+    OverCap,
+}
+
+/// Why output was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteError {
+    /// The connection is closed, or is not this session's.
+    NotOpen,
+    /// It is closing ([`Ctx::close`], or the loop is shutting down), or
+    /// its write side was shut down ([`Ctx::shutdown_write`]).
+    Shut,
+}
+
+impl fmt::Display for WriteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WriteError::NotOpen => "connection not open (or not this session's)",
+            WriteError::Shut => "connection closing or its write side shut down",
+        })
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+/// Why [`Ctx::connect`] could not start a connection.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The server is shutting down: no new outbound connections.
+    ShuttingDown,
+    /// The session that asked has ended.
+    SessionEnded,
+    /// The socket could not be made or the connect not started (no
+    /// descriptors left, an address of the wrong kind, ...).
+    Io(io::Error),
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::ShuttingDown => f.write_str("server is shutting down"),
+            ConnectError::SessionEnded => f.write_str("session has ended"),
+            ConnectError::Io(e) => write!(f, "cannot connect: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ConnectError {
+    fn from(e: io::Error) -> Self {
+        ConnectError::Io(e)
     }
 }
 
@@ -99,7 +180,7 @@ pub trait Protocol: Send {
     }
 
     /// Output of `conn` drained below half its cap after a [`Ctx::write`]
-    /// returned `false`.
+    /// answered [`Queued::OverCap`].
     fn on_writable(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
         let _ = (ctx, conn);
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use gaidaros::net::{self, BindSpec, ConnOptions, IpVersion};
 use gaidaros::{
     CloseReason, ConnId, Ctx, Handler, Limits, ListenerSetup, Loop, LoopHandle, Protocol,
-    ProtocolFactory, TimerId,
+    ProtocolFactory, Queued, TimerId,
 };
 
 /// Events a test protocol saw, in order.
@@ -90,9 +90,10 @@ struct SendFile {
 
 impl Protocol for SendFile {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
-        ctx.write(conn, b"BEGIN\n");
-        ctx.send_file(conn, self.file.clone(), 0, self.len);
-        ctx.write(conn, b"END\n");
+        ctx.write(conn, b"BEGIN\n").expect("open");
+        ctx.send_file(conn, self.file.clone(), 0, self.len)
+            .expect("open");
+        ctx.write(conn, b"END\n").expect("open");
         ctx.close(conn);
     }
     fn on_data(&mut self, _: &mut Ctx<'_>, _: ConnId, data: &[u8]) -> usize {
@@ -149,7 +150,8 @@ impl Protocol for Timers {
             .unwrap()
             .push(format!("timer cancelled={}", Some(timer) == self.cancelled));
         if let Some(c) = self.conn {
-            ctx.write(c, b"tick\n");
+            ctx.write(c, b"tick\n")
+                .expect("open until the timer closes it");
             ctx.close(c);
         }
     }
@@ -230,13 +232,60 @@ fn failed_outbound_connect_reports_then_closes() {
     assert!(seen[2].starts_with("on_close ConnectFailed"), "{seen:?}");
 }
 
+/// Writes before and after its half-close, and after the close.
+struct WriteProbe {
+    log: Log,
+}
+impl Protocol for WriteProbe {
+    fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        let first = ctx.write(conn, b"a");
+        ctx.shutdown_write(conn);
+        let after_fin = ctx.write(conn, b"b");
+        let mut log = self.log.lock().unwrap();
+        log.push(format!("{first:?}"));
+        log.push(format!("{after_fin:?}"));
+    }
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: ConnId, data: &[u8]) -> usize {
+        data.len()
+    }
+    fn on_close(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, reason: CloseReason) {
+        let closed = ctx.write(conn, b"c");
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("{closed:?} {reason:?}"));
+    }
+}
+
+#[test]
+fn writes_say_whether_they_were_queued_and_why_not() {
+    let log: Log = Arc::default();
+    let l = log.clone();
+    let server = start(
+        Factory(move || WriteProbe { log: l.clone() }),
+        Limits::default(),
+        ConnOptions::default(),
+    );
+    let c = client(server.addr);
+    c.shutdown(Shutdown::Write).unwrap();
+    // What was queued before the half-close, then the server's FIN.
+    assert_eq!(read_all(c), b"a");
+    assert!(
+        wait_for(&log, "Err(NotOpen) Local"),
+        "{:?}",
+        log.lock().unwrap()
+    );
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen[..2], ["Ok(UnderCap)", "Err(Shut)"]);
+}
+
 /// Consumes nothing until it has a whole line; lines are answered.
 struct LineProto;
 impl Protocol for LineProto {
     fn on_data(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, data: &[u8]) -> usize {
         match data.iter().position(|b| *b == b'\n') {
             Some(i) => {
-                ctx.write(conn, &data[..=i]);
+                ctx.write(conn, &data[..=i]).expect("open while reading");
                 i + 1
             }
             None => 0,
@@ -276,7 +325,7 @@ struct PausingEcho {
 }
 impl Protocol for PausingEcho {
     fn on_data(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, data: &[u8]) -> usize {
-        if !ctx.write(conn, data) {
+        if ctx.write(conn, data) == Ok(Queued::OverCap) {
             ctx.pause_read(conn);
             self.paused = true;
         }
@@ -499,14 +548,16 @@ impl Protocol for FileThenRelay {
     fn on_connect(&mut self, ctx: &mut Ctx<'_>, up: ConnId, result: std::io::Result<()>) {
         result.expect("upstream connects");
         let client = self.client.expect("client first");
-        ctx.send_file(client, self.file.clone(), 0, self.len);
+        ctx.send_file(client, self.file.clone(), 0, self.len)
+            .expect("client open");
         ctx.splice(up, client).expect("splice upstream to client");
     }
     fn on_data(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, data: &[u8]) -> usize {
         // Bytes that came before the splice began, or whose splice found
         // the destination gone.
         if let Some(client) = self.client.filter(|c| *c != conn) {
-            ctx.write(client, data);
+            // The client may have gone meanwhile: nothing to do then.
+            let _ = ctx.write(client, data);
         }
         data.len()
     }

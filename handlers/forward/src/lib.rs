@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use gaidaros::{
     CloseReason, ConnId, Ctx, Handler, HandlerSpec, OptionError, OptionSpec, Options, Protocol,
-    ProtocolFactory,
+    ProtocolFactory, Queued,
 };
 use tracing::debug;
 
@@ -108,7 +108,7 @@ impl Protocol for Forward {
 
     fn on_data(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, data: &[u8]) -> usize {
         if let Some(other) = self.other(conn) {
-            if !ctx.write(other, data) {
+            if ctx.write(other, data) == Ok(Queued::OverCap) {
                 // The other side's output is at its cap: stop reading this
                 // side until it drains (on_writable).
                 ctx.pause_read(conn);

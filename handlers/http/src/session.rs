@@ -13,7 +13,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use gaidaros::{CloseReason, ConnId, Ctx, Protocol, ProtocolFactory, TimerId, Unconsumed};
+use gaidaros::{CloseReason, ConnId, Ctx, Protocol, ProtocolFactory, Queued, TimerId, Unconsumed};
 use tracing::{debug, error, info};
 
 use crate::conn::{ConnLimits, Expired, HttpConn, Step};
@@ -197,7 +197,8 @@ impl Session {
                             Part::Bytes(b) => self.out.extend_from_slice(&b),
                             Part::File { offset, len } => {
                                 self.flush(ctx, conn);
-                                if !ctx.send_file(conn, file.clone(), offset, len) {
+                                let queued = ctx.send_file(conn, file.clone(), offset, len);
+                                if queued == Ok(Queued::OverCap) {
                                     self.block(ctx, conn);
                                 }
                             }
@@ -217,7 +218,7 @@ impl Session {
 
     fn flush(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
         if !self.out.is_empty() {
-            if !ctx.write(conn, &self.out) {
+            if ctx.write(conn, &self.out) == Ok(Queued::OverCap) {
                 self.block(ctx, conn);
             }
             self.out.clear();
@@ -231,7 +232,7 @@ impl Session {
     /// A large body goes to the loop in one copy, not through `out`.
     fn write_large(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, body: &[u8]) {
         self.flush(ctx, conn);
-        if !ctx.write(conn, body) {
+        if ctx.write(conn, body) == Ok(Queued::OverCap) {
             self.block(ctx, conn);
         }
     }

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use gaidaros::{CloseReason, ConnId, Ctx, Protocol, ProtocolFactory};
+use gaidaros::{CloseReason, ConnId, Ctx, Protocol, ProtocolFactory, Queued};
 use tracing::{debug, info, warn};
 
 use crate::maildir::{Delivery, Maildir, MaildirError};
@@ -81,7 +81,7 @@ impl SmtpConnection {
             while let Some(reply) = session.poll_reply() {
                 reply.write_to(&mut out);
             }
-            if !out.is_empty() && !ctx.write(conn, &out) {
+            if !out.is_empty() && ctx.write(conn, &out) == Ok(Queued::OverCap) {
                 // The client is not reading its replies: stop taking its
                 // commands until they drain (on_writable).
                 ctx.pause_read(conn);

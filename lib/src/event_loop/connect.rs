@@ -9,16 +9,20 @@ use tracing::debug;
 use super::{Core, Deferred, Lifecycle, SessionKey};
 use crate::net::{self};
 use crate::poll::Interest;
-use crate::protocol::{CloseReason, ConnId};
+use crate::protocol::{CloseReason, ConnId, ConnectError};
 
 impl Core {
-    pub(super) fn connect(&mut self, session: SessionKey, addr: SocketAddr) -> io::Result<ConnId> {
+    pub(super) fn connect(
+        &mut self,
+        session: SessionKey,
+        addr: SocketAddr,
+    ) -> Result<ConnId, ConnectError> {
         if self.stopping {
-            return Err(io::Error::other("server is shutting down"));
+            return Err(ConnectError::ShuttingDown);
         }
         let listener = match self.sessions.get(session.slot) {
             Some(s) if s.generation == session.generation => s.listener,
-            _ => return Err(io::Error::other("session has ended")),
+            _ => return Err(ConnectError::SessionEnded),
         };
         let (sock, addr_buf) = if self.ring.is_some() {
             let (sock, buf) = self.uring_connect(addr)?;
@@ -35,7 +39,7 @@ impl Core {
                 self.conns[slot].io.connect = None;
                 self.conns[slot].accepted = false;
                 self.close(slot, None);
-                return Err(e);
+                return Err(e.into());
             }
         }
         let conn = &mut self.conns[slot];

@@ -8,7 +8,15 @@ use std::time::{Duration, Instant};
 
 use super::{Conn, Core, SessionKey};
 use crate::event_loop::timer::Due;
-use crate::protocol::{ConnId, TimerId};
+use crate::protocol::{ConnId, ConnectError, Queued, TimerId, WriteError};
+
+fn queued(under_cap: bool) -> Queued {
+    if under_cap {
+        Queued::UnderCap
+    } else {
+        Queued::OverCap
+    }
+}
 
 /// Handed to every [`crate::Protocol`] callback. Records what the session
 /// asks for; the loop carries it out when the callback returns. Requests
@@ -40,11 +48,11 @@ impl Ctx<'_> {
         self.core.now
     }
 
-    /// Queue `data` for `conn`. Returns `false` once the pending output
+    /// Queue `data` for `conn`. [`Queued::OverCap`] once the pending output
     /// reaches the output cap: stop producing for `conn` (pause the source)
-    /// until [`crate::Protocol::on_writable`]. Bytes are always queued, even
-    /// past the cap, and are never dropped.
-    pub fn write(&mut self, conn: ConnId, data: &[u8]) -> bool {
+    /// until [`crate::Protocol::on_writable`]. Queued bytes are never
+    /// dropped, even past the cap. An error says why nothing was queued.
+    pub fn write(&mut self, conn: ConnId, data: &[u8]) -> Result<Queued, WriteError> {
         let slot = conn.slot as usize;
         let core = &mut *self.core;
         let Some(c) = core
@@ -52,31 +60,37 @@ impl Ctx<'_> {
             .get_mut(slot)
             .filter(|c| c.generation == conn.generation && c.proto.session == Some(self.session))
         else {
-            return false;
+            return Err(WriteError::NotOpen);
         };
         if !c.life.takes_output() {
-            return false;
+            return Err(WriteError::Shut);
         }
         c.out.push_bytes(data, &mut core.bufs);
         let under = core.note_output(slot);
         core.mark_dirty(slot);
-        under
+        Ok(queued(under))
     }
 
     /// Queue `len` bytes of `file` from `offset` for `conn`, sent with
-    /// sendfile (zero-copy). Same return value as [`Ctx::write`].
-    pub fn send_file(&mut self, conn: ConnId, file: Arc<File>, offset: u64, len: u64) -> bool {
+    /// sendfile (zero-copy). Same results as [`Ctx::write`].
+    pub fn send_file(
+        &mut self,
+        conn: ConnId,
+        file: Arc<File>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Queued, WriteError> {
         let slot = conn.slot as usize;
         let Some(c) = self.conn_mut(conn) else {
-            return false;
+            return Err(WriteError::NotOpen);
         };
         if !c.life.takes_output() {
-            return false;
+            return Err(WriteError::Shut);
         }
         c.out.push_file(file, offset, len);
         let under = self.core.note_output(slot);
         self.core.mark_dirty(slot);
-        under
+        Ok(queued(under))
     }
 
     /// Bytes queued for `conn` and not yet written (0 when closed).
@@ -105,7 +119,7 @@ impl Ctx<'_> {
     /// are queued. Errors that happen at once (no descriptors left, an
     /// address of the wrong kind, the server shutting down) are returned
     /// here.
-    pub fn connect(&mut self, addr: SocketAddr) -> io::Result<ConnId> {
+    pub fn connect(&mut self, addr: SocketAddr) -> Result<ConnId, ConnectError> {
         let session = self.session;
         self.core.connect(session, addr)
     }

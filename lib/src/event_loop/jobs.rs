@@ -1,7 +1,6 @@
 //! The service path: framing and handling on the loop, or handing requests
 //! to a handler pool (`-X`) and putting their answers back in order.
 
-use std::io;
 use std::sync::Arc;
 
 use tracing::debug;
@@ -283,6 +282,7 @@ pub(super) fn fail(
 fn close_reason(error: &ServiceError) -> CloseReason {
     match error {
         ServiceError::TooLarge { .. } => CloseReason::TooLarge,
-        _ => CloseReason::Io(io::ErrorKind::InvalidData),
+        ServiceError::Malformed(_) => CloseReason::Malformed,
+        ServiceError::Internal(_) => CloseReason::Failed,
     }
 }

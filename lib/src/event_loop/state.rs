@@ -152,7 +152,7 @@ impl Core {
             );
             self.sessions.remove(key.slot);
             for slot in owned {
-                self.close(slot, Some(CloseReason::Io(io::ErrorKind::Other)));
+                self.close(slot, Some(CloseReason::Panicked));
             }
             return false;
         }
