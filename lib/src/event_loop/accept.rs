@@ -79,11 +79,11 @@ impl Loop {
         }
         let setup = self.core.setups[li].clone();
         loop {
-            let slot = &self.listeners[li];
-            if slot.paused {
+            let l = &self.listeners[li];
+            if l.paused {
                 return;
             }
-            let Some(listener) = slot.sock.as_ref() else {
+            let Some(listener) = l.sock.as_ref() else {
                 return;
             };
             if setup.active() >= setup.limits.max_connections {
@@ -130,21 +130,26 @@ impl Loop {
         let service = matches!(setup.handler, Handler::Service(_));
         let life = Lifecycle::accepted(service);
         match self.core.add_conn(stream, li, life, Interest::READ) {
-            Ok(slot) => {
+            Ok(id) => {
                 setup.active.fetch_add(1, Ordering::Relaxed);
-                let conn = &mut self.core.conns[slot];
+                let conn = &mut self.core.conns[id];
                 conn.peer = Some(peer);
-                let id = conn.id(slot);
                 trace!(listener = %setup.name, %peer, %id, "accepted");
                 if let Handler::Protocol(factory) = &setup.handler {
-                    let key = self.core.add_session(factory.open(), li);
-                    self.core.sessions[key.slot].live = 1;
-                    self.core.conns[slot].proto.session = Some(key);
+                    let Some(key) = self.core.add_session(factory.open(), li) else {
+                        // Never while the connection table had room: a
+                        // session has one connection at least.
+                        warn!(listener = %setup.name, "no room for a session");
+                        self.core.close(id, None);
+                        return;
+                    };
+                    self.core.sessions[key].live = 1;
+                    self.core.conns[id].proto.session = Some(key);
                     self.core.call(key, |p, ctx| p.on_open(ctx, id));
                 }
-                self.core.ensure_armed(slot);
+                self.core.ensure_armed(id);
                 if self.core.ring.is_some() {
-                    self.core.uring_arm_recv(slot);
+                    self.core.uring_arm_recv(id);
                 }
             }
             Err(e) => warn!(listener = %setup.name, "cannot register connection: {e}"),

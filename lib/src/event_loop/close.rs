@@ -9,26 +9,24 @@ use crate::protocol::{CloseReason, ConnId};
 
 impl Core {
     /// Close at once, dropping pending output.
-    pub(super) fn abort(&mut self, slot: usize, reason: CloseReason) {
-        debug!(slot, %reason, "closing connection");
-        self.close(slot, Some(reason));
+    pub(super) fn abort(&mut self, id: ConnId, reason: CloseReason) {
+        debug!(%id, %reason, "closing connection");
+        self.close(id, Some(reason));
     }
 
     /// Remove a connection and tell its session.
-    pub(super) fn close(&mut self, slot: usize, reason: Option<CloseReason>) {
-        if !self.conns.contains(slot) {
-            return;
-        }
+    pub(super) fn close(&mut self, id: ConnId, reason: Option<CloseReason>) {
         // Dropping the socket closes it, which also removes it from the poll
         // set: no deregister syscall needed.
-        let mut conn = self.conns.remove(slot);
+        let Some(mut conn) = self.conns.remove(id) else {
+            return;
+        };
         if conn.accepted {
             self.setups[conn.listener]
                 .active
                 .fetch_sub(1, Ordering::Relaxed);
         }
         self.bufs.give(std::mem::take(&mut conn.input));
-        let id = conn.id(slot);
         let session = conn.proto.session;
         if let Some(src) = conn.proto.fed_by {
             self.lost_splice_destination(src, id);
@@ -36,7 +34,7 @@ impl Core {
         // Under -T completion, a connection with submissions out lives on
         // (output and socket) until they complete.
         let gone = if self.ring.is_some() {
-            self.uring_close(slot, conn)
+            self.uring_close(id, conn)
         } else {
             Some(conn)
         };
@@ -45,12 +43,10 @@ impl Core {
         }
         trace!(%id, "closed");
         if let Some(key) = session {
-            if let Some(s) = self.sessions.get_mut(key.slot) {
-                if s.generation == key.generation {
-                    s.live = s.live.saturating_sub(1);
-                    let reason = reason.unwrap_or(CloseReason::Local);
-                    self.deferred.push_back(Deferred::Closed(key, id, reason));
-                }
+            if let Some(s) = self.sessions.get_mut(key) {
+                s.live = s.live.saturating_sub(1);
+                let reason = reason.unwrap_or(CloseReason::Local);
+                self.deferred.push_back(Deferred::Closed(key, id, reason));
             }
         }
     }
@@ -59,14 +55,13 @@ impl Core {
     /// must not wait for it to drain, and its bytes go to on_data from now
     /// on (unless it has been spliced elsewhere since).
     pub(super) fn lost_splice_destination(&mut self, src: ConnId, gone: ConnId) {
-        let slot = src.slot as usize;
-        if self.get(src).is_none() {
+        if !self.conns.contains(src) {
             return;
         }
         if self.ring.is_some() {
-            self.uring_cancel_splice(slot, gone);
+            self.uring_cancel_splice(src, gone);
         }
-        let s = &mut self.conns[slot];
+        let s = &mut self.conns[src];
         if s.proto.splice_to == Some(gone) {
             s.life.holds.splice_stalled = false;
             self.ready.push_back(src);

@@ -24,6 +24,7 @@ use mio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::output::{Front, MAX_IOVECS, NO_IOVEC};
+use super::slots::Key;
 use super::{Conn, Core, Loop, ReadStep};
 use crate::poll::{user_data, Cqe, Op, Ring};
 use crate::protocol::{CloseReason, ConnId};
@@ -88,22 +89,32 @@ impl Inflight {
     }
 }
 
+/// The user data of operation `op` of connection `id`.
+fn ud(op: Op, id: ConnId) -> u64 {
+    user_data(op, id.slot as usize, id.generation)
+}
+
+/// The connection a completion is for (it may have closed since).
+fn cqe_conn(cqe: &Cqe) -> ConnId {
+    ConnId::from_parts(cqe.slot as u32, cqe.generation)
+}
+
 impl Core {
     pub(super) fn ring(&mut self) -> Option<&mut Ring> {
         self.ring.as_deref_mut()
     }
 
-    /// Arm `slot`'s receive if it may read and none is out (or its splice
+    /// Arm `id`'s receive if it may read and none is out (or its splice
     /// into the connection it is spliced to).
-    pub(super) fn uring_arm_recv(&mut self, slot: usize) {
-        let Some(conn) = self.conns.get_mut(slot) else {
+    pub(super) fn uring_arm_recv(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         if conn.io.reclaim.is_some() {
             return;
         }
         if let Some(to) = conn.proto.splice_to {
-            self.uring_arm_splice(slot, to);
+            self.uring_arm_splice(id, to);
             return;
         }
         if conn.io.recv != Recv::Idle
@@ -114,20 +125,20 @@ impl Core {
         {
             return;
         }
-        let (fd, generation) = (conn.sock.as_raw_fd(), conn.generation);
+        let fd = conn.sock.as_raw_fd();
         let Some(ring) = self.ring.as_deref_mut() else {
             return;
         };
-        match ring.recv_multi(fd, slot, generation) {
-            Ok(()) => self.conns[slot].io.recv = Recv::Armed,
-            Err(e) => self.abort(slot, CloseReason::Io(e.kind())),
+        match ring.recv_multi(fd, id.slot as usize, id.generation) {
+            Ok(()) => self.conns[id].io.recv = Recv::Armed,
+            Err(e) => self.abort(id, CloseReason::Io(e.kind())),
         }
     }
 
-    /// Splice `slot`'s bytes into `to`'s pipe as they come, once its
+    /// Splice `id`'s bytes into `to`'s pipe as they come, once its
     /// receive (if one was out before the splice began) has stopped.
-    fn uring_arm_splice(&mut self, slot: usize, to: ConnId) {
-        let conn = &mut self.conns[slot];
+    fn uring_arm_splice(&mut self, id: ConnId, to: ConnId) {
+        let conn = &mut self.conns[id];
         if conn.io.splice_in.is_some()
             || conn.reading_blocked()
             || !conn.io.stash.is_empty()
@@ -142,33 +153,31 @@ impl Core {
                 // Bytes already on their way arrive first (and are queued
                 // on `to`); the splice starts when the receive has ended.
                 conn.io.recv = Recv::Cancelling;
-                let ud = user_data(Op::Recv, slot, conn.generation);
+                let ud = ud(Op::Recv, id);
                 if let Some(ring) = self.ring.as_deref_mut() {
                     if let Err(e) = ring.cancel(ud) {
-                        warn!(slot, "cannot cancel a receive: {e}");
+                        warn!(%id, "cannot cancel a receive: {e}");
                     }
                 }
                 return;
             }
         }
-        let (fd, generation) = (conn.sock.as_raw_fd(), conn.generation);
-        let to_slot = to.slot as usize;
+        let fd = conn.sock.as_raw_fd();
         let room = self
             .conns
-            .get(to_slot)
-            .filter(|d| d.generation == to.generation)
+            .get(to)
             .and_then(|d| d.out.pipe_room())
             .map(|(pipe, room)| (Arc::clone(pipe), room));
         let Some((pipe, room)) = room else {
             // The destination is gone: its bytes go through on_data again.
-            self.conns[slot].proto.splice_to = None;
-            self.uring_arm_recv(slot);
+            self.conns[id].proto.splice_to = None;
+            self.uring_arm_recv(id);
             return;
         };
         if room == 0 {
             // Full: resumed when the destination drains to half its cap.
-            self.conns[slot].life.holds.splice_stalled = true;
-            self.conns[to_slot].life.mark_full();
+            self.conns[id].life.holds.splice_stalled = true;
+            self.conns[to].life.mark_full();
             return;
         }
         let Some(ring) = self.ring.as_deref_mut() else {
@@ -178,24 +187,25 @@ impl Core {
         // SAFETY: the socket lives as long as this connection (a zombie
         // until the splice completes), and the pipe as long as the clone
         // kept in `splice_in`, whoever closes first.
-        let submitted = unsafe { ring.splice_when_readable(fd, pipe_fd, room, slot, generation) };
+        let submitted = unsafe {
+            ring.splice_when_readable(fd, pipe_fd, room, id.slot as usize, id.generation)
+        };
         match submitted {
-            Ok(()) => self.conns[slot].io.splice_in = Some((pipe, to)),
-            Err(e) => self.abort(slot, CloseReason::Io(e.kind())),
+            Ok(()) => self.conns[id].io.splice_in = Some((pipe, to)),
+            Err(e) => self.abort(id, CloseReason::Io(e.kind())),
         }
     }
 
     /// Account for `n` bytes just spliced into `to`'s pipe by `src` (None:
     /// a source that has closed since); false when `to` has closed. A full
     /// `to` stalls the source.
-    pub(super) fn spliced_into(&mut self, src: Option<usize>, to: ConnId, n: usize) -> bool {
-        let Some(dst) = self.get_mut(to) else {
+    pub(super) fn spliced_into(&mut self, src: Option<ConnId>, to: ConnId, n: usize) -> bool {
+        let Some(dst) = self.conns.get_mut(to) else {
             return false;
         };
         dst.out.push_piped(n);
-        let to_slot = to.slot as usize;
-        self.mark_dirty(to_slot);
-        if !self.note_output(to_slot) {
+        self.mark_dirty(to);
+        if !self.note_output(to) {
             if let Some(s) = src.and_then(|s| self.conns.get_mut(s)) {
                 s.life.holds.splice_stalled = true;
             }
@@ -203,20 +213,19 @@ impl Core {
         true
     }
 
-    /// `n` bytes of `slot` went into `pipe`, whose connection has closed:
+    /// `n` bytes of `id` went into `pipe`, whose connection has closed:
     /// read them back for on_data now if nothing else holds the pipe, else
     /// once the closed connection's last submission is done
     /// ([`Core::uring_reclaim`]).
-    fn uring_take_back(&mut self, slot: usize, pipe: Arc<Pipe>, n: usize) {
-        self.conns[slot].io.reclaim = Some((pipe, n));
-        let id = self.conns[slot].id(slot);
+    fn uring_take_back(&mut self, id: ConnId, pipe: Arc<Pipe>, n: usize) {
+        self.conns[id].io.reclaim = Some((pipe, n));
         self.uring_reclaim(id);
     }
 
     /// Read back what `src` spliced into a closed connection's pipe, once
     /// that pipe is `src`'s alone.
     pub(super) fn uring_reclaim(&mut self, src: ConnId) {
-        let Some(conn) = self.get_mut(src) else {
+        let Some(conn) = self.conns.get_mut(src) else {
             return;
         };
         if conn
@@ -235,60 +244,60 @@ impl Core {
                 conn.io.stash.extend_from_slice(&bytes);
                 self.ready.push_back(src);
             }
-            Err(e) => self.abort(src.slot as usize, CloseReason::Io(e.kind())),
+            Err(e) => self.abort(src, CloseReason::Io(e.kind())),
         }
     }
 
-    /// The pipe `slot` splices into holds bytes (so a splice that found no
+    /// The pipe `id` splices into holds bytes (so a splice that found no
     /// room in it met a full pipe, not an empty socket).
-    pub(super) fn pipe_busy(&self, slot: usize) -> bool {
-        let Some(to) = self.conns.get(slot).and_then(|c| c.proto.splice_to) else {
+    pub(super) fn pipe_busy(&self, id: ConnId) -> bool {
+        let Some(to) = self.conns.get(id).and_then(|c| c.proto.splice_to) else {
             return false;
         };
-        self.get(to)
+        self.conns
+            .get(to)
             .and_then(|d| d.out.pipe_room().map(|(p, room)| room < p.capacity()))
             .unwrap_or(false)
     }
 
-    /// Stop the poll-then-splice of `slot` into `gone`, which closed; its
+    /// Stop the poll-then-splice of `id` into `gone`, which closed; its
     /// completion arms a receive instead (or hands back what it moved).
-    pub(super) fn uring_cancel_splice(&mut self, slot: usize, gone: ConnId) {
-        let Some(conn) = self.conns.get(slot) else {
+    pub(super) fn uring_cancel_splice(&mut self, id: ConnId, gone: ConnId) {
+        let Some(conn) = self.conns.get(id) else {
             return;
         };
         if conn.io.splice_in.as_ref().is_none_or(|(_, to)| *to != gone) {
             return;
         }
-        let generation = conn.generation;
         if let Some(ring) = self.ring.as_deref_mut() {
             for op in [Op::Poll, Op::SpliceIn] {
-                if let Err(e) = ring.cancel(user_data(op, slot, generation)) {
-                    debug!(slot, "cancel: {e}");
+                if let Err(e) = ring.cancel(ud(op, id)) {
+                    debug!(%id, "cancel: {e}");
                 }
             }
         }
     }
 
-    /// Reading on `slot` became blocked: stop its receive.
-    pub(super) fn uring_pause_recv(&mut self, slot: usize) {
-        let Some(conn) = self.conns.get_mut(slot) else {
+    /// Reading on `id` became blocked: stop its receive.
+    pub(super) fn uring_pause_recv(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         if conn.io.recv != Recv::Armed || !conn.reading_blocked() {
             return;
         }
         conn.io.recv = Recv::Cancelling;
-        let ud = user_data(Op::Recv, slot, conn.generation);
+        let ud = ud(Op::Recv, id);
         if let Some(ring) = self.ring.as_deref_mut() {
             if let Err(e) = ring.cancel(ud) {
-                warn!(slot, "cannot cancel a receive: {e}");
+                warn!(%id, "cannot cancel a receive: {e}");
             }
         }
     }
 
-    /// Submit `slot`'s next send if it has output and none is out.
-    pub(super) fn uring_send(&mut self, slot: usize) -> io::Result<()> {
-        let Some(conn) = self.conns.get_mut(slot) else {
+    /// Submit `id`'s next send if it has output and none is out.
+    pub(super) fn uring_send(&mut self, id: ConnId) -> io::Result<()> {
+        let Some(conn) = self.conns.get_mut(id) else {
             return Ok(());
         };
         if conn.io.send.is_some() || conn.io.connect.is_some() {
@@ -305,12 +314,11 @@ impl Core {
             return Ok(());
         };
         let fd = conn.sock.as_raw_fd();
-        let generation = conn.generation;
         let poll_first = conn.io.poll_first;
         let Some(ring) = self.ring.as_deref_mut() else {
             return Ok(());
         };
-        let send = user_data(Op::Send, slot, generation);
+        let send = ud(Op::Send, id);
         // SAFETY: the chunks, the iovec array, the message header and the
         // pipe are locked (or kept) in the connection until this
         // completes; a connection that closes first lives on as a zombie
@@ -338,17 +346,11 @@ impl Core {
                     offset,
                     len,
                     pipe,
-                } => ring.splice(
-                    file,
-                    offset as i64,
-                    pipe,
-                    len,
-                    user_data(Op::FileIn, slot, generation),
-                ),
+                } => ring.splice(file, offset as i64, pipe, len, ud(Op::FileIn, id)),
             }
         };
         submitted?;
-        self.conns[slot].io.send = Some(front);
+        self.conns[id].io.send = Some(front);
         Ok(())
     }
 
@@ -369,14 +371,14 @@ impl Core {
         ))
     }
 
-    /// Submit the connect of `slot` (just added with its address).
-    pub(super) fn uring_submit_connect(&mut self, slot: usize) -> io::Result<()> {
-        let conn = &self.conns[slot];
+    /// Submit the connect of `id` (just added with its address).
+    pub(super) fn uring_submit_connect(&mut self, id: ConnId) -> io::Result<()> {
+        let conn = &self.conns[id];
         let Some(addr) = conn.io.connect.as_deref() else {
             return Ok(());
         };
         let (ptr, len) = (addr.as_ptr(), addr.len());
-        let ud = user_data(Op::Connect, slot, conn.generation);
+        let ud = ud(Op::Connect, id);
         let fd = conn.sock.as_raw_fd();
         let Some(ring) = self.ring.as_deref_mut() else {
             return Ok(());
@@ -388,15 +390,14 @@ impl Core {
 
     /// `conn` (already out of the slab) closes: cancel what it has out and
     /// keep it until that completes. False when nothing was out (drop it).
-    pub(super) fn uring_close(&mut self, slot: usize, conn: Conn) -> Option<Conn> {
+    pub(super) fn uring_close(&mut self, id: ConnId, conn: Conn) -> Option<Conn> {
         if conn.io.count() == 0 {
             return Some(conn);
         }
-        let generation = conn.generation;
         if let Some(ring) = self.ring.as_deref_mut() {
             let mut cancel = |op| {
-                if let Err(e) = ring.cancel(user_data(op, slot, generation)) {
-                    debug!(slot, "cancel: {e}");
+                if let Err(e) = ring.cancel(ud(op, id)) {
+                    debug!(%id, "cancel: {e}");
                 }
             };
             if conn.io.recv == Recv::Armed {
@@ -419,7 +420,7 @@ impl Core {
                 cancel(Op::SpliceIn);
             }
         }
-        self.zombies.insert((slot, generation), conn);
+        self.zombies.insert(id, conn);
         None
     }
 }
@@ -440,12 +441,7 @@ impl Loop {
             }
             Op::Cancel | Op::Poll | Op::PollOut => {}
             Op::Recv | Op::Send | Op::FileIn | Op::Connect | Op::SpliceIn => {
-                let live = self
-                    .core
-                    .conns
-                    .get(cqe.slot)
-                    .is_some_and(|c| c.generation == cqe.generation);
-                if !live {
+                if !self.core.conns.contains(cqe_conn(&cqe)) {
                     self.zombie_cqe(cqe);
                     return;
                 }
@@ -465,10 +461,11 @@ impl Loop {
     /// [`RETIRE_WAIT`], for the kernel to finish what reads or writes the
     /// loop's memory (receives, sends, splices on its worker threads).
     pub(super) fn retire_ring(&mut self) {
-        let slots: Vec<usize> = self.core.conns.iter().map(|(slot, _)| slot).collect();
-        for slot in slots {
-            let conn = self.core.conns.remove(slot);
-            if let Some(mut conn) = self.core.uring_close(slot, conn) {
+        for id in self.core.conns.keys() {
+            let Some(conn) = self.core.conns.remove(id) else {
+                continue;
+            };
+            if let Some(mut conn) = self.core.uring_close(id, conn) {
                 conn.out.clear(&mut self.core.bufs);
             }
         }
@@ -512,7 +509,7 @@ impl Loop {
         if let (Some(bid), Some(ring)) = (cqe.buffer(), self.core.ring()) {
             ring.recycle(bid);
         }
-        let key = (cqe.slot, cqe.generation);
+        let key = cqe_conn(&cqe);
         let Some(z) = self.core.zombies.get_mut(&key) else {
             return;
         };
@@ -662,10 +659,10 @@ impl Loop {
     }
 
     fn uring_received(&mut self, cqe: Cqe) {
-        let slot = cqe.slot;
+        let id = cqe_conn(&cqe);
         let more = cqe.more();
         if !more {
-            self.core.conns[slot].io.recv = Recv::Idle;
+            self.core.conns[id].io.recv = Recv::Idle;
         }
         if cqe.result < 0 {
             if let (Some(bid), Some(ring)) = (cqe.buffer(), self.core.ring()) {
@@ -675,18 +672,17 @@ impl Loop {
                 // Cancelled (paused), or out of buffers for a moment: armed
                 // again when it may read.
                 libc::ECANCELED | libc::ENOBUFS | libc::EINTR | libc::EAGAIN => {
-                    let id = self.core.conns[slot].id(slot);
                     self.core.ready.push_back(id);
                 }
                 errno => {
                     let kind = io::Error::from_raw_os_error(errno).kind();
-                    self.core.abort(slot, CloseReason::Io(kind));
+                    self.core.abort(id, CloseReason::Io(kind));
                 }
             }
             return;
         }
         let n = cqe.result as usize;
-        let conn = &mut self.core.conns[slot];
+        let conn = &mut self.core.conns[id];
         let held =
             (conn.reading_blocked() && !conn.life.is_lingering()) || !conn.io.stash.is_empty();
         if n == 0 {
@@ -695,7 +691,7 @@ impl Loop {
             if held {
                 conn.io.stash_eof = true;
             } else {
-                self.handle_step(slot, ReadStep::Eof);
+                self.handle_step(id, ReadStep::Eof);
             }
             return;
         }
@@ -710,36 +706,35 @@ impl Loop {
         let n = n.min(self.scratch.len());
         self.scratch[..n].copy_from_slice(ring.buffer(bid, n));
         ring.recycle(bid);
-        let conn = &mut self.core.conns[slot];
+        let conn = &mut self.core.conns[id];
         conn.note_read(self.core.now);
         if held {
             // Paused meanwhile, or older bytes still wait: keep them, in
             // order, for when it resumes.
             conn.io.stash.extend_from_slice(&self.scratch[..n]);
             if !conn.reading_blocked() {
-                let id = conn.id(slot);
                 self.core.ready.push_back(id);
             }
-            self.core.uring_pause_recv(slot);
+            self.core.uring_pause_recv(id);
             return;
         }
-        self.handle_step(slot, ReadStep::Data(n));
-        if self.core.conns.contains(slot) {
-            self.core.uring_pause_recv(slot);
+        self.handle_step(id, ReadStep::Data(n));
+        if self.core.conns.contains(id) {
+            self.core.uring_pause_recv(id);
             if !more {
-                self.core.uring_arm_recv(slot);
+                self.core.uring_arm_recv(id);
             }
         }
     }
 
     /// Read again after a pause: bytes stashed meanwhile first, then a new
     /// receive.
-    pub(super) fn uring_read(&mut self, slot: usize) {
-        let Some(conn) = self.core.conns.get_mut(slot) else {
+    pub(super) fn uring_read(&mut self, id: ConnId) {
+        let Some(conn) = self.core.conns.get_mut(id) else {
             return;
         };
         if conn.reading_blocked() && !conn.life.is_lingering() {
-            self.core.uring_pause_recv(slot);
+            self.core.uring_pause_recv(id);
             return;
         }
         if !conn.io.stash.is_empty() {
@@ -750,8 +745,8 @@ impl Loop {
                 let n = (stash.len() - at).min(self.scratch.len());
                 self.scratch[..n].copy_from_slice(&stash[at..at + n]);
                 at += n;
-                self.handle_step(slot, ReadStep::Data(n));
-                let Some(conn) = self.core.conns.get_mut(slot) else {
+                self.handle_step(id, ReadStep::Data(n));
+                let Some(conn) = self.core.conns.get_mut(id) else {
                     return;
                 };
                 if conn.reading_blocked() && !conn.life.is_lingering() {
@@ -760,9 +755,9 @@ impl Loop {
                 }
             }
         } else {
-            self.prime(slot);
+            self.prime(id);
         }
-        let Some(conn) = self.core.conns.get_mut(slot) else {
+        let Some(conn) = self.core.conns.get_mut(id) else {
             return;
         };
         if conn.reading_blocked() && !conn.life.is_lingering() {
@@ -771,46 +766,46 @@ impl Loop {
         }
         if conn.io.stash_eof {
             conn.io.stash_eof = false;
-            self.handle_step(slot, ReadStep::Eof);
+            self.handle_step(id, ReadStep::Eof);
             return;
         }
-        self.core.uring_arm_recv(slot);
+        self.core.uring_arm_recv(id);
     }
 
     fn uring_spliced(&mut self, cqe: Cqe) {
-        let slot = cqe.slot;
-        let conn = &mut self.core.conns[slot];
+        let id = cqe_conn(&cqe);
+        let conn = &mut self.core.conns[id];
         let into = conn.io.splice_in.take();
         match cqe.result {
             0 => {
-                self.handle_step(slot, ReadStep::Eof);
+                self.handle_step(id, ReadStep::Eof);
                 return;
             }
             n if n > 0 => {
                 conn.note_read(self.core.now);
                 let n = n as usize;
                 if let Some((pipe, to)) = into {
-                    if !self.core.spliced_into(Some(slot), to, n) {
+                    if !self.core.spliced_into(Some(id), to, n) {
                         // The destination closed while the splice was out:
                         // the bytes are taken back out of its pipe (kept
                         // open by the splice) and go to on_data, as later
                         // ones will.
-                        let conn = &mut self.core.conns[slot];
+                        let conn = &mut self.core.conns[id];
                         if conn.proto.splice_to == Some(to) {
                             conn.proto.splice_to = None;
                         }
-                        self.core.uring_take_back(slot, pipe, n);
+                        self.core.uring_take_back(id, pipe, n);
                         return;
                     }
                 }
             }
-            // The destination's pipe has no free slot (each spliced segment
+            // The destination's pipe has no free id (each spliced segment
             // takes one, whatever its size): wait for it to drain, as when
             // it is full, rather than poll and fail again at once.
-            e if e == -libc::EAGAIN && self.core.pipe_busy(slot) => {
-                if let Some(to) = self.core.conns[slot].proto.splice_to {
-                    self.core.conns[slot].life.holds.splice_stalled = true;
-                    self.core.conns[to.slot as usize].life.mark_full();
+            e if e == -libc::EAGAIN && self.core.pipe_busy(id) => {
+                if let Some(to) = self.core.conns[id].proto.splice_to {
+                    self.core.conns[id].life.holds.splice_stalled = true;
+                    self.core.conns[to].life.mark_full();
                 }
                 return;
             }
@@ -819,16 +814,16 @@ impl Loop {
             e if e == -libc::EAGAIN || e == -libc::ECANCELED || e == -libc::EINTR => {}
             e => {
                 let kind = io::Error::from_raw_os_error(-e).kind();
-                self.core.abort(slot, CloseReason::Io(kind));
+                self.core.abort(id, CloseReason::Io(kind));
                 return;
             }
         }
-        self.core.uring_arm_recv(slot);
+        self.core.uring_arm_recv(id);
     }
 
     fn uring_sent(&mut self, cqe: Cqe) {
-        let slot = cqe.slot;
-        let conn = &mut self.core.conns[slot];
+        let id = cqe_conn(&cqe);
+        let conn = &mut self.core.conns[id];
         let Some(front) = conn.io.send.take() else {
             return;
         };
@@ -838,44 +833,44 @@ impl Loop {
             // sendmsg up to a worker thread, where the non-blocking socket
             // refuses it (`Ring::sendmsg`). Submitted again, once the
             // socket is writable.
-            debug!(slot, "send found no room: submitted again when writable");
+            debug!(%id, "send found no room: submitted again when writable");
             conn.io.poll_first = true;
             if let Err(e) = conn.out.complete(front, 0, &mut self.core.bufs) {
-                self.core.abort(slot, CloseReason::Io(e.kind()));
+                self.core.abort(id, CloseReason::Io(e.kind()));
                 return;
             }
-            self.core.mark_dirty(slot);
+            self.core.mark_dirty(id);
             return;
         }
         if cqe.result < 0 {
             let kind = io::Error::from_raw_os_error(-cqe.result).kind();
-            self.core.abort(slot, CloseReason::Io(kind));
+            self.core.abort(id, CloseReason::Io(kind));
             return;
         }
         if let Err(e) = conn
             .out
             .complete(front, cqe.result as usize, &mut self.core.bufs)
         {
-            self.core.abort(slot, CloseReason::Io(e.kind()));
+            self.core.abort(id, CloseReason::Io(e.kind()));
             return;
         }
         conn.io.poll_first = false;
         conn.last_active = self.core.now;
-        self.core.mark_dirty(slot);
+        self.core.mark_dirty(id);
     }
 
     fn uring_connected(&mut self, cqe: Cqe) {
-        let slot = cqe.slot;
-        self.core.conns[slot].io.connect = None;
+        let id = cqe_conn(&cqe);
+        self.core.conns[id].io.connect = None;
         if cqe.result < 0 {
             let kind = io::Error::from_raw_os_error(-cqe.result).kind();
-            self.core.connect_failed(slot, kind);
+            self.core.connect_failed(id, kind);
             return;
         }
-        if let Err(e) = crate::net::set_nonblocking(&self.core.conns[slot].sock) {
-            self.core.connect_failed(slot, e.kind());
+        if let Err(e) = crate::net::set_nonblocking(&self.core.conns[id].sock) {
+            self.core.connect_failed(id, e.kind());
             return;
         }
-        self.core.connected(slot);
+        self.core.connected(id);
     }
 }

@@ -9,19 +9,32 @@ use mio::net::TcpStream;
 
 use super::lifecycle::{Expiry, Lifecycle};
 use super::output::OutQueue;
+use super::slots::Key;
 use super::Limits;
 use crate::poll::Interest;
 use crate::pools::Done;
 use crate::protocol::{CloseReason, ConnId, Protocol};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A session's key in the loop's session table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct SessionKey {
-    pub(super) slot: usize,
-    pub(super) generation: u64,
+    slot: u32,
+    generation: u32,
+}
+
+impl Key for SessionKey {
+    fn from_parts(slot: u32, generation: u32) -> Self {
+        SessionKey { slot, generation }
+    }
+    fn slot(self) -> u32 {
+        self.slot
+    }
+    fn generation(self) -> u32 {
+        self.generation
+    }
 }
 
 pub(super) struct Session {
-    pub(super) generation: u64,
     /// Taken out while one of its callbacks runs.
     pub(super) proto: Option<Box<dyn Protocol>>,
     /// Connections it owns that have not closed yet.
@@ -35,7 +48,6 @@ pub(super) struct Session {
 /// and what only a service's or only a protocol's connection has.
 pub(crate) struct Conn {
     pub(super) sock: TcpStream,
-    pub(super) generation: u32,
     pub(super) listener: usize,
     /// Accepted by a listener (counted in its `active`), not opened by a
     /// session.
@@ -89,16 +101,9 @@ pub(super) struct ProtoConn {
 }
 
 impl Conn {
-    pub(super) fn new(
-        sock: TcpStream,
-        generation: u32,
-        listener: usize,
-        life: Lifecycle,
-        now: Instant,
-    ) -> Self {
+    pub(super) fn new(sock: TcpStream, listener: usize, life: Lifecycle, now: Instant) -> Self {
         Conn {
             sock,
-            generation,
             listener,
             accepted: true,
             peer: None,
@@ -114,13 +119,6 @@ impl Conn {
             io: super::completion::Inflight::default(),
             jobs: Jobs::default(),
             proto: ProtoConn::default(),
-        }
-    }
-
-    pub(super) fn id(&self, slot: usize) -> ConnId {
-        ConnId {
-            slot: slot as u32,
-            generation: self.generation,
         }
     }
 

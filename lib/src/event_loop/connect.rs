@@ -20,9 +20,8 @@ impl Core {
         if self.stopping {
             return Err(ConnectError::ShuttingDown);
         }
-        let listener = match self.sessions.get(session.slot) {
-            Some(s) if s.generation == session.generation => s.listener,
-            _ => return Err(ConnectError::SessionEnded),
+        let Some(listener) = self.sessions.get(session).map(|s| s.listener) else {
+            return Err(ConnectError::SessionEnded);
         };
         let (sock, addr_buf) = if self.ring.is_some() {
             let (sock, buf) = self.uring_connect(addr)?;
@@ -32,31 +31,30 @@ impl Core {
         };
         let timeout = self.setups[listener].limits.connect_timeout;
         let life = Lifecycle::outbound(self.now + timeout);
-        let slot = self.add_conn(sock, listener, life, Interest::BOTH)?;
+        let id = self.add_conn(sock, listener, life, Interest::BOTH)?;
         if addr_buf.is_some() {
-            self.conns[slot].io.connect = addr_buf;
-            if let Err(e) = self.uring_submit_connect(slot) {
-                self.conns[slot].io.connect = None;
-                self.conns[slot].accepted = false;
-                self.close(slot, None);
+            self.conns[id].io.connect = addr_buf;
+            if let Err(e) = self.uring_submit_connect(id) {
+                self.conns[id].io.connect = None;
+                self.conns[id].accepted = false;
+                self.close(id, None);
                 return Err(e.into());
             }
         }
-        let conn = &mut self.conns[slot];
+        let conn = &mut self.conns[id];
         conn.accepted = false;
         conn.proto.session = Some(session);
         conn.peer = Some(addr);
         conn.writable_interest = true;
-        let id = conn.id(slot);
-        if let Some(s) = self.sessions.get_mut(session.slot) {
+        if let Some(s) = self.sessions.get_mut(session) {
             s.live += 1;
         }
-        self.ensure_armed(slot);
+        self.ensure_armed(id);
         Ok(id)
     }
 
-    pub(super) fn finish_connect(&mut self, slot: usize) {
-        let conn = &mut self.conns[slot];
+    pub(super) fn finish_connect(&mut self, id: ConnId) {
+        let conn = &mut self.conns[id];
         let failure = match conn.sock.take_error() {
             Ok(Some(e)) => Some(e.kind()),
             Err(e) => Some(e.kind()),
@@ -67,38 +65,36 @@ impl Core {
             },
         };
         if let Some(kind) = failure {
-            self.connect_failed(slot, kind);
+            self.connect_failed(id, kind);
             return;
         }
-        self.connected(slot);
+        self.connected(id);
     }
 
-    /// `slot`'s outbound connect succeeded.
-    pub(super) fn connected(&mut self, slot: usize) {
-        let conn = &mut self.conns[slot];
+    /// `id`'s outbound connect succeeded.
+    pub(super) fn connected(&mut self, id: ConnId) {
+        let conn = &mut self.conns[id];
         conn.life.connected();
         let options = self.setups[conn.listener].conn_options;
         if let Err(e) = net::configure(&conn.sock, options) {
-            debug!(slot, "socket options on outbound connection: {e}");
+            debug!(%id, "socket options on outbound connection: {e}");
         }
-        let id = conn.id(slot);
         if let Some(key) = conn.proto.session {
             self.deferred
                 .push_back(Deferred::Connected(key, id, Ok(())));
         }
         // Bytes queued before the connect completed go out now.
-        self.mark_dirty(slot);
+        self.mark_dirty(id);
         self.ready.push_back(id);
     }
 
-    pub(super) fn connect_failed(&mut self, slot: usize, kind: io::ErrorKind) {
-        let conn = &self.conns[slot];
-        let id = conn.id(slot);
+    pub(super) fn connect_failed(&mut self, id: ConnId, kind: io::ErrorKind) {
+        let conn = &self.conns[id];
         if let Some(key) = conn.proto.session {
             let err = io::Error::new(kind, format!("connect to {:?} failed: {kind}", conn.peer));
             self.deferred
                 .push_back(Deferred::Connected(key, id, Err(err)));
         }
-        self.close(slot, Some(CloseReason::ConnectFailed(kind)));
+        self.close(id, Some(CloseReason::ConnectFailed(kind)));
     }
 }

@@ -31,16 +31,16 @@ impl Ctx<'_> {
     fn conn(&self, id: ConnId) -> Option<&Conn> {
         self.core
             .conns
-            .get(id.slot as usize)
-            .filter(|c| c.generation == id.generation && c.proto.session == Some(self.session))
+            .get(id)
+            .filter(|c| c.proto.session == Some(self.session))
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
         let session = self.session;
         self.core
             .conns
-            .get_mut(id.slot as usize)
-            .filter(|c| c.generation == id.generation && c.proto.session == Some(session))
+            .get_mut(id)
+            .filter(|c| c.proto.session == Some(session))
     }
 
     /// The loop's clock, read once per loop iteration.
@@ -53,12 +53,11 @@ impl Ctx<'_> {
     /// until [`crate::Protocol::on_writable`]. Queued bytes are never
     /// dropped, even past the cap. An error says why nothing was queued.
     pub fn write(&mut self, conn: ConnId, data: &[u8]) -> Result<Queued, WriteError> {
-        let slot = conn.slot as usize;
         let core = &mut *self.core;
         let Some(c) = core
             .conns
-            .get_mut(slot)
-            .filter(|c| c.generation == conn.generation && c.proto.session == Some(self.session))
+            .get_mut(conn)
+            .filter(|c| c.proto.session == Some(self.session))
         else {
             return Err(WriteError::NotOpen);
         };
@@ -66,8 +65,8 @@ impl Ctx<'_> {
             return Err(WriteError::Shut);
         }
         c.out.push_bytes(data, &mut core.bufs);
-        let under = core.note_output(slot);
-        core.mark_dirty(slot);
+        let under = core.note_output(conn);
+        core.mark_dirty(conn);
         Ok(queued(under))
     }
 
@@ -80,7 +79,6 @@ impl Ctx<'_> {
         offset: u64,
         len: u64,
     ) -> Result<Queued, WriteError> {
-        let slot = conn.slot as usize;
         let Some(c) = self.conn_mut(conn) else {
             return Err(WriteError::NotOpen);
         };
@@ -88,8 +86,8 @@ impl Ctx<'_> {
             return Err(WriteError::Shut);
         }
         c.out.push_file(file, offset, len);
-        let under = self.core.note_output(slot);
-        self.core.mark_dirty(slot);
+        let under = self.core.note_output(conn);
+        self.core.mark_dirty(conn);
         Ok(queued(under))
     }
 
@@ -145,14 +143,7 @@ impl Ctx<'_> {
     pub fn set_timer(&mut self, after: Duration) -> TimerId {
         let id = self.core.timers.next_id();
         let at = self.core.now + after;
-        self.core.timers.arm(
-            at,
-            Due::Session {
-                slot: self.session.slot,
-                generation: self.session.generation,
-                timer: id,
-            },
-        );
+        self.core.timers.arm(at, Due::Session(self.session, id));
         id
     }
 
@@ -183,7 +174,6 @@ impl Ctx<'_> {
                 "splice source is closed",
             ));
         }
-        let to_slot = to.slot as usize;
         let cap = {
             let Some(dest) = self.conn(to) else {
                 return Err(io::Error::new(
@@ -193,9 +183,9 @@ impl Ctx<'_> {
             };
             self.core.setups[dest.listener].limits.output_cap
         };
-        self.core.conns[to_slot].out.attach_pipe(cap)?;
-        self.core.conns[to_slot].proto.fed_by = Some(from);
-        self.core.conns[from.slot as usize].proto.splice_to = Some(to);
+        self.core.conns[to].out.attach_pipe(cap)?;
+        self.core.conns[to].proto.fed_by = Some(from);
+        self.core.conns[from].proto.splice_to = Some(to);
         // Bytes may already wait on `from`: no new edge would announce them.
         self.core.ready.push_back(from);
         Ok(())
@@ -203,20 +193,18 @@ impl Ctx<'_> {
 
     /// Send FIN on `conn` once its pending output is written; reading goes on.
     pub fn shutdown_write(&mut self, conn: ConnId) {
-        let slot = conn.slot as usize;
         if let Some(c) = self.conn_mut(conn) {
             if c.life.shutdown_write() {
-                self.core.mark_dirty(slot);
+                self.core.mark_dirty(conn);
             }
         }
     }
 
     /// Close `conn` once its pending output is written.
     pub fn close(&mut self, conn: ConnId) {
-        let slot = conn.slot as usize;
         if let Some(c) = self.conn_mut(conn) {
             c.life.close(None);
-            self.core.mark_dirty(slot);
+            self.core.mark_dirty(conn);
         }
     }
 }

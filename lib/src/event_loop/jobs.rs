@@ -10,7 +10,7 @@ use super::output::BufPool;
 use super::{Conn, Core, ListenerSetup};
 use crate::handler::Handler;
 use crate::pools::{Done, Job, Pool};
-use crate::protocol::CloseReason;
+use crate::protocol::{CloseReason, ConnId};
 use crate::service::{self, BatchEnd, Keep, Service, ServiceError};
 
 impl Core {
@@ -18,18 +18,18 @@ impl Core {
     /// service. `data` empty means: process what the connection holds.
     pub(super) fn feed_service(
         &mut self,
-        slot: usize,
+        id: ConnId,
         service: &dyn Service,
         setup: &ListenerSetup,
         data: &[u8],
     ) {
         if let (Some(pool), Handler::Service(shared)) = (&setup.pool, &setup.handler) {
-            self.feed_pool(slot, pool, shared, setup, data);
-            self.close_after_grace(slot);
+            self.feed_pool(id, pool, shared, setup, data);
+            self.close_after_grace(id);
             return;
         }
         let direct = self.ring.is_none();
-        let conn = &mut self.conns[slot];
+        let conn = &mut self.conns[id];
         let pending = Pending::new(&mut conn.input, data);
         let used = serve(
             conn,
@@ -41,31 +41,30 @@ impl Core {
         );
         conn.input = pending.keep_rest(used, conn.life.is_closing(), &mut self.bufs);
         conn.out.trim(&mut self.bufs);
-        self.close_after_grace(slot);
+        self.close_after_grace(id);
     }
 
-    /// Shutting down with a request of `slot` still arriving: once nothing
+    /// Shutting down with a request of `id` still arriving: once nothing
     /// incomplete is left, it closes after its answers.
-    pub(super) fn close_after_grace(&mut self, slot: usize) {
-        let conn = &mut self.conns[slot];
+    pub(super) fn close_after_grace(&mut self, id: ConnId) {
+        let conn = &mut self.conns[id];
         conn.life.grace_check(conn.input.is_empty());
     }
 
-    /// Hand the complete requests in `data` (after what `slot` holds) to
+    /// Hand the complete requests in `data` (after what `id` holds) to
     /// `pool`, in order, until the pool or the connection's in-flight limit
     /// is full; the rest stays in the connection's input.
     pub(super) fn feed_pool(
         &mut self,
-        slot: usize,
+        id: ConnId,
         pool: &Arc<dyn Pool>,
         shared: &Arc<dyn Service>,
         setup: &ListenerSetup,
         data: &[u8],
     ) {
-        let conn = &mut self.conns[slot];
+        let conn = &mut self.conns[id];
         let pending = Pending::new(&mut conn.input, data);
         let buf = pending.bytes();
-        let id = conn.id(slot);
         let max = setup.limits.max_request;
         let mut pos = 0;
         while pos < buf.len() && !conn.life.is_closing() {
@@ -123,7 +122,7 @@ impl Core {
             }
         }
         conn.input = pending.keep_rest(pos, conn.life.is_closing(), &mut self.bufs);
-        self.emit_done(slot);
+        self.emit_done(id);
     }
 
     /// Take in the requests pools have finished for this loop, and retry
@@ -132,12 +131,8 @@ impl Core {
     pub(super) fn complete_jobs(&mut self) {
         while let Ok(done) = self.completions.try_recv() {
             self.jobs_out = self.jobs_out.saturating_sub(1);
-            let slot = done.conn.slot as usize;
-            let Some(conn) = self
-                .conns
-                .get_mut(slot)
-                .filter(|c| c.generation == done.conn.generation)
-            else {
+            let id = done.conn;
+            let Some(conn) = self.conns.get_mut(id) else {
                 // Its connection closed meanwhile.
                 continue;
             };
@@ -150,31 +145,27 @@ impl Core {
                 _ => continue,
             }
             conn.last_active = self.now;
-            self.emit_done(slot);
-            let conn = &mut self.conns[slot];
-            if conn.life.holds.pool_waiting && !self.pool_waiters.contains(&conn.id(slot)) {
+            self.emit_done(id);
+            let conn = &mut self.conns[id];
+            if conn.life.holds.pool_waiting && !self.pool_waiters.contains(&id) {
                 // It waited on its own in-flight limit: one has finished.
                 conn.life.holds.pool_waiting = false;
-                self.ready.push_back(conn.id(slot));
+                self.ready.push_back(id);
             }
         }
         for id in std::mem::take(&mut self.pool_waiters) {
-            if let Some(conn) = self
-                .conns
-                .get_mut(id.slot as usize)
-                .filter(|c| c.generation == id.generation)
-            {
+            if let Some(conn) = self.conns.get_mut(id) {
                 conn.life.holds.pool_waiting = false;
                 self.ready.push_back(id);
             }
         }
     }
 
-    /// Move the finished responses at the head of `slot`'s pending list
+    /// Move the finished responses at the head of `id`'s pending list
     /// into its output, in request order.
-    pub(super) fn emit_done(&mut self, slot: usize) {
-        let cap = self.cap_of(slot);
-        let conn = &mut self.conns[slot];
+    pub(super) fn emit_done(&mut self, id: ConnId) {
+        let cap = self.cap_of(id);
+        let conn = &mut self.conns[id];
         let mut wrote = false;
         while let Some(Some(_)) = conn.jobs.pending.front() {
             let Some(Some(done)) = conn.jobs.pending.pop_front() else {
@@ -199,18 +190,18 @@ impl Core {
         }
         conn.life.output_grew(conn.out.len(), cap);
         if wrote {
-            self.mark_dirty(slot);
+            self.mark_dirty(id);
         }
     }
 
     /// A service connection's reads are done for now: at the end of its
     /// stream it closes after its answers.
-    pub(super) fn service_read_done(&mut self, slot: usize) {
-        let Some(conn) = self.conns.get_mut(slot) else {
+    pub(super) fn service_read_done(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         conn.life.reads_done();
-        self.mark_dirty(slot);
+        self.mark_dirty(id);
     }
 }
 

@@ -45,6 +45,7 @@
 //! | `completion.rs` | the same loop under `-T completion` (io_uring) |
 //! | `ctx.rs` | [`Ctx`], what a protocol session may ask of the loop |
 //! | `output.rs` | the output queue and the buffer pool |
+//! | `slots.rs` | the typed generational slot map of connections and sessions |
 //! | `timer.rs` | the timer heap |
 
 mod accept;
@@ -59,6 +60,7 @@ mod lifecycle;
 mod read;
 mod run;
 mod settings;
+mod slots;
 mod state;
 pub(crate) mod timer;
 mod write;
@@ -75,12 +77,25 @@ pub use input::Unconsumed;
 pub use run::Loop;
 pub use settings::{Limits, ListenerSetup, LoopHandle, LoopSettings};
 
+use crate::protocol::ConnId;
 use accept::ListenerSlot;
 pub(crate) use conn::{Conn, SessionKey};
 use conn::{Deferred, Session};
 use lifecycle::{AfterDrain, Expiry, Lifecycle};
 use read::ReadStep;
 pub(crate) use state::Core;
+
+/// The readiness token of connection `id`: its slot and generation
+/// (below the listeners' and the waker's tokens, see [`slots::MAX_SLOTS`]).
+fn token(id: ConnId) -> usize {
+    (id.generation as usize) << 24 | id.slot as usize
+}
+
+/// The connection a readiness token names (it may have closed since).
+fn token_conn(token: usize) -> ConnId {
+    use slots::Key;
+    ConnId::from_parts((token & 0xff_ffff) as u32, (token >> 24) as u32)
+}
 
 use std::time::Duration;
 

@@ -28,30 +28,30 @@ pub(super) enum ReadStep {
 }
 
 impl Loop {
-    pub(super) fn read(&mut self, slot: usize) {
+    pub(super) fn read(&mut self, id: ConnId) {
         if self.core.ring.is_some() {
-            self.uring_read(slot);
+            self.uring_read(id);
             return;
         }
-        let Some(conn) = self.core.conns.get(slot) else {
+        let Some(conn) = self.core.conns.get(id) else {
             return;
         };
         if conn.life.is_lingering() {
-            self.discard_input(slot);
+            self.discard_input(id);
         } else if let Some(key) = conn.proto.session {
-            self.read_protocol(slot, key);
+            self.read_protocol(id, key);
         } else {
-            self.read_service(slot);
+            self.read_service(id);
         }
         if self.core.level {
-            self.core.update_interest(slot);
+            self.core.update_interest(id);
         }
     }
 
     /// Act on what one completed receive gave (`-T completion`): the
     /// readiness backends' read loops do the same per read.
-    pub(super) fn handle_step(&mut self, slot: usize, step: ReadStep) {
-        let Some(conn) = self.core.conns.get_mut(slot) else {
+    pub(super) fn handle_step(&mut self, id: ConnId, step: ReadStep) {
+        let Some(conn) = self.core.conns.get_mut(id) else {
             return;
         };
         if matches!(step, ReadStep::Eof) {
@@ -59,12 +59,12 @@ impl Loop {
         }
         if conn.life.is_lingering() {
             if !matches!(step, ReadStep::Data(_)) {
-                self.core.close(slot, None);
+                self.core.close(id, None);
             }
             return;
         }
         if let Some(key) = conn.proto.session {
-            self.protocol_step(slot, key, step);
+            self.protocol_step(id, key, step);
             return;
         }
         let setup = self.core.setups[conn.listener].clone();
@@ -74,75 +74,74 @@ impl Loop {
         match step {
             ReadStep::Data(n) => {
                 self.core
-                    .feed_service(slot, &**service, &setup, &self.scratch[..n]);
+                    .feed_service(id, &**service, &setup, &self.scratch[..n]);
             }
             ReadStep::Failed(kind) => {
-                self.core.abort(slot, CloseReason::Io(kind));
+                self.core.abort(id, CloseReason::Io(kind));
                 return;
             }
             _ => {}
         }
-        self.core.service_read_done(slot);
+        self.core.service_read_done(id);
     }
 
     /// Before reading again after a pause: a service answers what it has
     /// buffered first.
-    pub(super) fn prime(&mut self, slot: usize) {
-        let conn = &self.core.conns[slot];
+    pub(super) fn prime(&mut self, id: ConnId) {
+        let conn = &self.core.conns[id];
         if conn.session().is_some() || conn.input.is_empty() || conn.life.over_cap() {
             return;
         }
         let setup = self.core.setups[conn.listener].clone();
         if let Handler::Service(service) = &setup.handler {
-            self.core.feed_service(slot, &**service, &setup, &[]);
-            self.core.service_read_done(slot);
+            self.core.feed_service(id, &**service, &setup, &[]);
+            self.core.service_read_done(id);
         }
     }
 
     /// Lingering close: read and drop whatever the peer still sends until its
     /// FIN or the linger deadline.
-    pub(super) fn discard_input(&mut self, slot: usize) {
+    pub(super) fn discard_input(&mut self, id: ConnId) {
         let core = &mut self.core;
         for _ in 0..READ_BUDGET {
-            let Some(conn) = core.conns.get_mut(slot) else {
+            let Some(conn) = core.conns.get_mut(id) else {
                 return;
             };
             match conn.sock.read(&mut self.scratch) {
                 Ok(0) => {
-                    core.close(slot, None);
+                    core.close(id, None);
                     return;
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    core.close(slot, None);
+                    core.close(id, None);
                     return;
                 }
             }
         }
-        let id = core.conns[slot].id(slot);
         core.ready.push_back(id);
     }
 
-    pub(super) fn read_service(&mut self, slot: usize) {
+    pub(super) fn read_service(&mut self, id: ConnId) {
         let core = &mut self.core;
-        let setup = core.setups[core.conns[slot].listener].clone();
+        let setup = core.setups[core.conns[id].listener].clone();
         let Handler::Service(service) = &setup.handler else {
             return;
         };
         let service = &**service;
         let recv = setup.limits.recv_size.min(self.scratch.len());
         // Input left over while output was over the cap comes first.
-        if !core.conns[slot].input.is_empty() && !core.conns[slot].life.over_cap() {
-            core.feed_service(slot, service, &setup, &[]);
+        if !core.conns[id].input.is_empty() && !core.conns[id].life.over_cap() {
+            core.feed_service(id, service, &setup, &[]);
         }
         let mut budget = READ_BUDGET;
         loop {
-            match core.read_step(slot, &mut budget, &mut self.scratch[..recv]) {
+            match core.read_step(id, &mut budget, &mut self.scratch[..recv]) {
                 ReadStep::Data(n) => {
-                    core.feed_service(slot, service, &setup, &self.scratch[..n]);
-                    if n < recv && !core.conns[slot].hup {
+                    core.feed_service(id, service, &setup, &self.scratch[..n]);
+                    if n < recv && !core.conns[id].hup {
                         // A short read emptied the socket's queue; new bytes
                         // raise a new edge. Saves the read that would only
                         // return WouldBlock.
@@ -152,27 +151,27 @@ impl Loop {
                 // Services are never spliced.
                 ReadStep::Eof | ReadStep::Stop | ReadStep::Spliced { .. } => break,
                 ReadStep::Failed(kind) => {
-                    core.abort(slot, CloseReason::Io(kind));
+                    core.abort(id, CloseReason::Io(kind));
                     return;
                 }
             }
         }
-        core.service_read_done(slot);
+        core.service_read_done(id);
     }
 
-    pub(super) fn read_protocol(&mut self, slot: usize, key: SessionKey) {
+    pub(super) fn read_protocol(&mut self, id: ConnId, key: SessionKey) {
         let core = &mut self.core;
-        let limits = &core.setups[core.conns[slot].listener].limits;
+        let limits = &core.setups[core.conns[id].listener].limits;
         let recv = limits.recv_size.min(self.scratch.len());
         let mut budget = READ_BUDGET;
         loop {
             let core = &mut self.core;
-            let Some(conn) = core.conns.get(slot) else {
+            let Some(conn) = core.conns.get(id) else {
                 return;
             };
             let step = match conn.proto.splice_to {
-                Some(to) => core.splice_step(slot, to, &mut budget),
-                None => core.read_step(slot, &mut budget, &mut self.scratch[..recv]),
+                Some(to) => core.splice_step(id, to, &mut budget),
+                None => core.read_step(id, &mut budget, &mut self.scratch[..recv]),
             };
             // A short read or splice emptied the socket's queue: new bytes
             // raise a new edge (see read_service).
@@ -181,21 +180,21 @@ impl Loop {
                 ReadStep::Data(n) => n < recv,
                 _ => true,
             };
-            if !self.protocol_step(slot, key, step) {
+            if !self.protocol_step(id, key, step) {
                 return;
             }
-            if drained && self.core.conns.get(slot).is_none_or(|c| !c.hup) {
+            if drained && self.core.conns.get(id).is_none_or(|c| !c.hup) {
                 return;
             }
         }
     }
 
     /// Hand what one read gave to the protocol. False: stop reading.
-    pub(super) fn protocol_step(&mut self, slot: usize, key: SessionKey, step: ReadStep) -> bool {
+    pub(super) fn protocol_step(&mut self, id: ConnId, key: SessionKey, step: ReadStep) -> bool {
         let core = &mut self.core;
-        let Some(id) = core.conns.get(slot).map(|c| c.id(slot)) else {
+        if !core.conns.contains(id) {
             return false;
-        };
+        }
         match step {
             ReadStep::Spliced { .. } => true,
             ReadStep::Eof => {
@@ -204,13 +203,13 @@ impl Loop {
             }
             ReadStep::Stop => false,
             ReadStep::Failed(kind) => {
-                core.abort(slot, CloseReason::Io(kind));
+                core.abort(id, CloseReason::Io(kind));
                 false
             }
             ReadStep::Data(n) => {
-                let max_request = core.setups[core.conns[slot].listener].limits.max_request;
+                let max_request = core.setups[core.conns[id].listener].limits.max_request;
                 let data = &self.scratch[..n];
-                if let Some(to) = core.conns[slot]
+                if let Some(to) = core.conns[id]
                     .proto
                     .splice_to
                     .filter(|_| core.ring.is_some())
@@ -218,11 +217,11 @@ impl Loop {
                     // Completion: a spliced connection's bytes were received
                     // into the ring's buffers; they are queued on `to`
                     // (unless it has closed: then on_data gets them).
-                    if core.relay(slot, to, data) {
+                    if core.relay(id, to, data) {
                         return true;
                     }
                 }
-                let pending = Pending::new(&mut core.conns[slot].input, data);
+                let pending = Pending::new(&mut core.conns[id].input, data);
                 let mut used = 0;
                 let bytes = pending.bytes();
                 if !core.call(key, |p, ctx| used = p.on_data(ctx, id, bytes)) {
@@ -230,9 +229,9 @@ impl Loop {
                 }
                 // The session is alive, so is its connection: callbacks
                 // only ask for closes, carried out when they return.
-                core.conns[slot].input = pending.keep_rest(used, false, &mut core.bufs);
-                if core.conns[slot].input.len() > max_request {
-                    core.abort(slot, CloseReason::TooLarge);
+                core.conns[id].input = pending.keep_rest(used, false, &mut core.bufs);
+                if core.conns[id].input.len() > max_request {
+                    core.abort(id, CloseReason::TooLarge);
                     return false;
                 }
                 true
@@ -242,21 +241,15 @@ impl Loop {
 }
 
 impl Core {
-    /// One read(2) from `slot` into `buf`, within the event's `budget`.
-    pub(super) fn read_step(
-        &mut self,
-        slot: usize,
-        budget: &mut usize,
-        buf: &mut [u8],
-    ) -> ReadStep {
-        let Some(conn) = self.conns.get_mut(slot) else {
+    /// One read(2) from `id` into `buf`, within the event's `budget`.
+    pub(super) fn read_step(&mut self, id: ConnId, budget: &mut usize, buf: &mut [u8]) -> ReadStep {
+        let Some(conn) = self.conns.get_mut(id) else {
             return ReadStep::Stop;
         };
         if conn.reading_blocked() {
             return ReadStep::Stop;
         }
         if *budget == 0 {
-            let id = conn.id(slot);
             self.ready.push_back(id);
             return ReadStep::Stop;
         }
@@ -278,33 +271,30 @@ impl Core {
         }
     }
 
-    /// One splice(2) from `slot`'s socket into the pipe of `to`'s output
+    /// One splice(2) from `id`'s socket into the pipe of `to`'s output
     /// queue, within the event's `budget` and the pipe's free room.
-    pub(super) fn splice_step(&mut self, slot: usize, to: ConnId, budget: &mut usize) -> ReadStep {
-        let to_slot = to.slot as usize;
-        let Some(conn) = self.conns.get_mut(slot) else {
+    pub(super) fn splice_step(&mut self, id: ConnId, to: ConnId, budget: &mut usize) -> ReadStep {
+        let Some(conn) = self.conns.get_mut(id) else {
             return ReadStep::Stop;
         };
         if conn.reading_blocked() {
             return ReadStep::Stop;
         }
-        let id = conn.id(slot);
         let room = self
             .conns
-            .get(to_slot)
-            .filter(|d| d.generation == to.generation)
+            .get(to)
             .and_then(|d| d.out.pipe_room())
             .map(|(_, room)| room);
         let Some(room) = room else {
             // The destination is gone: its bytes go through on_data again.
-            self.conns[slot].proto.splice_to = None;
+            self.conns[id].proto.splice_to = None;
             self.ready.push_back(id);
             return ReadStep::Stop;
         };
         if room == 0 {
             // Full: wait until the destination drains to half its cap.
-            self.conns[slot].life.holds.splice_stalled = true;
-            self.conns[to_slot].life.mark_full();
+            self.conns[id].life.holds.splice_stalled = true;
+            self.conns[to].life.mark_full();
             return ReadStep::Stop;
         }
         if *budget == 0 {
@@ -312,7 +302,7 @@ impl Core {
             return ReadStep::Stop;
         }
         *budget -= 1;
-        let Some((src, dst)) = self.conns.get2_mut(slot, to_slot) else {
+        let Some((src, dst)) = self.conns.get2_mut(id, to) else {
             return ReadStep::Stop;
         };
         let Some((pipe, _)) = dst.out.pipe_room() else {
@@ -327,9 +317,9 @@ impl Core {
                 Ok(n) => {
                     src.last_active = self.now;
                     dst.out.push_piped(n);
-                    self.mark_dirty(to_slot);
-                    if !self.note_output(to_slot) {
-                        self.conns[slot].life.holds.splice_stalled = true;
+                    self.mark_dirty(to);
+                    if !self.note_output(to) {
+                        self.conns[id].life.holds.splice_stalled = true;
                     }
                     return ReadStep::Spliced { drained: n < room };
                 }
@@ -350,22 +340,17 @@ impl Core {
         }
     }
 
-    /// Queue bytes received on `slot` on `to`, the connection it is
+    /// Queue bytes received on `id` on `to`, the connection it is
     /// spliced to (`-T completion`). False when `to` has closed.
-    pub(super) fn relay(&mut self, slot: usize, to: ConnId, data: &[u8]) -> bool {
-        let to_slot = to.slot as usize;
-        let Some(dst) = self
-            .conns
-            .get_mut(to_slot)
-            .filter(|d| d.generation == to.generation)
-        else {
-            self.conns[slot].proto.splice_to = None;
+    pub(super) fn relay(&mut self, id: ConnId, to: ConnId, data: &[u8]) -> bool {
+        let Some(dst) = self.conns.get_mut(to) else {
+            self.conns[id].proto.splice_to = None;
             return false;
         };
         dst.out.push_bytes(data, &mut self.bufs);
-        self.mark_dirty(to_slot);
-        if !self.note_output(to_slot) {
-            self.conns[slot].life.holds.splice_stalled = true;
+        self.mark_dirty(to);
+        if !self.note_output(to) {
+            self.conns[id].life.holds.splice_stalled = true;
         }
         true
     }

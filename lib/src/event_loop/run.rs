@@ -9,17 +9,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
-use slab::Slab;
 use tracing::{debug, warn};
 
 use super::output::BufPool;
+use super::slots::Slots;
 use super::timer::{Due, Timers};
 use super::{
-    Core, ListenerSetup, ListenerSlot, LoopHandle, LoopSettings, SessionKey, JOB_SPIN,
+    token_conn, Core, ListenerSetup, ListenerSlot, LoopHandle, LoopSettings, JOB_SPIN,
     LISTENER_BASE, RING_BUFFERS, RING_BUFFER_MAX, SHUTDOWN_GRACE, WAKER,
 };
 use crate::poll::{self as backend, Cqe, Event, Interest, PollType, Ring, Waker};
 use crate::pools::{ExecMode, ReplyTo};
+use crate::protocol::ConnId;
 
 /// One event loop: a poll instance, its listeners and connections.
 pub struct Loop {
@@ -141,9 +142,8 @@ impl Loop {
             stop: stop.clone(),
         };
         let core = Core {
-            conns: Slab::new(),
-            sessions: Slab::new(),
-            next_generation: 0,
+            conns: Slots::default(),
+            sessions: Slots::default(),
             setups,
             poller,
             ring,
@@ -276,7 +276,7 @@ impl Loop {
                     self.core.complete_jobs();
                 }
                 t if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
-                slot => self.conn_event(slot, ev),
+                t => self.conn_event(token_conn(t), ev),
             }
         }
         self.events = events;
@@ -323,10 +323,9 @@ impl Loop {
                 }
             }
         }
-        let slots: Vec<usize> = self.core.conns.iter().map(|(k, _)| k).collect();
         let grace = self.core.now + SHUTDOWN_GRACE.min(self.settings.drain_timeout);
-        for slot in slots {
-            if let Some(c) = self.core.conns.get_mut(slot) {
+        for id in self.core.conns.keys() {
+            if let Some(c) = self.core.conns.get_mut(id) {
                 // A request may be arriving (a client that connected just
                 // before the stop, or one half read): answer it, then
                 // close. Losing it would refuse work that a reload
@@ -335,11 +334,11 @@ impl Loop {
                     && c.out.is_empty()
                     && c.jobs.pending.is_empty();
                 if c.life.begin_shutdown(may_arrive, grace) {
-                    self.core.ensure_armed(slot);
+                    self.core.ensure_armed(id);
                     continue;
                 }
             }
-            self.core.mark_dirty(slot);
+            self.core.mark_dirty(id);
         }
     }
 
@@ -349,8 +348,8 @@ impl Loop {
             let Some(id) = self.core.ready.pop_front() else {
                 break;
             };
-            if self.core.get(id).is_some() {
-                self.read(id.slot as usize);
+            if self.core.conns.get(id).is_some() {
+                self.read(id);
                 self.settle();
             }
         }
@@ -361,15 +360,10 @@ impl Loop {
         while let Some((at, due)) = self.core.timers.pop_due(now) {
             match due {
                 Due::Conn(id) => self.core.conn_due(id, at),
-                Due::Session {
-                    slot,
-                    generation,
-                    timer,
-                } => {
+                Due::Session(key, timer) => {
                     if self.core.cancelled.remove(&timer) {
                         continue;
                     }
-                    let key = SessionKey { slot, generation };
                     self.core.call(key, |p, ctx| p.on_timer(ctx, timer));
                 }
                 Due::Listener(li) => {
@@ -390,30 +384,29 @@ impl Loop {
         self.core.settle();
     }
 
-    pub(super) fn conn_event(&mut self, slot: usize, ev: &Event) {
-        let Some(conn) = self.core.conns.get(slot) else {
+    pub(super) fn conn_event(&mut self, id: ConnId, ev: &Event) {
+        let Some(conn) = self.core.conns.get(id) else {
             return;
         };
         if conn.life.is_connecting() {
-            let id = conn.id(slot);
             if ev.writable || ev.error || ev.write_closed {
-                self.core.finish_connect(slot);
+                self.core.finish_connect(id);
             }
             // on_connect is told before on_data sees the first bytes (and
-            // may close this connection, whose slot a new one may take).
+            // may close this connection, whose id a new one may take).
             self.settle();
-            if self.core.get(id).is_none() {
+            if self.core.conns.get(id).is_none() {
                 return;
             }
         }
         if ev.writable {
-            self.core.mark_dirty(slot);
+            self.core.mark_dirty(id);
         }
         if ev.read_closed || ev.error {
-            self.core.conns[slot].hup = true;
+            self.core.conns[id].hup = true;
         }
         if ev.readable || ev.read_closed || ev.error {
-            self.read(slot);
+            self.read(id);
         }
         self.settle();
     }

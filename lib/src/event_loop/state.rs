@@ -11,12 +11,12 @@ use std::time::Instant;
 
 use crossbeam_channel::Receiver;
 use mio::net::TcpStream;
-use slab::Slab;
 use tracing::{debug, error, warn};
 
 use super::output::BufPool;
+use super::slots::Slots;
 use super::timer::{Due, Timers};
-use super::{Conn, Ctx, Deferred, Expiry, Lifecycle, ListenerSetup, Session, SessionKey};
+use super::{token, Conn, Ctx, Deferred, Expiry, Lifecycle, ListenerSetup, Session, SessionKey};
 use crate::poll::{Interest, Readiness, Ring};
 use crate::pools::{Done, ReplyTo};
 use crate::protocol::{CloseReason, ConnId, Protocol, TimerId};
@@ -26,20 +26,22 @@ pub(crate) struct Core {
     /// The ring (`-T completion`). First, so it is dropped first: the
     /// kernel lets go of the connections' buffers before they are freed.
     pub(super) ring: Option<Box<Ring>>,
-    pub(super) conns: Slab<Conn>,
-    pub(super) sessions: Slab<Session>,
-    pub(super) next_generation: u64,
+    /// Connections by id. Callbacks never remove one: they ask for
+    /// closes, which the loop carries out when they return; so a
+    /// connection the loop is working on stays while it calls one.
+    pub(super) conns: Slots<ConnId, Conn>,
+    pub(super) sessions: Slots<SessionKey, Session>,
     pub(super) setups: Vec<Arc<ListenerSetup>>,
     /// The readiness backend (`-T edge`, `-T level`), when there is no ring.
     pub(super) poller: Option<Box<dyn Readiness>>,
     /// Level-triggered: interest follows what the loop can act on.
     pub(super) level: bool,
     /// Closed connections whose submissions are still out (completion).
-    pub(super) zombies: HashMap<(usize, u32), Conn>,
+    pub(super) zombies: HashMap<ConnId, Conn>,
     pub(super) timers: Timers,
     pub(super) cancelled: HashSet<TimerId>,
     pub(super) bufs: BufPool,
-    pub(super) dirty: Vec<usize>,
+    pub(super) dirty: Vec<ConnId>,
     pub(super) ready: VecDeque<ConnId>,
     pub(super) deferred: VecDeque<Deferred>,
     pub(super) now: Instant,
@@ -60,24 +62,12 @@ pub(crate) struct Core {
 }
 
 impl Core {
-    /// The output cap of `slot`: its listener's, or its pipe's capacity
+    /// The output cap of `id`: its listener's, or its pipe's capacity
     /// when another connection is spliced into it.
-    pub(super) fn cap_of(&self, slot: usize) -> usize {
-        let conn = &self.conns[slot];
+    pub(super) fn cap_of(&self, id: ConnId) -> usize {
+        let conn = &self.conns[id];
         let cap = self.setups[conn.listener].limits.output_cap;
         conn.out.pipe_capacity().map_or(cap, |p| cap.min(p))
-    }
-
-    pub(super) fn get(&self, id: ConnId) -> Option<&Conn> {
-        self.conns
-            .get(id.slot as usize)
-            .filter(|c| c.generation == id.generation)
-    }
-
-    pub(super) fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        self.conns
-            .get_mut(id.slot as usize)
-            .filter(|c| c.generation == id.generation)
     }
 
     pub(super) fn add_conn(
@@ -86,31 +76,32 @@ impl Core {
         listener: usize,
         life: Lifecycle,
         interest: Interest,
-    ) -> io::Result<usize> {
-        let entry = self.conns.vacant_entry();
-        let slot = entry.key();
+    ) -> io::Result<ConnId> {
+        let full = || io::Error::other("this loop holds as many connections as it can");
+        let id = self.conns.next_key().ok_or_else(full)?;
         if let Some(p) = self.poller.as_deref_mut() {
-            p.set_interest(sock.as_fd(), slot, Interest::NONE, interest)?;
+            p.set_interest(sock.as_fd(), token(id), Interest::NONE, interest)?;
         }
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let mut conn = Conn::new(sock, self.next_generation as u32, listener, life, self.now);
+        let mut conn = Conn::new(sock, listener, life, self.now);
         if self.poller.is_some() {
             conn.interest = interest;
         }
-        entry.insert(conn);
-        Ok(slot)
+        self.conns.insert(conn).ok_or_else(full)
     }
 
-    pub(super) fn add_session(&mut self, proto: Box<dyn Protocol>, listener: usize) -> SessionKey {
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let generation = self.next_generation;
-        let slot = self.sessions.insert(Session {
-            generation,
+    pub(super) fn add_session(
+        &mut self,
+        proto: Box<dyn Protocol>,
+        listener: usize,
+    ) -> Option<SessionKey> {
+        let session = Session {
             proto: Some(proto),
             live: 0,
             listener,
-        });
-        SessionKey { slot, generation }
+        };
+        // One connection per session at least, so as many sessions fit as
+        // connections: the connection table refuses first.
+        self.sessions.insert(session)
     }
 
     /// Run one callback of a session with a [`Ctx`] on this core. Returns
@@ -121,12 +112,9 @@ impl Core {
         key: SessionKey,
         f: impl FnOnce(&mut dyn Protocol, &mut Ctx<'_>),
     ) -> bool {
-        let Some(session) = self.sessions.get_mut(key.slot) else {
+        let Some(session) = self.sessions.get_mut(key) else {
             return false;
         };
-        if session.generation != key.generation {
-            return false;
-        }
         let Some(mut proto) = session.proto.take() else {
             return false;
         };
@@ -140,69 +128,67 @@ impl Core {
         if outcome.is_err() {
             // The session's state is unknown after a panic: drop it and
             // close its connections; the rest of the loop goes on.
-            let owned: Vec<usize> = self
+            let owned: Vec<ConnId> = self
                 .conns
                 .iter()
                 .filter(|(_, c)| c.proto.session == Some(key))
-                .map(|(slot, _)| slot)
+                .map(|(id, _)| id)
                 .collect();
             error!(
                 connections = owned.len(),
                 "protocol handler panicked: its session is closed"
             );
-            self.sessions.remove(key.slot);
-            for slot in owned {
-                self.close(slot, Some(CloseReason::Panicked));
+            self.sessions.remove(key);
+            for id in owned {
+                self.close(id, Some(CloseReason::Panicked));
             }
             return false;
         }
-        match self.sessions.get_mut(key.slot) {
-            Some(session) if session.generation == key.generation => {
+        match self.sessions.get_mut(key) {
+            Some(session) => {
                 session.proto = Some(proto);
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
-    pub(super) fn mark_dirty(&mut self, slot: usize) {
-        if let Some(c) = self.conns.get_mut(slot) {
+    pub(super) fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(id) {
             if !c.dirty {
                 c.dirty = true;
-                self.dirty.push(slot);
+                self.dirty.push(id);
             }
         }
     }
 
-    /// After output was queued on `slot`: note whether it is over the cap.
+    /// After output was queued on `id`: note whether it is over the cap.
     /// Returns `true` while under it.
-    pub(super) fn note_output(&mut self, slot: usize) -> bool {
-        let cap = self.cap_of(slot);
-        let conn = &mut self.conns[slot];
+    pub(super) fn note_output(&mut self, id: ConnId) -> bool {
+        let cap = self.cap_of(id);
+        let conn = &mut self.conns[id];
         conn.life.output_grew(conn.out.len(), cap)
     }
 
-    /// Arm the deadline entry of `slot` if none is armed as early.
-    pub(super) fn ensure_armed(&mut self, slot: usize) {
-        let Some(conn) = self.conns.get_mut(slot) else {
+    /// Arm the deadline entry of `id` if none is armed as early.
+    pub(super) fn ensure_armed(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         let limits = &self.setups[conn.listener].limits;
         if let Some((at, _)) = conn.deadline(limits) {
             if conn.armed.is_none_or(|armed| at < armed) {
                 conn.armed = Some(at);
-                let id = conn.id(slot);
                 self.timers.arm(at, Due::Conn(id));
             }
         }
     }
 
     pub(super) fn conn_due(&mut self, id: ConnId, at: Instant) {
-        let slot = id.slot as usize;
-        let Some(conn) = self.conns.get_mut(slot) else {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
-        if conn.generation != id.generation || conn.armed != Some(at) {
+        if conn.armed != Some(at) {
             return;
         }
         conn.armed = None;
@@ -214,26 +200,26 @@ impl Core {
                 self.timers.arm(real, Due::Conn(id));
             }
             Some((_, Expiry::Connect)) => {
-                self.connect_failed(slot, io::ErrorKind::TimedOut);
+                self.connect_failed(id, io::ErrorKind::TimedOut);
             }
-            Some((_, Expiry::Linger)) => self.close(slot, None),
+            Some((_, Expiry::Linger)) => self.close(id, None),
             Some((_, Expiry::Shutdown)) => {
                 warn!(%id, "shutdown grace over: closing a connection whose request did not complete");
-                self.close(slot, Some(CloseReason::Shutdown));
+                self.close(id, Some(CloseReason::Shutdown));
             }
             Some((_, Expiry::Idle)) => {
                 debug!(%id, "idle timeout");
-                self.abort(slot, CloseReason::Idle);
+                self.abort(id, CloseReason::Idle);
             }
         }
     }
 
     pub(super) fn settle(&mut self) {
         loop {
-            while let Some(slot) = self.dirty.pop() {
-                if let Some(c) = self.conns.get_mut(slot) {
+            while let Some(id) = self.dirty.pop() {
+                if let Some(c) = self.conns.get_mut(id) {
                     c.dirty = false;
-                    self.flush(slot);
+                    self.flush(id);
                 }
             }
             match self.deferred.pop_front() {
@@ -246,21 +232,19 @@ impl Core {
                 }
                 Some(Deferred::Closed(key, id, reason)) => {
                     self.call(key, |p, ctx| p.on_close(ctx, id, reason));
-                    if let Some(s) = self.sessions.get(key.slot) {
-                        if s.generation == key.generation && s.live == 0 {
-                            self.sessions.remove(key.slot);
-                        }
+                    if self.sessions.get(key).is_some_and(|s| s.live == 0) {
+                        self.sessions.remove(key);
                     }
                 }
             }
         }
     }
 
-    /// What the readiness backend should watch `slot` for now: always
+    /// What the readiness backend should watch `id` for now: always
     /// reads under edge triggering (an edge is not repeated); under level
     /// triggering only when reading is not blocked.
-    pub(super) fn update_interest(&mut self, slot: usize) {
-        let Some(conn) = self.conns.get_mut(slot) else {
+    pub(super) fn update_interest(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         let want = Interest {
@@ -273,9 +257,9 @@ impl Core {
         let Some(p) = self.poller.as_deref_mut() else {
             return;
         };
-        match p.set_interest(conn.sock.as_fd(), slot, conn.interest, want) {
+        match p.set_interest(conn.sock.as_fd(), token(id), conn.interest, want) {
             Ok(()) => conn.interest = want,
-            Err(e) => self.abort(slot, CloseReason::Io(e.kind())),
+            Err(e) => self.abort(id, CloseReason::Io(e.kind())),
         }
     }
 }

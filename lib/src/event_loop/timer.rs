@@ -10,6 +10,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
+use super::SessionKey;
 use crate::protocol::{ConnId, TimerId};
 
 /// What a due entry concerns.
@@ -17,12 +18,8 @@ use crate::protocol::{ConnId, TimerId};
 pub(crate) enum Due {
     /// Re-check the deadline of a connection.
     Conn(ConnId),
-    /// A handler timer of a session (slot, generation).
-    Session {
-        slot: usize,
-        generation: u64,
-        timer: TimerId,
-    },
+    /// A handler timer of a session.
+    Session(SessionKey, TimerId),
     /// Retry accepting on a paused listener.
     Listener(usize),
 }

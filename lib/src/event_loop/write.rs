@@ -7,13 +7,13 @@ use tracing::debug;
 
 use super::{AfterDrain, Core, Deferred};
 use crate::net::{self};
-use crate::protocol::CloseReason;
+use crate::protocol::{CloseReason, ConnId};
 
 impl Core {
-    /// Write what `slot` has pending and act on its state: interest changes,
+    /// Write what `id` has pending and act on its state: interest changes,
     /// half-close, close, lingering, and leaving the over-cap state.
-    pub(super) fn flush(&mut self, slot: usize) {
-        let Some(conn) = self.conns.get_mut(slot) else {
+    pub(super) fn flush(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(id) else {
             return;
         };
         if conn.life.is_connecting() {
@@ -21,7 +21,7 @@ impl Core {
         }
         if !conn.out.is_empty() {
             let sent = if self.ring.is_some() {
-                self.uring_send(slot)
+                self.uring_send(id)
             } else {
                 let flushed = conn.out.flush(&mut conn.sock, &mut self.bufs);
                 if flushed.is_ok() {
@@ -30,13 +30,12 @@ impl Core {
                 flushed.map(|_| ())
             };
             if let Err(e) = sent {
-                self.abort(slot, CloseReason::Io(e.kind()));
+                self.abort(id, CloseReason::Io(e.kind()));
                 return;
             }
         }
-        let conn = &mut self.conns[slot];
+        let conn = &mut self.conns[id];
         let cork = self.setups[conn.listener].conn_options.cork;
-        let id = conn.id(slot);
         if conn.out.is_empty() {
             if cork {
                 // Push out the last partial frame; failing here only delays it.
@@ -46,12 +45,12 @@ impl Core {
             }
             if conn.writable_interest {
                 conn.writable_interest = false;
-                self.update_interest(slot);
-                if !self.conns.contains(slot) {
+                self.update_interest(id);
+                if !self.conns.contains(id) {
                     return;
                 }
             }
-            let conn = &mut self.conns[slot];
+            let conn = &mut self.conns[id];
             let linger = self.setups[conn.listener].limits.linger_timeout;
             let jobs_pending = !conn.jobs.pending.is_empty();
             let drained = conn.life.drained(jobs_pending, self.now, linger);
@@ -69,24 +68,24 @@ impl Core {
                     if let Err(e) = conn.sock.shutdown(Shutdown::Write) {
                         debug!(%id, "shutdown(write): {e}");
                     }
-                    self.ensure_armed(slot);
+                    self.ensure_armed(id);
                     self.ready.push_back(id);
                     return;
                 }
                 AfterDrain::Close(reason) => {
-                    self.close(slot, reason);
+                    self.close(id, reason);
                     return;
                 }
             }
         } else if !conn.writable_interest && self.poller.is_some() {
             conn.writable_interest = true;
-            self.update_interest(slot);
-            if !self.conns.contains(slot) {
+            self.update_interest(id);
+            if !self.conns.contains(id) {
                 return;
             }
         }
-        let cap = self.cap_of(slot);
-        let conn = &mut self.conns[slot];
+        let cap = self.cap_of(id);
+        let conn = &mut self.conns[id];
         if conn.life.output_drained(conn.out.len(), cap) {
             match conn.proto.session {
                 // Services: answer what is buffered, then read again.
@@ -96,8 +95,8 @@ impl Core {
             if let Some(src) = conn.proto.fed_by {
                 if let Some(s) = self
                     .conns
-                    .get_mut(src.slot as usize)
-                    .filter(|s| s.generation == src.generation && s.life.holds.splice_stalled)
+                    .get_mut(src)
+                    .filter(|s| s.life.holds.splice_stalled)
                 {
                     s.life.holds.splice_stalled = false;
                     self.ready.push_back(src);
