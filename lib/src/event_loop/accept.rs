@@ -15,7 +15,6 @@ use super::{Lifecycle, Loop, ACCEPT_BACKOFF, LISTENER_BASE};
 use crate::handler::Handler;
 use crate::net::{self};
 use crate::poll::Interest;
-use crate::sys;
 
 pub(super) struct ListenerSlot {
     pub(super) sock: Option<TcpListener>,
@@ -58,13 +57,11 @@ impl Loop {
     /// Level-triggered: a listener that is not accepting must not be
     /// watched, or its queue would be reported again and again.
     pub(super) fn listener_interest(&mut self, li: usize, old: Interest, new: Interest) {
-        if !self.core.level {
+        if !self.core.backend.is_level() {
             return;
         }
-        let (Some(sock), Some(p)) = (
-            self.listeners[li].sock.as_ref(),
-            self.core.poller.as_deref_mut(),
-        ) else {
+        let (Some(sock), Some(p)) = (self.listeners[li].sock.as_ref(), self.core.backend.poller())
+        else {
             return;
         };
         if let Err(e) = p.set_interest(sock.as_fd(), LISTENER_BASE + li, old, new) {
@@ -73,49 +70,58 @@ impl Loop {
     }
 
     pub(super) fn accept(&mut self, li: usize) {
-        if self.core.ring.is_some() && !self.settings.shared_listeners {
+        if self.core.backend.is_completion() && !self.settings.shared_listeners {
             self.uring_accept(li);
             return;
         }
-        let setup = self.core.setups[li].clone();
         loop {
             let l = &self.listeners[li];
-            if l.paused {
+            if l.paused || l.sock.is_none() || !self.room_to_accept(li) {
                 return;
             }
-            let Some(listener) = l.sock.as_ref() else {
+            let Some(listener) = self.listeners[li].sock.as_ref() else {
                 return;
             };
-            if setup.active() >= setup.limits.max_connections {
-                let why = format!("max_connections ({}) reached", setup.limits.max_connections);
-                self.pause_listener(li, &why);
-                return;
-            }
             match listener.accept() {
-                Ok((stream, peer)) => {
-                    self.adopt(li, stream, peer);
-                }
+                Ok((stream, peer)) => self.adopt(li, stream, peer),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.core.ring.is_some() {
+                    if self.core.backend.is_completion() {
                         self.uring_poll_listener(li);
                     }
                     return;
                 }
-                Err(e) if sys::is_resource_exhaustion(&e) => {
-                    self.pause_listener(li, &format!("accept: {e}"));
-                    return;
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted
-                            | io::ErrorKind::ConnectionAborted
-                            | io::ErrorKind::ConnectionReset
-                    ) => {}
                 Err(e) => {
-                    self.pause_listener(li, &format!("accept: {e}"));
-                    return;
+                    if !self.accept_failed(li, &e) {
+                        return;
+                    }
                 }
+            }
+        }
+    }
+
+    /// Is listener `li` under its `max_connections`? At the limit it
+    /// pauses (and says so); under every backend, this is the check.
+    pub(super) fn room_to_accept(&mut self, li: usize) -> bool {
+        let limits = &self.core.setups[li].limits;
+        if self.core.setups[li].active() < limits.max_connections {
+            return true;
+        }
+        let why = format!("max_connections ({}) reached", limits.max_connections);
+        self.pause_listener(li, &why);
+        false
+    }
+
+    /// An accept on listener `li` failed with `e`, under any backend. True
+    /// when it may go on at once: the connection went away before it was
+    /// taken, or a signal came. Anything else (no descriptors or memory
+    /// left, above all) pauses the listener for a moment, so the loop does
+    /// not spin on an error that will not go away by itself.
+    pub(super) fn accept_failed(&mut self, li: usize, e: &io::Error) -> bool {
+        match e.raw_os_error() {
+            Some(libc::EINTR | libc::ECONNABORTED | libc::ECONNRESET) => true,
+            _ => {
+                self.pause_listener(li, &format!("accept: {e}"));
+                false
             }
         }
     }
@@ -148,7 +154,7 @@ impl Loop {
                     self.core.call(key, |p, ctx| p.on_open(ctx, id));
                 }
                 self.core.ensure_armed(id);
-                if self.core.ring.is_some() {
+                if self.core.backend.is_completion() {
                     self.core.uring_arm_recv(id);
                 }
             }

@@ -33,7 +33,7 @@ impl Core {
         }
         // Under -T completion, a connection with submissions out lives on
         // (output and socket) until they complete.
-        let gone = if self.ring.is_some() {
+        let gone = if self.backend.is_completion() {
             self.uring_close(id, conn)
         } else {
             Some(conn)
@@ -58,7 +58,7 @@ impl Core {
         if !self.conns.contains(src) {
             return;
         }
-        if self.ring.is_some() {
+        if self.backend.is_completion() {
             self.uring_cancel_splice(src, gone);
         }
         let s = &mut self.conns[src];

@@ -25,8 +25,9 @@ use tracing::{debug, warn};
 
 use super::output::{Front, MAX_IOVECS, NO_IOVEC};
 use super::slots::Key;
+use super::state::Backend;
 use super::{Conn, Core, Loop, ReadStep};
-use crate::poll::{user_data, Cqe, Op, Ring};
+use crate::poll::{user_data, Cqe, Op};
 use crate::protocol::{CloseReason, ConnId};
 use crate::sys::Pipe;
 
@@ -100,10 +101,6 @@ fn cqe_conn(cqe: &Cqe) -> ConnId {
 }
 
 impl Core {
-    pub(super) fn ring(&mut self) -> Option<&mut Ring> {
-        self.ring.as_deref_mut()
-    }
-
     /// Arm `id`'s receive if it may read and none is out (or its splice
     /// into the connection it is spliced to).
     pub(super) fn uring_arm_recv(&mut self, id: ConnId) {
@@ -126,7 +123,7 @@ impl Core {
             return;
         }
         let fd = conn.sock.as_raw_fd();
-        let Some(ring) = self.ring.as_deref_mut() else {
+        let Some(ring) = self.backend.ring() else {
             return;
         };
         match ring.recv_multi(fd, id.slot as usize, id.generation) {
@@ -154,7 +151,7 @@ impl Core {
                 // on `to`); the splice starts when the receive has ended.
                 conn.io.recv = Recv::Cancelling;
                 let ud = ud(Op::Recv, id);
-                if let Some(ring) = self.ring.as_deref_mut() {
+                if let Some(ring) = self.backend.ring() {
                     if let Err(e) = ring.cancel(ud) {
                         warn!(%id, "cannot cancel a receive: {e}");
                     }
@@ -163,24 +160,10 @@ impl Core {
             }
         }
         let fd = conn.sock.as_raw_fd();
-        let room = self
-            .conns
-            .get(to)
-            .and_then(|d| d.out.pipe_room())
-            .map(|(pipe, room)| (Arc::clone(pipe), room));
-        let Some((pipe, room)) = room else {
-            // The destination is gone: its bytes go through on_data again.
-            self.conns[id].proto.splice_to = None;
-            self.uring_arm_recv(id);
+        let Some((pipe, room)) = self.splice_room(id, to) else {
             return;
         };
-        if room == 0 {
-            // Full: resumed when the destination drains to half its cap.
-            self.conns[id].life.holds.splice_stalled = true;
-            self.conns[to].life.mark_full();
-            return;
-        }
-        let Some(ring) = self.ring.as_deref_mut() else {
+        let Some(ring) = self.backend.ring() else {
             return;
         };
         let pipe_fd = pipe.write_fd().as_raw_fd();
@@ -194,23 +177,6 @@ impl Core {
             Ok(()) => self.conns[id].io.splice_in = Some((pipe, to)),
             Err(e) => self.abort(id, CloseReason::Io(e.kind())),
         }
-    }
-
-    /// Account for `n` bytes just spliced into `to`'s pipe by `src` (None:
-    /// a source that has closed since); false when `to` has closed. A full
-    /// `to` stalls the source.
-    pub(super) fn spliced_into(&mut self, src: Option<ConnId>, to: ConnId, n: usize) -> bool {
-        let Some(dst) = self.conns.get_mut(to) else {
-            return false;
-        };
-        dst.out.push_piped(n);
-        self.mark_dirty(to);
-        if !self.note_output(to) {
-            if let Some(s) = src.and_then(|s| self.conns.get_mut(s)) {
-                s.life.holds.splice_stalled = true;
-            }
-        }
-        true
     }
 
     /// `n` bytes of `id` went into `pipe`, whose connection has closed:
@@ -248,18 +214,6 @@ impl Core {
         }
     }
 
-    /// The pipe `id` splices into holds bytes (so a splice that found no
-    /// room in it met a full pipe, not an empty socket).
-    pub(super) fn pipe_busy(&self, id: ConnId) -> bool {
-        let Some(to) = self.conns.get(id).and_then(|c| c.proto.splice_to) else {
-            return false;
-        };
-        self.conns
-            .get(to)
-            .and_then(|d| d.out.pipe_room().map(|(p, room)| room < p.capacity()))
-            .unwrap_or(false)
-    }
-
     /// Stop the poll-then-splice of `id` into `gone`, which closed; its
     /// completion arms a receive instead (or hands back what it moved).
     pub(super) fn uring_cancel_splice(&mut self, id: ConnId, gone: ConnId) {
@@ -269,7 +223,7 @@ impl Core {
         if conn.io.splice_in.as_ref().is_none_or(|(_, to)| *to != gone) {
             return;
         }
-        if let Some(ring) = self.ring.as_deref_mut() {
+        if let Some(ring) = self.backend.ring() {
             for op in [Op::Poll, Op::SpliceIn] {
                 if let Err(e) = ring.cancel(ud(op, id)) {
                     debug!(%id, "cancel: {e}");
@@ -288,7 +242,7 @@ impl Core {
         }
         conn.io.recv = Recv::Cancelling;
         let ud = ud(Op::Recv, id);
-        if let Some(ring) = self.ring.as_deref_mut() {
+        if let Some(ring) = self.backend.ring() {
             if let Err(e) = ring.cancel(ud) {
                 warn!(%id, "cannot cancel a receive: {e}");
             }
@@ -315,7 +269,7 @@ impl Core {
         };
         let fd = conn.sock.as_raw_fd();
         let poll_first = conn.io.poll_first;
-        let Some(ring) = self.ring.as_deref_mut() else {
+        let Some(ring) = self.backend.ring() else {
             return Ok(());
         };
         let send = ud(Op::Send, id);
@@ -380,7 +334,7 @@ impl Core {
         let (ptr, len) = (addr.as_ptr(), addr.len());
         let ud = ud(Op::Connect, id);
         let fd = conn.sock.as_raw_fd();
-        let Some(ring) = self.ring.as_deref_mut() else {
+        let Some(ring) = self.backend.ring() else {
             return Ok(());
         };
         // SAFETY: the address is boxed in the connection, which outlives
@@ -394,7 +348,7 @@ impl Core {
         if conn.io.count() == 0 {
             return Some(conn);
         }
-        if let Some(ring) = self.ring.as_deref_mut() {
+        if let Some(ring) = self.backend.ring() {
             let mut cancel = |op| {
                 if let Err(e) = ring.cancel(ud(op, id)) {
                     debug!(%id, "cancel: {e}");
@@ -433,7 +387,7 @@ impl Loop {
             Op::Wake => {
                 self.core.complete_jobs();
                 let fd = self.waker.raw_fd();
-                if let Some(ring) = self.core.ring() {
+                if let Some(ring) = self.core.backend.ring() {
                     if let Err(e) = ring.read_waker(fd) {
                         warn!("cannot rearm the loop's waker: {e}");
                     }
@@ -500,13 +454,15 @@ impl Loop {
             for (_, z) in self.core.zombies.drain() {
                 std::mem::forget(z);
             }
-            std::mem::forget(self.core.ring.take());
+            if let Backend::Completion(ring) = &mut self.core.backend {
+                std::mem::forget(ring.take());
+            }
         }
     }
 
     /// A completion for a connection that has closed.
     fn zombie_cqe(&mut self, cqe: Cqe) {
-        if let (Some(bid), Some(ring)) = (cqe.buffer(), self.core.ring()) {
+        if let (Some(bid), Some(ring)) = (cqe.buffer(), self.core.backend.ring()) {
             ring.recycle(bid);
         }
         let key = cqe_conn(&cqe);
@@ -560,15 +516,14 @@ impl Loop {
             return;
         }
         if cqe.result < 0 {
-            let e = io::Error::from_raw_os_error(-cqe.result);
+            let e = cqe.error();
             match -cqe.result {
                 // Cancelled by the loop (paused or stopping: `accept` arms
                 // nothing then), or ended by the kernel: armed again.
                 libc::ECANCELED if !current => {}
-                libc::ECANCELED | libc::EINTR | libc::ECONNABORTED | libc::ECONNRESET => {
-                    self.accept(li)
-                }
-                _ => self.pause_listener(li, &format!("accept: {e}")),
+                libc::ECANCELED => self.accept(li),
+                _ if self.accept_failed(li, &e) => self.accept(li),
+                _ => {}
             }
             return;
         }
@@ -589,11 +544,8 @@ impl Loop {
     /// Adopt what the kernel accepted for listener `li` while under its
     /// limit, and keep an accept out while it may accept.
     pub(super) fn uring_accept(&mut self, li: usize) {
-        let setup = self.core.setups[li].clone();
         while !self.listeners[li].backlog.is_empty() {
-            if setup.active() >= setup.limits.max_connections {
-                let why = format!("max_connections ({}) reached", setup.limits.max_connections);
-                self.pause_listener(li, &why);
+            if !self.room_to_accept(li) {
                 break;
             }
             let Some(std) = self.listeners[li].backlog.pop_front() else {
@@ -615,7 +567,7 @@ impl Loop {
             if l.armed {
                 l.armed = false;
                 let ud = user_data(Op::Accept, li, l.accept_gen);
-                if let Some(ring) = self.core.ring() {
+                if let Some(ring) = self.core.backend.ring() {
                     if let Err(e) = ring.cancel(ud) {
                         warn!("cannot cancel accept: {e}");
                     }
@@ -627,7 +579,7 @@ impl Loop {
             l.armed = true;
             l.accept_gen = l.accept_gen.wrapping_add(1);
             let generation = l.accept_gen;
-            if let Some(ring) = self.core.ring() {
+            if let Some(ring) = self.core.backend.ring() {
                 if let Err(e) = ring.accept_multi(fd, li, generation) {
                     self.listeners[li].armed = false;
                     self.pause_listener(li, &format!("accept: {e}"));
@@ -650,7 +602,7 @@ impl Loop {
         l.armed = true;
         l.accept_gen = l.accept_gen.wrapping_add(1);
         let generation = l.accept_gen;
-        if let Some(ring) = self.core.ring() {
+        if let Some(ring) = self.core.backend.ring() {
             if let Err(e) = ring.poll_listener(fd, li, generation) {
                 self.listeners[li].armed = false;
                 self.pause_listener(li, &format!("poll: {e}"));
@@ -665,7 +617,7 @@ impl Loop {
             self.core.conns[id].io.recv = Recv::Idle;
         }
         if cqe.result < 0 {
-            if let (Some(bid), Some(ring)) = (cqe.buffer(), self.core.ring()) {
+            if let (Some(bid), Some(ring)) = (cqe.buffer(), self.core.backend.ring()) {
                 ring.recycle(bid);
             }
             match -cqe.result {
@@ -674,8 +626,8 @@ impl Loop {
                 libc::ECANCELED | libc::ENOBUFS | libc::EINTR | libc::EAGAIN => {
                     self.core.ready.push_back(id);
                 }
-                errno => {
-                    let kind = io::Error::from_raw_os_error(errno).kind();
+                _ => {
+                    let kind = cqe.error().kind();
                     self.core.abort(id, CloseReason::Io(kind));
                 }
             }
@@ -683,8 +635,7 @@ impl Loop {
         }
         let n = cqe.result as usize;
         let conn = &mut self.core.conns[id];
-        let held =
-            (conn.reading_blocked() && !conn.life.is_lingering()) || !conn.io.stash.is_empty();
+        let held = conn.reading_blocked() || !conn.io.stash.is_empty();
         if n == 0 {
             // End of stream: after what is stashed.
             conn.io.recv = Recv::Idle;
@@ -698,7 +649,7 @@ impl Loop {
         let Some(bid) = cqe.buffer() else {
             return;
         };
-        let Some(ring) = self.core.ring.as_deref_mut() else {
+        let Some(ring) = self.core.backend.ring() else {
             return;
         };
         // Copied out so the buffer goes back to the kernel at once, and
@@ -733,7 +684,7 @@ impl Loop {
         let Some(conn) = self.core.conns.get_mut(id) else {
             return;
         };
-        if conn.reading_blocked() && !conn.life.is_lingering() {
+        if conn.reading_blocked() {
             self.core.uring_pause_recv(id);
             return;
         }
@@ -749,7 +700,7 @@ impl Loop {
                 let Some(conn) = self.core.conns.get_mut(id) else {
                     return;
                 };
-                if conn.reading_blocked() && !conn.life.is_lingering() {
+                if conn.reading_blocked() {
                     conn.io.stash.extend_from_slice(&stash[at..]);
                     return;
                 }
@@ -760,7 +711,7 @@ impl Loop {
         let Some(conn) = self.core.conns.get_mut(id) else {
             return;
         };
-        if conn.reading_blocked() && !conn.life.is_lingering() {
+        if conn.reading_blocked() {
             // What was buffered filled the pool or the output again.
             return;
         }
@@ -799,21 +750,14 @@ impl Loop {
                     }
                 }
             }
-            // The destination's pipe has no free id (each spliced segment
-            // takes one, whatever its size): wait for it to drain, as when
-            // it is full, rather than poll and fail again at once.
-            e if e == -libc::EAGAIN && self.core.pipe_busy(id) => {
-                if let Some(to) = self.core.conns[id].proto.splice_to {
-                    self.core.conns[id].life.holds.splice_stalled = true;
-                    self.core.conns[to].life.mark_full();
-                }
-                return;
-            }
+            // The destination's pipe may be out of slots: wait for it to
+            // drain rather than poll and fail again at once.
+            e if e == -libc::EAGAIN && self.core.splice_found_no_room(id) => return,
             // Nothing to move after all, or the poll was cancelled: try
             // again if it may read.
             e if e == -libc::EAGAIN || e == -libc::ECANCELED || e == -libc::EINTR => {}
-            e => {
-                let kind = io::Error::from_raw_os_error(-e).kind();
+            _ => {
+                let kind = cqe.error().kind();
                 self.core.abort(id, CloseReason::Io(kind));
                 return;
             }
@@ -843,7 +787,7 @@ impl Loop {
             return;
         }
         if cqe.result < 0 {
-            let kind = io::Error::from_raw_os_error(-cqe.result).kind();
+            let kind = cqe.error().kind();
             self.core.abort(id, CloseReason::Io(kind));
             return;
         }
@@ -863,7 +807,7 @@ impl Loop {
         let id = cqe_conn(&cqe);
         self.core.conns[id].io.connect = None;
         if cqe.result < 0 {
-            let kind = io::Error::from_raw_os_error(-cqe.result).kind();
+            let kind = cqe.error().kind();
             self.core.connect_failed(id, kind);
             return;
         }

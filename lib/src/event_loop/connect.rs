@@ -23,7 +23,7 @@ impl Core {
         let Some(listener) = self.sessions.get(session).map(|s| s.listener) else {
             return Err(ConnectError::SessionEnded);
         };
-        let (sock, addr_buf) = if self.ring.is_some() {
+        let (sock, addr_buf) = if self.backend.is_completion() {
             let (sock, buf) = self.uring_connect(addr)?;
             (sock, Some(buf))
         } else {

@@ -28,7 +28,7 @@ impl Core {
             self.close_after_grace(id);
             return;
         }
-        let direct = self.ring.is_none();
+        let direct = !self.backend.is_completion();
         let conn = &mut self.conns[id];
         let pending = Pending::new(&mut conn.input, data);
         let used = serve(

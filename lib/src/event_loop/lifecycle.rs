@@ -17,9 +17,9 @@
 //!
 //! Reading stops while any *hold* is on (the protocol paused it, its splice
 //! destination is full, a complete request waits for a pool), a service's
-//! output is over the cap, the stream ended, it is closing (but not while
-//! lingering: a lingering connection reads to see the FIN), or its connect
-//! is still in flight. [`Lifecycle::reading_blocked`] is the one place that
+//! output is over the cap, the stream ended, it is closing, or its connect
+//! is still in flight; never while it lingers: a lingering connection reads
+//! (and drops) its input to see the FIN, whatever else held it. [`Lifecycle::reading_blocked`] is the one place that
 //! says so.
 
 use std::time::{Duration, Instant};
@@ -166,6 +166,9 @@ impl Lifecycle {
 
     /// Is reading stopped now? (The one place that says so.)
     pub fn reading_blocked(&self) -> bool {
+        if self.is_lingering() {
+            return false;
+        }
         let Holds {
             paused,
             splice_stalled,
@@ -423,6 +426,8 @@ mod tests {
         );
         assert!(l.is_lingering());
         assert!(!l.reading_blocked(), "lingering reads to see the FIN");
+        l.holds.paused = true;
+        assert!(!l.reading_blocked(), "whatever held it before");
         assert_eq!(l.deadline(None), Some((now + LINGER, Expiry::Linger)));
         // Lingering is past closing: a later close changes nothing.
         l.close(Some(CloseReason::Shutdown));

@@ -38,6 +38,7 @@
 //! | `accept.rs` | listeners: limits, back-off, adopting sockets |
 //! | `read.rs` | reads and splices into the service or the protocol |
 //! | `input.rs` | unconsumed input: the one routine that keeps a tail of bytes, and [`Unconsumed`] for handlers |
+//! | `splice.rs` | splices between connections: room, stalls, accounting, shared by the backends |
 //! | `jobs.rs` | the service path: framing inline, or jobs for a handler pool |
 //! | `write.rs` | flushing output and what follows it (half-close, close, linger) |
 //! | `connect.rs` | outbound connections of protocol sessions |
@@ -61,6 +62,7 @@ mod read;
 mod run;
 mod settings;
 mod slots;
+mod splice;
 mod state;
 pub(crate) mod timer;
 mod write;

@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use super::output::BufPool;
 use super::slots::Slots;
+use super::state::Backend;
 use super::timer::{Due, Timers};
 use super::{
     token_conn, Core, ListenerSetup, ListenerSlot, LoopHandle, LoopSettings, JOB_SPIN,
@@ -64,8 +65,10 @@ impl Loop {
         }
         let (mut lp, handle) =
             Loop::build(setups.into_iter().map(|s| (None, s)).collect(), settings)?;
-        // The ring does the waiting under -T completion: its sockets block.
-        stream.set_nonblocking(lp.core.ring.is_none())?;
+        // Non-blocking under every backend, as accepted sockets are: under
+        // -T completion a send or splice that finds a blocking socket full
+        // would hold an io_uring worker thread.
+        stream.set_nonblocking(true)?;
         let peer = stream.peer_addr()?;
         lp.adopt(listener, TcpStream::from_std(stream), peer);
         Ok((lp, handle))
@@ -80,32 +83,29 @@ impl Loop {
         for (_, setup) in &listeners {
             scratch_len = scratch_len.max(setup.limits.recv_size.max(1));
         }
-        let (mut poller, mut ring) = match settings.poll {
-            PollType::Completion => (
-                None,
-                Some(Box::new(Ring::new(
-                    RING_BUFFERS,
-                    scratch_len.min(RING_BUFFER_MAX),
-                )?)),
-            ),
-            kind => (Some(backend::readiness(kind)?), None),
+        let mut backend = match settings.poll {
+            PollType::Completion => {
+                let mut ring = Ring::new(RING_BUFFERS, scratch_len.min(RING_BUFFER_MAX))?;
+                ring.read_waker(waker.raw_fd())?;
+                Backend::Completion(Some(Box::new(ring)))
+            }
+            kind => {
+                let mut poller = backend::readiness(kind)?;
+                poller.set_interest(waker.as_fd(), WAKER, Interest::NONE, Interest::READ)?;
+                let level = poller.is_level();
+                Backend::Readiness { poller, level }
+            }
         };
-        let level = poller.as_ref().is_some_and(|p| p.is_level());
-        if let Some(p) = poller.as_mut() {
-            p.set_interest(waker.as_fd(), WAKER, Interest::NONE, Interest::READ)?;
-        }
-        if let Some(r) = ring.as_mut() {
-            r.read_waker(waker.raw_fd())?;
-        }
         let mut slots = Vec::new();
         let mut setups = Vec::new();
         for (i, (std_listener, setup)) in listeners.into_iter().enumerate() {
             let sock = match std_listener {
                 Some(l) => {
-                    l.set_nonblocking(ring.is_none() || settings.shared_listeners)?;
+                    let ring = matches!(backend, Backend::Completion(_));
+                    l.set_nonblocking(!ring || settings.shared_listeners)?;
                     let sock = TcpListener::from_std(l);
-                    if let Some(p) = poller.as_mut() {
-                        p.set_interest(
+                    if let Backend::Readiness { poller, .. } = &mut backend {
+                        poller.set_interest(
                             sock.as_fd(),
                             LISTENER_BASE + i,
                             Interest::NONE,
@@ -145,9 +145,7 @@ impl Loop {
             conns: Slots::default(),
             sessions: Slots::default(),
             setups,
-            poller,
-            ring,
-            level,
+            backend,
             zombies: HashMap::new(),
             timers: Timers::default(),
             cancelled: HashSet::new(),
@@ -173,7 +171,7 @@ impl Loop {
             stop,
             settings,
         };
-        if lp.core.ring.is_some() {
+        if lp.core.backend.is_completion() {
             for li in 0..lp.listeners.len() {
                 lp.accept(li);
             }
@@ -184,7 +182,7 @@ impl Loop {
     /// Run until stopped through the [`LoopHandle`] and drained.
     pub fn run(mut self) -> io::Result<()> {
         let result = self.run_until_done();
-        if self.core.ring.is_some() {
+        if self.core.backend.is_completion() {
             self.retire_ring();
         }
         result
@@ -247,10 +245,10 @@ impl Loop {
 
     /// Wait for events or completions, at most `timeout`.
     pub(super) fn wait(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        if let Some(ring) = self.core.ring.as_deref_mut() {
+        if let Some(ring) = self.core.backend.ring() {
             return ring.wait(&mut self.cqes, timeout);
         }
-        match self.core.poller.as_deref_mut() {
+        match self.core.backend.poller() {
             Some(p) => p.wait(&mut self.events, timeout),
             None => Ok(()),
         }
@@ -258,7 +256,7 @@ impl Loop {
 
     /// Act on what the last wait brought.
     pub(super) fn handle_events(&mut self) {
-        if self.core.ring.is_some() {
+        if self.core.backend.is_completion() {
             let cqes = std::mem::take(&mut self.cqes);
             for cqe in &cqes {
                 self.on_cqe(*cqe);
@@ -270,7 +268,7 @@ impl Loop {
         for ev in &events {
             match ev.token {
                 WAKER => {
-                    if self.core.level {
+                    if self.core.backend.is_level() {
                         self.waker.reset();
                     }
                     self.core.complete_jobs();
@@ -303,7 +301,7 @@ impl Loop {
             let Some(sock) = l.sock.take() else {
                 continue;
             };
-            if let Some(p) = self.core.poller.as_deref_mut() {
+            if let Some(p) = self.core.backend.poller() {
                 if let Err(e) = p.set_interest(
                     sock.as_fd(),
                     LISTENER_BASE + i,
@@ -313,7 +311,7 @@ impl Loop {
                     debug!("deregister listener {i}: {e}");
                 }
             }
-            if let Some(ring) = self.core.ring.as_deref_mut() {
+            if let Some(ring) = self.core.backend.ring() {
                 l.backlog.clear();
                 if l.armed {
                     let ud = backend::user_data(backend::Op::Accept, i, l.accept_gen);
@@ -393,7 +391,7 @@ impl Loop {
                 self.core.finish_connect(id);
             }
             // on_connect is told before on_data sees the first bytes (and
-            // may close this connection, whose id a new one may take).
+            // may close this connection).
             self.settle();
             if self.core.conns.get(id).is_none() {
                 return;

@@ -106,22 +106,6 @@ impl<K: Key, T> Slots<K, T> {
             .and_then(|e| e.value.as_mut())
     }
 
-    /// Two distinct live entries at once.
-    pub fn get2_mut(&mut self, a: K, b: K) -> Option<(&mut T, &mut T)> {
-        if a.slot() == b.slot() || !self.contains(a) || !self.contains(b) {
-            return None;
-        }
-        let (lo, hi, swap) = if a.slot() < b.slot() {
-            (a.slot() as usize, b.slot() as usize, false)
-        } else {
-            (b.slot() as usize, a.slot() as usize, true)
-        };
-        let (left, right) = self.entries.split_at_mut(hi);
-        let x = left[lo].value.as_mut()?;
-        let y = right[0].value.as_mut()?;
-        Some(if swap { (y, x) } else { (x, y) })
-    }
-
     pub fn contains(&self, key: K) -> bool {
         self.get(key).is_some()
     }
@@ -216,18 +200,6 @@ mod tests {
         assert_eq!(next.slot, k.slot);
         assert_eq!(s.insert(9), Some(next));
         assert_eq!(s.len(), 5);
-    }
-
-    #[test]
-    fn two_entries_at_once_only_when_both_are_live_and_distinct() {
-        let mut s: Slots<ConnId, u8> = Slots::default();
-        let a = s.insert(1).unwrap();
-        let b = s.insert(2).unwrap();
-        let (x, y) = s.get2_mut(b, a).unwrap();
-        assert_eq!((*x, *y), (2, 1));
-        assert!(s.get2_mut(a, a).is_none());
-        s.remove(b);
-        assert!(s.get2_mut(a, b).is_none());
     }
 
     #[test]

@@ -21,21 +21,61 @@ use crate::poll::{Interest, Readiness, Ring};
 use crate::pools::{Done, ReplyTo};
 use crate::protocol::{CloseReason, ConnId, Protocol, TimerId};
 
+/// How a loop does its I/O (`-T`). The connection state machine decides
+/// the same under each; this is who carries it out.
+pub(super) enum Backend {
+    /// `-T edge | level`: the loop makes the syscalls and is told when a
+    /// socket can take them. Under `level`, interest follows what the loop
+    /// can act on (it would be told again and again otherwise).
+    Readiness {
+        poller: Box<dyn Readiness>,
+        level: bool,
+    },
+    /// `-T completion`: the loop submits to io_uring and is told when it is
+    /// done. None once a stopping loop has left the ring (with memory the
+    /// kernel might still use) allocated.
+    Completion(Option<Box<Ring>>),
+}
+
+impl Backend {
+    /// Under `-T completion`?
+    pub(super) fn is_completion(&self) -> bool {
+        matches!(self, Backend::Completion(_))
+    }
+
+    /// Under `-T level`?
+    pub(super) fn is_level(&self) -> bool {
+        matches!(self, Backend::Readiness { level: true, .. })
+    }
+
+    /// The ring, under `-T completion`.
+    pub(super) fn ring(&mut self) -> Option<&mut Ring> {
+        match self {
+            Backend::Completion(ring) => ring.as_deref_mut(),
+            Backend::Readiness { .. } => None,
+        }
+    }
+
+    /// The poller, under `-T edge | level`.
+    pub(super) fn poller(&mut self) -> Option<&mut dyn Readiness> {
+        match self {
+            Backend::Readiness { poller, .. } => Some(&mut **poller),
+            Backend::Completion(_) => None,
+        }
+    }
+}
+
 /// The loop's state that handler callbacks may touch through [`Ctx`].
 pub(crate) struct Core {
-    /// The ring (`-T completion`). First, so it is dropped first: the
+    /// Who carries out the I/O (`-T`). First, so it is dropped first: the
     /// kernel lets go of the connections' buffers before they are freed.
-    pub(super) ring: Option<Box<Ring>>,
+    pub(super) backend: Backend,
     /// Connections by id. Callbacks never remove one: they ask for
     /// closes, which the loop carries out when they return; so a
     /// connection the loop is working on stays while it calls one.
     pub(super) conns: Slots<ConnId, Conn>,
     pub(super) sessions: Slots<SessionKey, Session>,
     pub(super) setups: Vec<Arc<ListenerSetup>>,
-    /// The readiness backend (`-T edge`, `-T level`), when there is no ring.
-    pub(super) poller: Option<Box<dyn Readiness>>,
-    /// Level-triggered: interest follows what the loop can act on.
-    pub(super) level: bool,
     /// Closed connections whose submissions are still out (completion).
     pub(super) zombies: HashMap<ConnId, Conn>,
     pub(super) timers: Timers,
@@ -79,11 +119,11 @@ impl Core {
     ) -> io::Result<ConnId> {
         let full = || io::Error::other("this loop holds as many connections as it can");
         let id = self.conns.next_key().ok_or_else(full)?;
-        if let Some(p) = self.poller.as_deref_mut() {
+        if let Some(p) = self.backend.poller() {
             p.set_interest(sock.as_fd(), token(id), Interest::NONE, interest)?;
         }
         let mut conn = Conn::new(sock, listener, life, self.now);
-        if self.poller.is_some() {
+        if !self.backend.is_completion() {
             conn.interest = interest;
         }
         self.conns.insert(conn).ok_or_else(full)
@@ -248,13 +288,13 @@ impl Core {
             return;
         };
         let want = Interest {
-            read: !self.level || !conn.reading_blocked(),
+            read: !self.backend.is_level() || !conn.reading_blocked(),
             write: conn.writable_interest,
         };
         if want == conn.interest {
             return;
         }
-        let Some(p) = self.poller.as_deref_mut() else {
+        let Some(p) = self.backend.poller() else {
             return;
         };
         match p.set_interest(conn.sock.as_fd(), token(id), conn.interest, want) {

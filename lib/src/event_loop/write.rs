@@ -20,7 +20,7 @@ impl Core {
             return;
         }
         if !conn.out.is_empty() {
-            let sent = if self.ring.is_some() {
+            let sent = if self.backend.is_completion() {
                 self.uring_send(id)
             } else {
                 let flushed = conn.out.flush(&mut conn.sock, &mut self.bufs);
@@ -77,7 +77,7 @@ impl Core {
                     return;
                 }
             }
-        } else if !conn.writable_interest && self.poller.is_some() {
+        } else if !conn.writable_interest && !self.backend.is_completion() {
             conn.writable_interest = true;
             self.update_interest(id);
             if !self.conns.contains(id) {

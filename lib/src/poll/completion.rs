@@ -104,6 +104,11 @@ impl Cqe {
         cqueue::more(self.flags)
     }
 
+    /// What a failed operation (`result` < 0) failed with.
+    pub fn error(&self) -> io::Error {
+        io::Error::from_raw_os_error(-self.result)
+    }
+
     /// The provided buffer holding a receive's bytes.
     pub fn buffer(&self) -> Option<u16> {
         cqueue::buffer_select(self.flags)

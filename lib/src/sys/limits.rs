@@ -1,5 +1,4 @@
-//! Process limits and signals: RLIMIT_NOFILE, SIGXFSZ, and which accept(2)
-//! errors mean the process is out of descriptors or memory.
+//! Process limits and signals: RLIMIT_NOFILE and SIGXFSZ.
 
 use std::io;
 
@@ -13,15 +12,6 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard).map_err(io::Error::from)?;
     }
     Ok(hard.max(soft))
-}
-
-/// Is this accept(2) error a shortage of descriptors or memory, after which
-/// the listener must back off instead of retrying at once?
-pub fn is_resource_exhaustion(err: &io::Error) -> bool {
-    matches!(
-        err.raw_os_error(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
-    )
 }
 
 /// Ignore SIGXFSZ, so a write past RLIMIT_FSIZE fails with EFBIG (which the
