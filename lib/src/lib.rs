@@ -2,40 +2,55 @@
 //!
 //! An async socket server framework for people who want low-level control
 //! and speed with sane defaults. An event loop hosts pluggable handlers;
-//! server types decide where loops run; socket options are one flag each;
-//! a conf file and CLI flags drive deployments; your own handler crates get
-//! the same CLI and conf through [`run`].
+//! server types decide where loops run, handler pools where service
+//! requests run; socket options are one flag each; a conf file and CLI
+//! flags drive deployments; your own handler crates get the same CLI and
+//! conf through [`run`].
+//!
+//! This page is a handler author's manual: what a handler implements, what
+//! it may ask of the loop, and how a program embeds the loop. The map of
+//! the code is docs/ARCHITECTURE.md.
 //!
 //! ## The layers, bottom up
 //!
 //! ```text
-//!  cli / config   flags > GAIDAROS_* env > conf file > defaults  ──► Settings
+//!  cli / config   flags > GAIDAROS_* env > conf file > defaults ──► settings::Settings
 //!        │
-//!  server         -S blocking | thread (-N loops, SO_REUSEPORT per loop)
+//!  server         -S blocking | thread | procpool | proc: where loops run, signals
 //!        │
-//!  event_loop     accept, read into loop buffers, framing, timers, write path
-//!        │  ▲
+//!  pools          -X blocking | thread | threadpool | gthread[pool] | proc[pool]:
+//!        │        where service requests run, answered in order per connection
+//!  event_loop     one connection state machine (accept, read, framing, backpressure,
+//!        │  ▲     linger, timers, write path), carried out by the poll backend
 //!        ▼  │     bytes in, commands out: handlers never make syscalls
-//!  handlers       Service (request → response)   Protocol (evented, N conns)
+//!  handlers       Service (request → response)   Protocol (evented, N connections)
 //!        │
-//!  poll / net     mio (epoll, edge-triggered); socket2 listeners and options
-//!  sys            sendfile, rlimits (the OS layer)
+//!  poll / net     -T edge (mio, EPOLLET) | level (epoll) | completion (io_uring);
+//!  sys            socket2 listeners and options; sendfile, splice, openat2 (the OS layer)
 //! ```
 //!
+//! - [`service`] and [`protocol`]: the two handler APIs. A [`Service`]
+//!   answers framed requests and can run in any handler pool; a
+//!   [`Protocol`] reacts to events on one or more connections and asks the
+//!   loop, through [`Ctx`], to write ([`Queued`] or [`WriteError`]), send
+//!   file ranges, splice, connect ([`ConnectError`]), pause, time out or
+//!   close; it is told why a connection closed ([`CloseReason`]).
+//! - [`Unconsumed`]: the loop's routine for input a handler keeps itself.
+//! - [`fs`]: files opened beneath a root, for handlers that serve them.
+//! - [`handler`]: the [`Registry`] of named handlers a binary offers, with
+//!   their options.
+//! - [`event_loop`]: [`Loop`] and what it is built from ([`ListenerSetup`],
+//!   [`Limits`], [`LoopSettings`]), for programs that embed one.
 //! - [`net`]: listeners (IPv4, IPv6, dual stack, backlog, SO_REUSEPORT) and
 //!   per-connection options (TCP_NODELAY, TCP_CORK).
-//! - [`event_loop`]: one [`Loop`] per thread; owns connections, buffers,
-//!   timers and the write path (vectored writes, sendfile).
-//! - [`server`]: lays loops over threads and handles signals.
-//! - [`service`] and [`protocol`]: the two handler APIs.
-//! - [`handler`]: the registry of named handlers a binary offers.
-//! - [`config`] and [`cli`]: settings and the shared entry point.
+//! - [`server`], [`settings`], [`config`] and [`cli`]: the server types,
+//!   the resolved settings, the layered conf and the shared entry point.
 //!
 //! ## Writing a handler
 //!
-//! A [`Service`] answers framed requests; a [`Protocol`] reacts to events on
-//! one or more connections and asks the loop, through [`Ctx`], to write,
-//! send files, connect, pause, time out or close. See docs/handlers.md.
+//! See docs/handlers.md (compiled as a doctest): a service in a dozen
+//! lines, a protocol with backpressure, and a crate of your own run with
+//! the binary's CLI through [`run`].
 
 #![warn(missing_docs)]
 

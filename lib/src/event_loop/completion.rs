@@ -16,14 +16,14 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
-use super::output::{Front, MAX_IOVECS, NO_IOVEC};
+use super::output::{Front, Sending, Sent};
 use super::slots::Key;
 use super::state::Backend;
 use super::{Conn, Core, Loop, ReadStep};
@@ -42,17 +42,14 @@ const RETIRE_WAIT: Duration = Duration::from_millis(500);
 pub(crate) struct Inflight {
     /// Its multishot receive.
     pub recv: Recv,
-    /// The send out on its output queue, if any.
-    pub send: Option<Front>,
-    /// The slices of a `sendmsg` in flight.
-    pub iov: Option<Box<[libc::iovec; MAX_IOVECS]>>,
-    /// The message header of a `sendmsg` in flight, naming `iov`.
-    pub msg: Option<Box<libc::msghdr>>,
+    /// The send out on its output queue, if any (its bytes are lent to
+    /// the ring until it completes).
+    pub send: Option<Sending>,
     /// The last send moved nothing (`-EAGAIN`): the next one waits until
     /// the socket is writable.
     pub poll_first: bool,
-    /// An outbound connect in flight, with the address it reads.
-    pub connect: Option<Box<socket2::SockAddr>>,
+    /// An outbound connect in flight (the ring holds its address).
+    pub connecting: bool,
     /// A poll-then-splice into the pipe of the connection it is spliced
     /// to: that pipe, kept open here until it completes, and that
     /// connection (what it moves is counted there, even if the splice was
@@ -69,10 +66,6 @@ pub(crate) struct Inflight {
     pub stash_eof: bool,
 }
 
-// SAFETY: the iovecs point into the connection's own output queue, which
-// moves with it; they are only read by the kernel.
-unsafe impl Send for Inflight {}
-
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Recv {
     #[default]
@@ -85,7 +78,7 @@ impl Inflight {
     fn count(&self) -> usize {
         usize::from(self.recv != Recv::Idle)
             + usize::from(self.send.is_some())
-            + usize::from(self.connect.is_some())
+            + usize::from(self.connecting)
             + usize::from(self.splice_in.is_some())
     }
 }
@@ -116,7 +109,7 @@ impl Core {
         }
         if conn.io.recv != Recv::Idle
             || conn.reading_blocked()
-            || conn.io.connect.is_some()
+            || conn.io.connecting
             || !conn.io.stash.is_empty()
             || conn.io.stash_eof
         {
@@ -167,12 +160,11 @@ impl Core {
             return;
         };
         let pipe_fd = pipe.write_fd().as_raw_fd();
-        // SAFETY: the socket lives as long as this connection (a zombie
-        // until the splice completes), and the pipe as long as the clone
-        // kept in `splice_in`, whoever closes first.
-        let submitted = unsafe {
-            ring.splice_when_readable(fd, pipe_fd, room, id.slot as usize, id.generation)
-        };
+        // The socket lives as long as this connection (a zombie until the
+        // splice completes), and the pipe as long as the clone kept in
+        // `splice_in`, whoever closes first.
+        let submitted =
+            ring.splice_when_readable(fd, pipe_fd, room, id.slot as usize, id.generation);
         match submitted {
             Ok(()) => self.conns[id].io.splice_in = Some((pipe, to)),
             Err(e) => self.abort(id, CloseReason::Io(e.kind())),
@@ -254,17 +246,13 @@ impl Core {
         let Some(conn) = self.conns.get_mut(id) else {
             return Ok(());
         };
-        if conn.io.send.is_some() || conn.io.connect.is_some() {
+        if conn.io.send.is_some() || conn.io.connecting {
             return Ok(());
         }
         // -K: each response in its own send, as the readiness backends
         // write each at once.
         let one_chunk = !self.setups[conn.listener].coalesce;
-        let iov = conn
-            .io
-            .iov
-            .get_or_insert_with(|| Box::new([NO_IOVEC; MAX_IOVECS]));
-        let Some(front) = conn.out.lock_front(iov, FILE_PIPE, one_chunk)? else {
+        let Some(front) = conn.out.lock_front(FILE_PIPE, one_chunk)? else {
             return Ok(());
         };
         let fd = conn.sock.as_raw_fd();
@@ -272,74 +260,47 @@ impl Core {
         let Some(ring) = self.backend.ring() else {
             return Ok(());
         };
+        // The socket and the pipes stay open until this completes: a
+        // connection that closes first lives on as a zombie until then
+        // (`uring_close`); the bytes are the ring's meanwhile.
+        let kind = front.kind();
         let send = ud(Op::Send, id);
-        // SAFETY: the chunks, the iovec array, the message header and the
-        // pipe are locked (or kept) in the connection until this
-        // completes; a connection that closes first lives on as a zombie
-        // until then (`uring_close`).
-        let submitted = unsafe {
-            match front {
-                Front::Bytes(1) => {
-                    let (ptr, len) = (iov[0].iov_base as *const u8, iov[0].iov_len);
-                    ring.send(fd, ptr, len, poll_first, send)
-                }
-                Front::Bytes(n) => {
-                    // (Zeroed: a msghdr is plain data, and all-zero is an
-                    // empty header.)
-                    let msg = conn
-                        .io
-                        .msg
-                        .get_or_insert_with(|| Box::new(std::mem::zeroed()));
-                    msg.msg_iov = iov.as_mut_ptr();
-                    msg.msg_iovlen = n;
-                    ring.sendmsg(fd, &**msg, poll_first, send)
-                }
-                Front::Pipe { fd: pipe, len } => ring.splice_when_writable(pipe, fd, len, send),
-                Front::File {
-                    fd: file,
-                    offset,
-                    len,
-                    pipe,
-                } => ring.splice(file, offset as i64, pipe, len, ud(Op::FileIn, id)),
-            }
-        };
-        submitted?;
-        self.conns[id].io.send = Some(front);
+        match front {
+            Front::Bytes(lent) => ring.send(fd, lent, poll_first, send)?,
+            Front::Pipe { fd: pipe, len } => ring.splice_when_writable(pipe, fd, len, send)?,
+            Front::File {
+                fd: file,
+                offset,
+                len,
+                pipe,
+            } => ring.splice(file, offset as i64, pipe, len, ud(Op::FileIn, id))?,
+        }
+        self.conns[id].io.send = Some(kind);
         Ok(())
     }
 
     /// Open an outbound connection with a connect submission.
-    pub(super) fn uring_connect(
-        &mut self,
-        addr: SocketAddr,
-    ) -> io::Result<(TcpStream, Box<socket2::SockAddr>)> {
+    pub(super) fn uring_connect(&mut self, addr: SocketAddr) -> io::Result<TcpStream> {
         let domain = socket2::Domain::for_address(addr);
         // Blocking for the connect submission (a non-blocking one run on a
         // kernel worker would end in EINPROGRESS); made non-blocking once
         // connected, like every other socket of the loop.
         let sock = socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), None)?;
         let std: std::net::TcpStream = sock.into();
-        Ok((
-            TcpStream::from_std(std),
-            Box::new(socket2::SockAddr::from(addr)),
-        ))
+        Ok(TcpStream::from_std(std))
     }
 
-    /// Submit the connect of `id` (just added with its address).
-    pub(super) fn uring_submit_connect(&mut self, id: ConnId) -> io::Result<()> {
-        let conn = &self.conns[id];
-        let Some(addr) = conn.io.connect.as_deref() else {
-            return Ok(());
-        };
-        let (ptr, len) = (addr.as_ptr(), addr.len());
-        let ud = ud(Op::Connect, id);
-        let fd = conn.sock.as_raw_fd();
+    /// Submit the connect of `id` (just added) to `addr`; the ring holds
+    /// the address, the connection (a zombie if it closes first) the
+    /// socket, until it completes.
+    pub(super) fn uring_submit_connect(&mut self, id: ConnId, addr: SocketAddr) -> io::Result<()> {
+        let fd = self.conns[id].sock.as_raw_fd();
         let Some(ring) = self.backend.ring() else {
             return Ok(());
         };
-        // SAFETY: the address is boxed in the connection, which outlives
-        // the submission (as a zombie if it closes first).
-        unsafe { ring.connect(fd, ptr, len, ud) }
+        ring.connect(fd, socket2::SockAddr::from(addr), ud(Op::Connect, id))?;
+        self.conns[id].io.connecting = true;
+        Ok(())
     }
 
     /// `conn` (already out of the slab) closes: cancel what it has out and
@@ -358,15 +319,15 @@ impl Core {
                 cancel(Op::Recv);
             }
             match conn.io.send {
-                Some(Front::File { .. }) => cancel(Op::FileIn),
-                Some(Front::Pipe { .. }) => {
+                Some(Sending::File) => cancel(Op::FileIn),
+                Some(Sending::Pipe) => {
                     cancel(Op::PollOut);
                     cancel(Op::Send);
                 }
-                Some(_) => cancel(Op::Send),
+                Some(Sending::Bytes) => cancel(Op::Send),
                 None => {}
             }
-            if conn.io.connect.is_some() {
+            if conn.io.connecting {
                 cancel(Op::Connect);
             }
             if conn.io.splice_in.is_some() {
@@ -383,7 +344,7 @@ impl Loop {
     /// Handle one completion.
     pub(super) fn on_cqe(&mut self, cqe: Cqe) {
         match cqe.op {
-            Op::Accept => self.uring_accepted(cqe),
+            Op::Accept | Op::ListenerPoll => self.uring_accepted(cqe),
             Op::Wake => {
                 self.core.complete_jobs();
                 let fd = self.waker.raw_fd();
@@ -428,17 +389,14 @@ impl Loop {
             if self.wait(Some(Duration::from_millis(10))).is_err() {
                 break;
             }
-            let cqes = std::mem::take(&mut self.cqes);
-            for cqe in &cqes {
+            let mut cqes = std::mem::take(&mut self.cqes);
+            for cqe in cqes.drain(..) {
                 match cqe.op {
                     Op::Recv | Op::Send | Op::FileIn | Op::Connect | Op::SpliceIn => {
-                        self.zombie_cqe(*cqe);
+                        self.zombie_cqe(cqe);
                     }
-                    // Accepted as the loop stopped: closed, not leaked.
-                    Op::Accept if cqe.result >= 0 && !self.settings.shared_listeners => {
-                        // SAFETY: the kernel just made this descriptor for us.
-                        drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(cqe.result) });
-                    }
+                    // Accepted as the loop stopped: closed (dropped with
+                    // the completion), not leaked.
                     _ => {}
                 }
             }
@@ -461,7 +419,7 @@ impl Loop {
     }
 
     /// A completion for a connection that has closed.
-    fn zombie_cqe(&mut self, cqe: Cqe) {
+    fn zombie_cqe(&mut self, mut cqe: Cqe) {
         if let (Some(bid), Some(ring)) = (cqe.buffer(), self.core.backend.ring()) {
             ring.recycle(bid);
         }
@@ -471,8 +429,15 @@ impl Loop {
         };
         match cqe.op {
             Op::Recv if !cqe.more() => z.io.recv = super::completion::Recv::Idle,
-            Op::Send | Op::FileIn => z.io.send = None,
-            Op::Connect => z.io.connect = None,
+            Op::Send | Op::FileIn => {
+                z.io.send = None;
+                // What the ring was lent for the send comes back to the
+                // pool: nobody will write it now.
+                for b in cqe.lent.take().into_iter().flat_map(|l| l.bufs) {
+                    self.core.bufs.give(b);
+                }
+            }
+            Op::Connect => z.io.connecting = false,
             Op::SpliceIn => {
                 // Bytes the splice moved before the source closed are in
                 // the destination's pipe: they leave with the rest.
@@ -497,7 +462,7 @@ impl Loop {
         }
     }
 
-    fn uring_accepted(&mut self, cqe: Cqe) {
+    fn uring_accepted(&mut self, mut cqe: Cqe) {
         let li = cqe.slot;
         // A cancelled accept may still report after a new one went out:
         // only the current one's end disarms the listener.
@@ -527,8 +492,10 @@ impl Loop {
             }
             return;
         }
-        // SAFETY: the kernel just made this descriptor for us.
-        let std = unsafe { std::net::TcpStream::from_raw_fd(cqe.result) };
+        let Some(fd) = cqe.accepted.take() else {
+            return;
+        };
+        let std = std::net::TcpStream::from(fd);
         let stopping = self.listeners.get(li).is_none_or(|l| l.sock.is_none());
         if stopping {
             return;
@@ -765,13 +732,27 @@ impl Loop {
         self.core.uring_arm_recv(id);
     }
 
-    fn uring_sent(&mut self, cqe: Cqe) {
+    fn uring_sent(&mut self, mut cqe: Cqe) {
         let id = cqe_conn(&cqe);
         let conn = &mut self.core.conns[id];
-        let Some(front) = conn.io.send.take() else {
+        let Some(kind) = conn.io.send.take() else {
             return;
         };
-        if cqe.result == -libc::EAGAIN && !matches!(front, Front::File { .. }) {
+        let front = match kind {
+            Sending::Bytes => match cqe.lent.take() {
+                Some(lent) => Sent::Bytes(lent),
+                // The ring gives back what it was lent with every send's
+                // completion; without it the queue would lose bytes.
+                None => {
+                    error!(%id, "a send completed without its buffers");
+                    self.core.abort(id, CloseReason::Io(io::ErrorKind::Other));
+                    return;
+                }
+            },
+            Sending::Pipe => Sent::Pipe,
+            Sending::File => Sent::File,
+        };
+        if cqe.result == -libc::EAGAIN && kind != Sending::File {
             // Nothing moved, and nothing is lost: the socket filled again
             // between a splice's poll and the splice, or io_uring gave a
             // sendmsg up to a worker thread, where the non-blocking socket
@@ -805,7 +786,7 @@ impl Loop {
 
     fn uring_connected(&mut self, cqe: Cqe) {
         let id = cqe_conn(&cqe);
-        self.core.conns[id].io.connect = None;
+        self.core.conns[id].io.connecting = false;
         if cqe.result < 0 {
             let kind = cqe.error().kind();
             self.core.connect_failed(id, kind);

@@ -23,19 +23,16 @@ impl Core {
         let Some(listener) = self.sessions.get(session).map(|s| s.listener) else {
             return Err(ConnectError::SessionEnded);
         };
-        let (sock, addr_buf) = if self.backend.is_completion() {
-            let (sock, buf) = self.uring_connect(addr)?;
-            (sock, Some(buf))
-        } else {
-            (TcpStream::connect(addr)?, None)
+        let ring = self.backend.is_completion();
+        let sock = match ring {
+            true => self.uring_connect(addr)?,
+            false => TcpStream::connect(addr)?,
         };
         let timeout = self.setups[listener].limits.connect_timeout;
         let life = Lifecycle::outbound(self.now + timeout);
         let id = self.add_conn(sock, listener, life, Interest::BOTH)?;
-        if addr_buf.is_some() {
-            self.conns[id].io.connect = addr_buf;
-            if let Err(e) = self.uring_submit_connect(id) {
-                self.conns[id].io.connect = None;
+        if ring {
+            if let Err(e) = self.uring_submit_connect(id, addr) {
                 self.conns[id].accepted = false;
                 self.close(id, None);
                 return Err(e.into());

@@ -49,6 +49,11 @@
 //! | `slots.rs` | the typed generational slot map of connections and sessions |
 //! | `timer.rs` | the timer heap |
 
+// No unsafe code in the loop: what the kernel holds while an operation
+// is out (buffers, addresses, descriptors it made) is owned by the poll
+// layer (`crate::poll`), with the OS calls of `crate::sys`.
+#![forbid(unsafe_code)]
+
 mod accept;
 mod close;
 mod completion;

@@ -12,6 +12,7 @@ use std::io::{self, IoSlice, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 
+pub use crate::poll::{Lent, MAX_IOVECS};
 use crate::sys;
 
 /// Buffers kept for reuse by one loop.
@@ -28,14 +29,6 @@ const POOL_MAX_BUFFERS: usize = 64;
 const FRESH_CAPACITY: usize = 4096;
 /// Largest sendfile(2) request in one call, so one file cannot hog the loop.
 const SENDFILE_STEP: usize = 1 << 20;
-/// Most chunks gathered into one writev(2).
-pub const MAX_IOVECS: usize = 64;
-
-/// An empty slice, to fill the iovec arrays `lock_front` writes into.
-pub const NO_IOVEC: libc::iovec = libc::iovec {
-    iov_base: std::ptr::null_mut(),
-    iov_len: 0,
-};
 
 impl BufPool {
     pub fn new() -> Self {
@@ -93,18 +86,21 @@ pub struct OutQueue {
     /// The tail byte chunk takes no more bytes: `-K` under `-T completion`
     /// sends each response on its own.
     sealed: bool,
-    /// Leading chunks the kernel is reading from right now (`-T
-    /// completion`): nothing is appended to them, and they are not freed
-    /// until their send completes.
-    locked: usize,
+    /// The front chunk is one the kernel reads from right now (a pipe or
+    /// a file range, `-T completion`): it stays until its submission
+    /// completes.
+    locked: bool,
+    /// Bytes of leading chunks lent to the ring for a send (`-T
+    /// completion`): they come back, in front, when it completes.
+    lent: Option<usize>,
 }
 
-/// The next submission that drains a queue (`-T completion`); the chunks it
-/// refers to stay locked until [`OutQueue::complete`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The next submission that drains a queue (`-T completion`); what it
+/// reads stays out of the queue's hands until [`OutQueue::complete`].
+#[derive(Debug, PartialEq, Eq)]
 pub enum Front {
-    /// The first `n` entries of the iovec array, from leading byte chunks.
-    Bytes(usize),
+    /// Leading byte chunks, lent to the ring for a send.
+    Bytes(Lent),
     /// `len` bytes waiting in the pipe whose read end is `fd`.
     Pipe { fd: RawFd, len: usize },
     /// `len` bytes of the file `fd` at `offset`, to be spliced into the
@@ -115,6 +111,35 @@ pub enum Front {
         len: usize,
         pipe: RawFd,
     },
+}
+
+/// What a completed submission was ([`OutQueue::complete`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// A send, with the chunks it was lent given back.
+    Bytes(Lent),
+    /// A splice out of a pipe.
+    Pipe,
+    /// A splice of a file range into the file pipe.
+    File,
+}
+
+/// What kind of submission is out on a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sending {
+    Bytes,
+    Pipe,
+    File,
+}
+
+impl Front {
+    pub fn kind(&self) -> Sending {
+        match self {
+            Front::Bytes(_) => Sending::Bytes,
+            Front::Pipe { .. } => Sending::Pipe,
+            Front::File { .. } => Sending::File,
+        }
+    }
 }
 
 /// How a flush ended.
@@ -128,7 +153,7 @@ pub enum Flushed {
 
 impl OutQueue {
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.chunks.is_empty() && self.lent.is_none()
     }
 
     /// Pending bytes (file ranges count their remaining length).
@@ -142,13 +167,13 @@ impl OutQueue {
                 Chunk::File { remaining, .. } => *remaining,
             })
             .sum();
-        (total as usize).saturating_sub(self.head)
+        (total as usize).saturating_sub(self.head) + self.lent.unwrap_or(0)
     }
 
     /// The buffer new bytes are appended to.
     pub fn tail(&mut self, bufs: &mut BufPool) -> &mut Vec<u8> {
         if !matches!(self.chunks.back(), Some(Chunk::Bytes(_)))
-            || self.chunks.len() <= self.locked
+            || (self.locked && self.chunks.len() == 1)
             || self.sealed
         {
             self.sealed = false;
@@ -223,7 +248,7 @@ impl OutQueue {
 
     /// Drop a trailing empty byte chunk (left when a handler wrote nothing).
     pub fn trim(&mut self, bufs: &mut BufPool) {
-        if self.chunks.len() <= self.locked {
+        if self.locked && self.chunks.len() == 1 {
             return;
         }
         if let Some(Chunk::Bytes(b)) = self.chunks.back() {
@@ -317,45 +342,44 @@ impl OutQueue {
         }
     }
 
-    /// Describe and lock the next submission that drains this queue, with
-    /// its byte slices in `iov`; None when it is empty or a submission is
-    /// already out. File ranges pass through a pipe of `pipe_size` of
-    /// their own, made when the first one is sent. With `one_chunk`, byte
-    /// chunks leave one per submission (`-K`).
-    pub fn lock_front(
-        &mut self,
-        iov: &mut [libc::iovec; MAX_IOVECS],
-        pipe_size: usize,
-        one_chunk: bool,
-    ) -> io::Result<Option<Front>> {
+    /// The next submission that drains this queue: leading byte chunks
+    /// lent out, or a pipe or file range locked in place; None when it is
+    /// empty or a submission is already out. File ranges pass through a
+    /// pipe of `pipe_size` of their own, made when the first one is sent.
+    /// With `one_chunk`, byte chunks leave one per submission (`-K`).
+    pub fn lock_front(&mut self, pipe_size: usize, one_chunk: bool) -> io::Result<Option<Front>> {
         let most = if one_chunk { 1 } else { MAX_IOVECS };
-        if self.locked > 0 {
+        if self.locked || self.lent.is_some() {
             return Ok(None);
         }
         let front = match self.chunks.front() {
             None => return Ok(None),
             Some(Chunk::Bytes(_)) => {
-                let mut n = 0;
-                for (i, chunk) in self.chunks.iter().enumerate() {
-                    match chunk {
-                        Chunk::Bytes(b) if n < most => {
-                            let start = if i == 0 { self.head } else { 0 };
-                            iov[n] = libc::iovec {
-                                iov_base: b[start..].as_ptr() as *mut libc::c_void,
-                                iov_len: b.len() - start,
-                            };
-                            n += 1;
-                        }
+                let mut lent = Lent {
+                    bufs: Vec::new(),
+                    head: std::mem::take(&mut self.head),
+                };
+                while lent.bufs.len() < most {
+                    match self.chunks.front() {
+                        Some(Chunk::Bytes(_)) => {}
                         _ => break,
                     }
+                    if let Some(Chunk::Bytes(b)) = self.chunks.pop_front() {
+                        lent.bufs.push(b);
+                    }
                 }
-                self.locked = n;
-                Front::Bytes(n)
+                let bytes: usize = lent.slices().map(<[u8]>::len).sum();
+                self.lent = Some(bytes);
+                if self.chunks.is_empty() {
+                    // What is pushed meanwhile starts a chunk of its own.
+                    self.sealed = false;
+                }
+                Front::Bytes(lent)
             }
             Some(Chunk::Piped(_) | Chunk::Staged(_)) => {
                 let (pipe, len) = self.front_pipe()?;
                 let fd = pipe.read_fd().as_raw_fd();
-                self.locked = 1;
+                self.locked = true;
                 Front::Pipe { fd, len }
             }
             Some(Chunk::File { .. }) => {
@@ -381,7 +405,7 @@ impl OutQueue {
                 else {
                     return Ok(None);
                 };
-                self.locked = 1;
+                self.locked = true;
                 Front::File {
                     fd: file.as_raw_fd(),
                     offset: *offset,
@@ -393,14 +417,22 @@ impl OutQueue {
         Ok(Some(front))
     }
 
-    /// The submission `front` moved `n` bytes: unlock and account for them.
-    /// A file range's bytes are now in the pipe and leave from there next.
-    pub fn complete(&mut self, front: Front, n: usize, bufs: &mut BufPool) -> io::Result<()> {
-        self.locked = 0;
-        match front {
-            Front::Bytes(_) => self.advance(n, bufs),
-            Front::Pipe { .. } => self.pipe_sent(n),
-            Front::File { .. } => {
+    /// The submission `sent` moved `n` bytes: take back what it was lent,
+    /// unlock, and account for them. A file range's bytes are now in the
+    /// pipe and leave from there next.
+    pub fn complete(&mut self, sent: Sent, n: usize, bufs: &mut BufPool) -> io::Result<()> {
+        self.locked = false;
+        match sent {
+            Sent::Bytes(lent) => {
+                self.lent = None;
+                for b in lent.bufs.into_iter().rev() {
+                    self.chunks.push_front(Chunk::Bytes(b));
+                }
+                self.head = lent.head;
+                self.advance(n, bufs);
+            }
+            Sent::Pipe => self.pipe_sent(n),
+            Sent::File => {
                 if n == 0 {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -499,6 +531,10 @@ impl OutQueue {
         }
         self.file_pipe = None;
         self.sealed = false;
+        // What the ring was lent comes back with its completion, to the
+        // pool (a closed connection's).
+        self.lent = None;
+        self.locked = false;
     }
 }
 
@@ -600,13 +636,11 @@ mod tests {
         }
     }
 
-    /// Play the kernel for a locked submission: take up to `room` bytes of
-    /// the slices `lock_front` described.
-    fn take_locked(iov: &[libc::iovec], n: usize, room: usize, got: &mut Vec<u8>) -> usize {
+    /// Play the kernel for a send: take up to `room` bytes of what it was
+    /// lent.
+    fn take_lent(lent: &Lent, room: usize, got: &mut Vec<u8>) -> usize {
         let mut taken = 0;
-        for v in &iov[..n] {
-            // SAFETY: lock_front described live, locked chunk memory.
-            let slice = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
+        for slice in lent.slices() {
             let k = slice.len().min(room - taken);
             got.extend_from_slice(&slice[..k]);
             taken += k;
@@ -618,50 +652,48 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Under -T completion: bytes pushed while a submission is out go
-        /// behind it (never into the chunks it reads), and whatever the
-        /// partial completions, everything leaves once, in order.
+        /// Under -T completion: bytes pushed while a send is out go behind
+        /// what it was lent (never into it), and whatever the partial
+        /// completions, everything leaves once, in order.
         #[test]
-        fn locked_fronts_leave_complete_and_in_order(
+        fn lent_fronts_leave_complete_and_in_order(
             pushes in proptest::collection::vec(proptest::collection::vec(0u8..=255, 1..300), 1..40),
             rooms in proptest::collection::vec(1usize..700, 1..60),
         ) {
             let mut pool = BufPool::new();
             let mut q = OutQueue::default();
-            let mut iov = [NO_IOVEC; MAX_IOVECS];
             let mut want = Vec::new();
             let mut got = Vec::new();
             let mut rooms = rooms.into_iter().cycle();
-            let mut out: Option<(Front, Vec<u8>)> = None;
+            let mut out: Option<(Lent, Vec<u8>)> = None;
             for p in &pushes {
                 q.push_bytes(p, &mut pool);
                 want.extend_from_slice(p);
-                if let Some((front, before)) = out.take() {
-                    // The locked chunks did not change under the push.
-                    let Front::Bytes(n) = front else { unreachable!() };
+                if let Some((lent, before)) = out.take() {
+                    // What was lent did not change under the push.
                     let mut now = Vec::new();
-                    take_locked(&iov, n, usize::MAX, &mut now);
+                    take_lent(&lent, usize::MAX, &mut now);
                     proptest::prop_assert_eq!(&now, &before);
-                    let sent = take_locked(&iov, n, rooms.next().unwrap_or(1), &mut got);
-                    q.complete(front, sent, &mut pool).unwrap();
+                    let sent = take_lent(&lent, rooms.next().unwrap_or(1), &mut got);
+                    q.complete(Sent::Bytes(lent), sent, &mut pool).unwrap();
                 }
-                if let Some(front) = q.lock_front(&mut iov, 1 << 16, false).unwrap() {
-                    proptest::prop_assert!(q.lock_front(&mut iov.clone(), 1 << 16, false).unwrap().is_none());
-                    let Front::Bytes(n) = front else { unreachable!() };
+                if let Some(front) = q.lock_front(1 << 16, false).unwrap() {
+                    proptest::prop_assert!(q.lock_front(1 << 16, false).unwrap().is_none());
+                    let Front::Bytes(lent) = front else { unreachable!() };
                     let mut before = Vec::new();
-                    take_locked(&iov, n, usize::MAX, &mut before);
-                    out = Some((front, before));
+                    take_lent(&lent, usize::MAX, &mut before);
+                    proptest::prop_assert_eq!(q.len(), want.len() - got.len());
+                    out = Some((lent, before));
                 }
             }
-            if let Some((front, _)) = out.take() {
-                let Front::Bytes(n) = front else { unreachable!() };
-                let sent = take_locked(&iov, n, usize::MAX, &mut got);
-                q.complete(front, sent, &mut pool).unwrap();
+            if let Some((lent, _)) = out.take() {
+                let sent = take_lent(&lent, usize::MAX, &mut got);
+                q.complete(Sent::Bytes(lent), sent, &mut pool).unwrap();
             }
-            while let Some(front) = q.lock_front(&mut iov, 1 << 16, false).unwrap() {
-                let Front::Bytes(n) = front else { unreachable!() };
-                let sent = take_locked(&iov, n, usize::MAX, &mut got);
-                q.complete(front, sent, &mut pool).unwrap();
+            while let Some(front) = q.lock_front(1 << 16, false).unwrap() {
+                let Front::Bytes(lent) = front else { unreachable!() };
+                let sent = take_lent(&lent, usize::MAX, &mut got);
+                q.complete(Sent::Bytes(lent), sent, &mut pool).unwrap();
             }
             proptest::prop_assert!(q.is_empty());
             proptest::prop_assert_eq!(&got, &want);
@@ -673,42 +705,33 @@ mod tests {
         let mut pool = BufPool::new();
         let mut q = OutQueue::default();
         let file = Arc::new(File::open("/dev/zero").unwrap());
-        let mut iov = [NO_IOVEC; MAX_IOVECS];
         q.push_bytes(b"head", &mut pool);
         q.push_file(file, 10, 100_000);
         q.push_bytes(b"tail", &mut pool);
-        assert_eq!(
-            q.lock_front(&mut iov, 65536, false).unwrap(),
-            Some(Front::Bytes(1))
-        );
-        q.complete(Front::Bytes(1), 4, &mut pool).unwrap();
-        let Some(Front::File { offset, len, .. }) = q.lock_front(&mut iov, 65536, false).unwrap()
-        else {
+        let Some(Front::Bytes(lent)) = q.lock_front(65536, false).unwrap() else {
+            panic!("the head bytes are first");
+        };
+        assert_eq!(lent.slices().collect::<Vec<_>>(), [&b"head"[..]]);
+        q.complete(Sent::Bytes(lent), 4, &mut pool).unwrap();
+        let Some(Front::File { offset, len, .. }) = q.lock_front(65536, false).unwrap() else {
             panic!("the file range is next");
         };
         assert_eq!(offset, 10);
         assert!(len > 0 && len <= 100_000, "{len}");
-        let front = Front::File {
-            fd: 0,
-            offset,
-            len,
-            pipe: 0,
-        };
         // The kernel moved 1000 bytes into the pipe: they leave next.
-        q.complete(front, 1000, &mut pool).unwrap();
+        q.complete(Sent::File, 1000, &mut pool).unwrap();
         assert_eq!(q.len(), 100_000 + 4);
-        let Some(Front::Pipe { len, .. }) = q.lock_front(&mut iov, 65536, false).unwrap() else {
+        let Some(Front::Pipe { len, .. }) = q.lock_front(65536, false).unwrap() else {
             panic!("the piped bytes are next");
         };
         assert_eq!(len, 1000);
-        q.complete(Front::Pipe { fd: 0, len }, 1000, &mut pool)
-            .unwrap();
-        let Some(Front::File { offset, .. }) = q.lock_front(&mut iov, 65536, false).unwrap() else {
+        q.complete(Sent::Pipe, 1000, &mut pool).unwrap();
+        let Some(Front::File { offset, .. }) = q.lock_front(65536, false).unwrap() else {
             panic!("the rest of the range is next");
         };
         assert_eq!(offset, 1010);
         // A file that ends early is an error, not a hang.
-        let err = q.complete(front, 0, &mut pool).unwrap_err();
+        let err = q.complete(Sent::File, 0, &mut pool).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 
@@ -717,7 +740,6 @@ mod tests {
         let mut pool = BufPool::new();
         let mut q = OutQueue::default();
         let file = Arc::new(File::open("/dev/zero").unwrap());
-        let mut iov = [NO_IOVEC; MAX_IOVECS];
         q.attach_pipe(65536).unwrap();
         let (relay_read, relay_write, capacity) = {
             let (p, room) = q.pipe_room().unwrap();
@@ -726,8 +748,7 @@ mod tests {
         q.push_file(file, 0, 3000);
         // Another connection's bytes are spliced in behind the file range.
         q.push_piped(500);
-        let Some(Front::File { pipe, len, .. }) = q.lock_front(&mut iov, 65536, false).unwrap()
-        else {
+        let Some(Front::File { pipe, len, .. }) = q.lock_front(65536, false).unwrap() else {
             panic!("the file range is next");
         };
         assert_ne!(
@@ -737,27 +758,16 @@ mod tests {
         assert_eq!(len, 3000);
         // The relay's room is not taken by the file.
         assert_eq!(q.pipe_room().unwrap().1, capacity - 500);
-        q.complete(
-            Front::File {
-                fd: 0,
-                offset: 0,
-                len,
-                pipe,
-            },
-            3000,
-            &mut pool,
-        )
-        .unwrap();
-        let Some(Front::Pipe { fd, len }) = q.lock_front(&mut iov, 65536, false).unwrap() else {
+        q.complete(Sent::File, 3000, &mut pool).unwrap();
+        let Some(Front::Pipe { fd, len }) = q.lock_front(65536, false).unwrap() else {
             panic!("the file's bytes are next");
         };
         assert_ne!(fd, relay_read);
         assert_eq!(len, 3000);
-        q.complete(Front::Pipe { fd, len }, 3000, &mut pool)
-            .unwrap();
+        q.complete(Sent::Pipe, 3000, &mut pool).unwrap();
         assert!(q.file_pipe.is_none(), "no file range left: its pipe goes");
         assert_eq!(
-            q.lock_front(&mut iov, 65536, false).unwrap(),
+            q.lock_front(65536, false).unwrap(),
             Some(Front::Pipe {
                 fd: relay_read,
                 len: 500
@@ -769,26 +779,30 @@ mod tests {
     fn sealed_responses_leave_one_chunk_per_submission() {
         let mut pool = BufPool::new();
         let mut q = OutQueue::default();
-        let mut iov = [NO_IOVEC; MAX_IOVECS];
         for r in [&b"one\n"[..], b"two\n", b"three\n"] {
             q.push_bytes(r, &mut pool);
             q.seal();
         }
+        let lent_len = |lent: &Lent| lent.slices().map(<[u8]>::len).sum::<usize>();
         let mut sends = Vec::new();
-        while let Some(front) = q.lock_front(&mut iov, 65536, true).unwrap() {
-            assert_eq!(front, Front::Bytes(1));
-            sends.push(iov[0].iov_len);
-            q.complete(front, iov[0].iov_len, &mut pool).unwrap();
+        while let Some(front) = q.lock_front(65536, true).unwrap() {
+            let Front::Bytes(lent) = front else {
+                panic!("bytes only");
+            };
+            assert_eq!(lent.bufs.len(), 1);
+            let n = lent_len(&lent);
+            sends.push(n);
+            q.complete(Sent::Bytes(lent), n, &mut pool).unwrap();
         }
         assert_eq!(sends, [4, 4, 6]);
         // Unsealed, they gather into one.
         q.push_bytes(b"one\n", &mut pool);
         q.push_bytes(b"two\n", &mut pool);
-        assert_eq!(
-            q.lock_front(&mut iov, 65536, true).unwrap(),
-            Some(Front::Bytes(1))
-        );
-        assert_eq!(iov[0].iov_len, 8);
+        let Some(Front::Bytes(lent)) = q.lock_front(65536, true).unwrap() else {
+            panic!("bytes next");
+        };
+        assert_eq!(lent.bufs.len(), 1);
+        assert_eq!(lent_len(&lent), 8);
     }
 
     #[test]

@@ -257,9 +257,9 @@ impl Loop {
     /// Act on what the last wait brought.
     pub(super) fn handle_events(&mut self) {
         if self.core.backend.is_completion() {
-            let cqes = std::mem::take(&mut self.cqes);
-            for cqe in &cqes {
-                self.on_cqe(*cqe);
+            let mut cqes = std::mem::take(&mut self.cqes);
+            for cqe in cqes.drain(..) {
+                self.on_cqe(cqe);
             }
             self.cqes = cqes;
             return;
@@ -314,7 +314,12 @@ impl Loop {
             if let Some(ring) = self.core.backend.ring() {
                 l.backlog.clear();
                 if l.armed {
-                    let ud = backend::user_data(backend::Op::Accept, i, l.accept_gen);
+                    // A shared listener's is a readiness poll.
+                    let op = match self.settings.shared_listeners {
+                        true => backend::Op::ListenerPoll,
+                        false => backend::Op::Accept,
+                    };
+                    let ud = backend::user_data(op, i, l.accept_gen);
                     if let Err(e) = ring.cancel(ud) {
                         debug!("cancel accept of listener {i}: {e}");
                     }

@@ -19,8 +19,9 @@
 //! closed is recognised and dropped.
 
 use std::alloc::{self, Layout};
+use std::collections::HashMap;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
@@ -61,6 +62,9 @@ pub(crate) enum Op {
     /// The writability poll in front of a splice from a connection's pipe
     /// to its socket (the splice itself completes as `Send`).
     PollOut,
+    /// A multishot readability poll of a listener shared with other
+    /// processes (its results are poll masks, not descriptors).
+    ListenerPoll,
 }
 
 impl Op {
@@ -76,6 +80,7 @@ impl Op {
             8 => Op::Poll,
             9 => Op::SpliceIn,
             10 => Op::PollOut,
+            11 => Op::ListenerPoll,
             _ => return None,
         })
     }
@@ -87,8 +92,54 @@ pub(crate) fn user_data(op: Op, slot: usize, generation: u32) -> u64 {
     (u64::from(op as u8) << 56) | (((slot as u64) & 0xff_ffff) << 32) | u64::from(generation)
 }
 
+/// Most byte buffers one send gathers.
+pub const MAX_IOVECS: usize = 64;
+
+/// Byte buffers lent to the ring for one send (the first from `head`):
+/// the ring owns them until the send completes and gives them back in its
+/// completion ([`Cqe::lent`]), so the kernel never reads freed memory.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Lent {
+    /// The buffers, in order.
+    pub bufs: Vec<Vec<u8>>,
+    /// Bytes of the first one already sent before.
+    pub head: usize,
+}
+
+impl Lent {
+    /// The bytes, in order.
+    pub fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        self.bufs.iter().enumerate().map(|(i, b)| {
+            if i == 0 {
+                &b[self.head.min(b.len())..]
+            } else {
+                &b[..]
+            }
+        })
+    }
+}
+
+/// What the kernel reads while a submission is out, owned by the ring
+/// until its completion.
+enum Held {
+    /// A send's buffers, with the array and header a `sendmsg` names them
+    /// in.
+    Send {
+        lent: Lent,
+        _iov: Option<Box<[libc::iovec; MAX_IOVECS]>>,
+        _msg: Option<Box<libc::msghdr>>,
+    },
+    /// A connect's address.
+    Connect { _addr: Box<socket2::SockAddr> },
+}
+
+// SAFETY: the raw pointers in the iovec array and header point into the
+// buffers held beside them, which move with them; the ring (and the
+// thread that owns it) is their only user besides the kernel.
+unsafe impl Send for Held {}
+
 /// One completion.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct Cqe {
     pub op: Op,
     pub slot: usize,
@@ -96,6 +147,10 @@ pub(crate) struct Cqe {
     /// The syscall-style result: bytes, a descriptor, or `-errno`.
     pub result: i32,
     pub flags: u32,
+    /// A send's buffers, given back.
+    pub lent: Option<Lent>,
+    /// The connection an accept made, owned from here on.
+    pub accepted: Option<OwnedFd>,
 }
 
 impl Cqe {
@@ -199,6 +254,8 @@ pub(crate) struct Ring {
     bufs: BufRing,
     /// Where the waker's counter is read into.
     wake_buf: Box<u64>,
+    /// What sends and connects out read, by user data.
+    held: HashMap<u64, Held>,
     /// Submissions were pushed and not yet passed to the kernel.
     unsubmitted: bool,
     enabled: bool,
@@ -248,6 +305,7 @@ impl Ring {
             ring,
             bufs,
             wake_buf: Box::new(0),
+            held: HashMap::new(),
             unsubmitted: false,
             enabled,
         })
@@ -302,7 +360,7 @@ impl Ring {
         let sqe = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
             .multi(true)
             .build()
-            .user_data(user_data(Op::Accept, listener, generation));
+            .user_data(user_data(Op::ListenerPoll, listener, generation));
         // SAFETY: no memory; as for accept_multi.
         unsafe { self.push(sqe) }
     }
@@ -337,65 +395,83 @@ impl Ring {
         unsafe { self.push(sqe) }
     }
 
-    /// Send `len` bytes at `ptr` to `fd`; with `poll_first`, only once
-    /// the socket is writable (after a send that found it full).
+    /// Send the bytes of `lent` on socket `fd` (one buffer with `send`,
+    /// several with `sendmsg`); with `poll_first`, only once the socket is
+    /// writable (after a send that found it full). The ring keeps the
+    /// buffers until the completion, which gives them back.
     ///
-    /// # Safety
-    /// The bytes must stay valid and unchanged until the completion.
-    pub unsafe fn send(
-        &mut self,
-        fd: RawFd,
-        ptr: *const u8,
-        len: usize,
-        poll_first: bool,
-        ud: u64,
-    ) -> io::Result<()> {
-        let len = u32::try_from(len).unwrap_or(u32::MAX);
-        let sqe = opcode::Send::new(Fd(fd), ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .ioprio(if poll_first { RECVSEND_POLL_FIRST } else { 0 })
-            .build()
-            .user_data(ud);
-        // SAFETY: the caller's promise.
-        unsafe { self.push(sqe) }
-    }
-
-    /// Send the slices of `msg`'s iovec array on socket `fd`; with
-    /// `poll_first`, only once the socket is writable.
+    /// A `sendmsg` completes with `-EAGAIN` now and then on a non-blocking
+    /// socket: io_uring waits for room by polling, but after many wakes
+    /// that found no room it hands the send to a worker thread, where
+    /// sendmsg (unlike send) honours `O_NONBLOCK`. The caller submits again
+    /// with `poll_first`. (sendmsg, not writev: a write to a non-blocking
+    /// file fails with EAGAIN in io_uring at once, where a socket operation
+    /// polls first.)
     ///
-    /// Completes with `-EAGAIN` now and then on a non-blocking socket:
-    /// io_uring waits for room by polling, but after many wakes that found
-    /// no room it hands the send to a worker thread, where sendmsg (unlike
-    /// send) honours `O_NONBLOCK`. The caller submits again with
-    /// `poll_first`.
-    ///
-    /// # Safety
-    /// The header, its array and the slices must stay valid and unchanged
-    /// until the completion.
-    pub unsafe fn sendmsg(
-        &mut self,
-        fd: RawFd,
-        msg: *const libc::msghdr,
-        poll_first: bool,
-        ud: u64,
-    ) -> io::Result<()> {
-        // sendmsg, not writev: a write to a non-blocking file fails with
-        // EAGAIN in io_uring at once, where a socket operation polls first.
-        let sqe = opcode::SendMsg::new(Fd(fd), msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .ioprio(if poll_first { RECVSEND_POLL_FIRST } else { 0 })
-            .build()
-            .user_data(ud);
-        // SAFETY: the caller's promise.
-        unsafe { self.push(sqe) }
+    /// The socket must stay open until the completion (a connection that
+    /// closes first is kept as a zombie by the loop).
+    pub fn send(&mut self, fd: RawFd, lent: Lent, poll_first: bool, ud: u64) -> io::Result<()> {
+        let ioprio = if poll_first { RECVSEND_POLL_FIRST } else { 0 };
+        let n = lent.bufs.len().min(MAX_IOVECS);
+        let (sqe, held) = if n <= 1 {
+            let bytes = lent.slices().next().unwrap_or(&[]);
+            let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            let sqe = opcode::Send::new(Fd(fd), bytes.as_ptr(), len)
+                .flags(libc::MSG_NOSIGNAL)
+                .ioprio(ioprio)
+                .build()
+                .user_data(ud);
+            let held = Held::Send {
+                lent,
+                _iov: None,
+                _msg: None,
+            };
+            (sqe, held)
+        } else {
+            let mut iov = Box::new(
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; MAX_IOVECS],
+            );
+            for (v, s) in iov.iter_mut().zip(lent.slices()) {
+                *v = libc::iovec {
+                    iov_base: s.as_ptr() as *mut libc::c_void,
+                    iov_len: s.len(),
+                };
+            }
+            // SAFETY: a msghdr is plain data; all-zero is an empty header.
+            let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+            msg.msg_iov = iov.as_mut_ptr();
+            msg.msg_iovlen = n;
+            let sqe = opcode::SendMsg::new(Fd(fd), &*msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .ioprio(ioprio)
+                .build()
+                .user_data(ud);
+            let held = Held::Send {
+                lent,
+                _iov: Some(iov),
+                _msg: Some(msg),
+            };
+            (sqe, held)
+        };
+        // The heap memory the entry points into moves with `held`'s boxes
+        // and vectors, not with them: kept until the completion.
+        self.held.insert(ud, held);
+        // SAFETY: the bytes, the array and the header are in `self.held`
+        // until this submission's completion (`wait` takes them out then).
+        let pushed = unsafe { self.push(sqe) };
+        if pushed.is_err() {
+            self.held.remove(&ud);
+        }
+        pushed
     }
 
     /// splice(2) `len` bytes from `fd_in` (at `off_in`, or -1 for a pipe)
-    /// to `fd_out`.
-    ///
-    /// # Safety
-    /// Both descriptors must stay open until the completion.
-    pub unsafe fn splice(
+    /// to `fd_out`. No memory: both descriptors must stay open until the
+    /// completion (the loop keeps them: zombies, pipes held in flight).
+    pub fn splice(
         &mut self,
         fd_in: RawFd,
         off_in: i64,
@@ -408,18 +484,16 @@ impl Ring {
             .flags(libc::SPLICE_F_MOVE)
             .build()
             .user_data(ud);
-        // SAFETY: the caller's promise.
+        // SAFETY: no memory.
         unsafe { self.push(sqe) }
     }
 
     /// Once socket `fd` is readable, splice up to `len` bytes of it into
     /// the pipe whose write end is `pipe` (a poll linked to a non-blocking
     /// splice: a splice on its own would park a kernel worker thread until
-    /// bytes come). Completions: `Op::Poll`, then `Op::SpliceIn`.
-    ///
-    /// # Safety
-    /// Both descriptors must stay open until the splice's completion.
-    pub unsafe fn splice_when_readable(
+    /// bytes come). Completions: `Op::Poll`, then `Op::SpliceIn`. Both
+    /// descriptors must stay open until the splice's completion.
+    pub fn splice_when_readable(
         &mut self,
         fd: RawFd,
         pipe: RawFd,
@@ -430,8 +504,7 @@ impl Ring {
         let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
         let poll = user_data(Op::Poll, slot, generation);
         let splice = user_data(Op::SpliceIn, slot, generation);
-        // SAFETY: the caller's promise.
-        unsafe { self.poll_then_splice((fd, events, poll), fd, pipe, len, splice) }
+        self.poll_then_splice((fd, events, poll), fd, pipe, len, splice)
     }
 
     /// Once socket `fd` is writable, splice up to `len` bytes from the pipe
@@ -439,11 +512,9 @@ impl Ring {
     /// splice: io_uring runs splices on its worker threads, and a blocking
     /// one would hold a thread for as long as a slow peer does not read).
     /// Completions: `Op::PollOut`, then `ud` (`-EAGAIN` when the socket
-    /// filled again first).
-    ///
-    /// # Safety
-    /// Both descriptors must stay open until the splice's completion.
-    pub unsafe fn splice_when_writable(
+    /// filled again first). Both descriptors must stay open until the
+    /// splice's completion.
+    pub fn splice_when_writable(
         &mut self,
         pipe: RawFd,
         fd: RawFd,
@@ -451,17 +522,13 @@ impl Ring {
         ud: u64,
     ) -> io::Result<()> {
         let poll = (ud & !(0xff << 56)) | (u64::from(Op::PollOut as u8) << 56);
-        // SAFETY: the caller's promise.
-        unsafe { self.poll_then_splice((fd, libc::POLLOUT as u32, poll), pipe, fd, len, ud) }
+        self.poll_then_splice((fd, libc::POLLOUT as u32, poll), pipe, fd, len, ud)
     }
 
     /// A poll for `events` on `poll.0` (user data `poll.2`), linked to a
     /// non-blocking splice of up to `len` bytes from `fd_in` to `fd_out`
     /// (user data `ud`): the splice runs once the poll reports.
-    ///
-    /// # Safety
-    /// Both descriptors must stay open until the splice's completion.
-    unsafe fn poll_then_splice(
+    fn poll_then_splice(
         &mut self,
         poll: (RawFd, u32, u64),
         fd_in: RawFd,
@@ -488,29 +555,28 @@ impl Ring {
             .flags(libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK)
             .build()
             .user_data(ud);
-        // SAFETY: the caller's promise; no memory.
+        // SAFETY: no memory.
         unsafe {
             self.push(poll)?;
             self.push(splice)
         }
     }
 
-    /// Connect `fd` to the address at `addr`.
-    ///
-    /// # Safety
-    /// The address must stay valid until the completion.
-    pub unsafe fn connect(
-        &mut self,
-        fd: RawFd,
-        addr: *const libc::sockaddr,
-        len: libc::socklen_t,
-        ud: u64,
-    ) -> io::Result<()> {
-        let sqe = opcode::Connect::new(Fd(fd), addr, len)
+    /// Connect socket `fd` to `addr`, which the ring keeps until the
+    /// completion. The socket must stay open until then.
+    pub fn connect(&mut self, fd: RawFd, addr: socket2::SockAddr, ud: u64) -> io::Result<()> {
+        let addr = Box::new(addr);
+        let sqe = opcode::Connect::new(Fd(fd), addr.as_ptr(), addr.len())
             .build()
             .user_data(ud);
-        // SAFETY: the caller's promise.
-        unsafe { self.push(sqe) }
+        // The box's memory does not move with the box.
+        self.held.insert(ud, Held::Connect { _addr: addr });
+        // SAFETY: the address is in `self.held` until the completion.
+        let pushed = unsafe { self.push(sqe) };
+        if pushed.is_err() {
+            self.held.remove(&ud);
+        }
+        pushed
     }
 
     /// The bytes a receive put in provided buffer `bid`.
@@ -553,12 +619,30 @@ impl Ring {
             let Some(op) = Op::from_u8((ud >> 56) as u8) else {
                 continue;
             };
+            let result = cqe.result();
+            let flags = cqe.flags();
+            // What the kernel read is free once the last completion of its
+            // submission is in.
+            let lent = match cqueue::more(flags) {
+                true => None,
+                false => match self.held.remove(&ud) {
+                    Some(Held::Send { lent, .. }) => Some(lent),
+                    Some(Held::Connect { .. }) | None => None,
+                },
+            };
+            let accepted = (op == Op::Accept && result >= 0)
+                // SAFETY: the kernel has just made this descriptor for
+                // this process, and this completion is read once: nothing
+                // else knows it, so this OwnedFd is its only owner.
+                .then(|| unsafe { OwnedFd::from_raw_fd(result) });
             out.push(Cqe {
                 op,
                 slot: ((ud >> 32) & 0xff_ffff) as usize,
                 generation: ud as u32,
-                result: cqe.result(),
-                flags: cqe.flags(),
+                result,
+                flags,
+                lent,
+                accepted,
             });
         }
         Ok(())

@@ -65,6 +65,7 @@ mod edge;
 mod level;
 
 pub(crate) use completion::{user_data, Cqe, Op, Ring};
+pub use completion::{Lent, MAX_IOVECS};
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
