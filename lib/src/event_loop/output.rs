@@ -93,6 +93,9 @@ pub struct OutQueue {
     /// Bytes of leading chunks lent to the ring for a send (`-T
     /// completion`): they come back, in front, when it completes.
     lent: Option<usize>,
+    /// The (empty) list the last lent chunks came back in, for the next
+    /// send (a few words; dropped when large).
+    spare_lent: Vec<Vec<u8>>,
 }
 
 /// The next submission that drains a queue (`-T completion`); what it
@@ -356,7 +359,7 @@ impl OutQueue {
             None => return Ok(None),
             Some(Chunk::Bytes(_)) => {
                 let mut lent = Lent {
-                    bufs: Vec::new(),
+                    bufs: std::mem::take(&mut self.spare_lent),
                     head: std::mem::take(&mut self.head),
                 };
                 while lent.bufs.len() < most {
@@ -423,10 +426,13 @@ impl OutQueue {
     pub fn complete(&mut self, sent: Sent, n: usize, bufs: &mut BufPool) -> io::Result<()> {
         self.locked = false;
         match sent {
-            Sent::Bytes(lent) => {
+            Sent::Bytes(mut lent) => {
                 self.lent = None;
-                for b in lent.bufs.into_iter().rev() {
+                for b in lent.bufs.drain(..).rev() {
                     self.chunks.push_front(Chunk::Bytes(b));
+                }
+                if lent.bufs.capacity() <= 4 {
+                    self.spare_lent = lent.bufs;
                 }
                 self.head = lent.head;
                 self.advance(n, bufs);

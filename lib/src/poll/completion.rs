@@ -20,6 +20,7 @@
 
 use std::alloc::{self, Layout};
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -126,11 +127,38 @@ enum Held {
     /// in.
     Send {
         lent: Lent,
-        _iov: Option<Box<[libc::iovec; MAX_IOVECS]>>,
-        _msg: Option<Box<libc::msghdr>>,
+        iov: Option<Box<[libc::iovec; MAX_IOVECS]>>,
+        msg: Option<Box<libc::msghdr>>,
     },
     /// A connect's address.
     Connect { _addr: Box<socket2::SockAddr> },
+}
+
+/// An iovec array and a header, unused: kept for the next sendmsg.
+struct SpareMsg(Box<[libc::iovec; MAX_IOVECS]>, Box<libc::msghdr>);
+
+// SAFETY: the pointers in a spare array and header are stale and never
+// read; they are overwritten before the next submission names them.
+unsafe impl Send for SpareMsg {}
+
+/// Hashes user data, which is already unique per submission out: one
+/// multiply spreads its bits (SipHash, the default, costs more than the
+/// rest of a send's bookkeeping; no peer chooses these keys).
+#[derive(Default)]
+struct UdHasher(u64);
+
+impl Hasher for UdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (n ^ (n >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 // SAFETY: the raw pointers in the iovec array and header point into the
@@ -255,7 +283,9 @@ pub(crate) struct Ring {
     /// Where the waker's counter is read into.
     wake_buf: Box<u64>,
     /// What sends and connects out read, by user data.
-    held: HashMap<u64, Held>,
+    held: HashMap<u64, Held, BuildHasherDefault<UdHasher>>,
+    /// Arrays and headers of completed sendmsgs, for the next ones.
+    spare_msgs: Vec<SpareMsg>,
     /// Submissions were pushed and not yet passed to the kernel.
     unsubmitted: bool,
     enabled: bool,
@@ -305,7 +335,8 @@ impl Ring {
             ring,
             bufs,
             wake_buf: Box::new(0),
-            held: HashMap::new(),
+            held: HashMap::default(),
+            spare_msgs: Vec::new(),
             unsubmitted: false,
             enabled,
         })
@@ -423,25 +454,28 @@ impl Ring {
                 .user_data(ud);
             let held = Held::Send {
                 lent,
-                _iov: None,
-                _msg: None,
+                iov: None,
+                msg: None,
             };
             (sqe, held)
         } else {
-            let mut iov = Box::new(
-                [libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                }; MAX_IOVECS],
-            );
+            let SpareMsg(mut iov, mut msg) = self.spare_msgs.pop().unwrap_or_else(|| {
+                let iov = Box::new(
+                    [libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0,
+                    }; MAX_IOVECS],
+                );
+                // SAFETY: a msghdr is plain data; all-zero is an empty
+                // header.
+                SpareMsg(iov, Box::new(unsafe { std::mem::zeroed() }))
+            });
             for (v, s) in iov.iter_mut().zip(lent.slices()) {
                 *v = libc::iovec {
                     iov_base: s.as_ptr() as *mut libc::c_void,
                     iov_len: s.len(),
                 };
             }
-            // SAFETY: a msghdr is plain data; all-zero is an empty header.
-            let mut msg: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
             msg.msg_iov = iov.as_mut_ptr();
             msg.msg_iovlen = n;
             let sqe = opcode::SendMsg::new(Fd(fd), &*msg)
@@ -451,8 +485,8 @@ impl Ring {
                 .user_data(ud);
             let held = Held::Send {
                 lent,
-                _iov: Some(iov),
-                _msg: Some(msg),
+                iov: Some(iov),
+                msg: Some(msg),
             };
             (sqe, held)
         };
@@ -623,12 +657,19 @@ impl Ring {
             let flags = cqe.flags();
             // What the kernel read is free once the last completion of its
             // submission is in.
-            let lent = match cqueue::more(flags) {
-                true => None,
-                false => match self.held.remove(&ud) {
-                    Some(Held::Send { lent, .. }) => Some(lent),
+            // (Only sends and connects hold anything: receives, the
+            // common case, look nothing up.)
+            let lent = match op {
+                Op::Send | Op::Connect if !cqueue::more(flags) => match self.held.remove(&ud) {
+                    Some(Held::Send { lent, iov, msg }) => {
+                        if let (Some(iov), Some(msg)) = (iov, msg) {
+                            self.spare_msgs.push(SpareMsg(iov, msg));
+                        }
+                        Some(lent)
+                    }
                     Some(Held::Connect { .. }) | None => None,
                 },
+                _ => None,
             };
             let accepted = (op == Op::Accept && result >= 0)
                 // SAFETY: the kernel has just made this descriptor for
