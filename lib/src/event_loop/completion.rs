@@ -303,7 +303,7 @@ impl Core {
         Ok(())
     }
 
-    /// `conn` (already out of the slab) closes: cancel what it has out and
+    /// `conn` (already out of the table) closes: cancel what it has out and
     /// keep it until that completes. False when nothing was out (drop it).
     pub(super) fn uring_close(&mut self, id: ConnId, conn: Conn) -> Option<Conn> {
         if conn.io.count() == 0 {
