@@ -71,8 +71,10 @@ pub enum Expired {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum State {
-    /// Between requests (`fresh`: nothing received yet on this connection).
-    Idle { fresh: bool },
+    /// Between requests (`fresh`: nothing received yet on this connection;
+    /// `empty_lines`: those skipped so far before the next request line,
+    /// kept across reads so the limit does not depend on them).
+    Idle { fresh: bool, empty_lines: usize },
     /// A head is arriving, its first byte at `started`.
     Head { started: Instant },
     /// The body of the request in the [`Request`] is arriving.
@@ -95,7 +97,10 @@ impl HttpConn {
     pub fn new(limits: ConnLimits, now: Instant) -> Self {
         HttpConn {
             limits,
-            state: State::Idle { fresh: true },
+            state: State::Idle {
+                fresh: true,
+                empty_lines: 0,
+            },
             scan: HeadScan::default(),
             opened: now,
         }
@@ -114,11 +119,12 @@ impl HttpConn {
         loop {
             match &mut self.state {
                 State::Failed => return (input.len(), Step::NeedMore),
-                State::Idle { .. } => {
-                    let mut skipped = 0;
-                    while input[used..].starts_with(b"\r\n") && skipped < MAX_LEADING_EMPTY_LINES {
+                State::Idle { empty_lines, .. } => {
+                    while input[used..].starts_with(b"\r\n")
+                        && *empty_lines < MAX_LEADING_EMPTY_LINES
+                    {
                         used += 2;
-                        skipped += 1;
+                        *empty_lines += 1;
                     }
                     if used == input.len() || input[used..] == *b"\r" {
                         return (used, Step::NeedMore);
@@ -139,7 +145,10 @@ impl HttpConn {
                     used += len;
                     let decoder = match req.body_kind {
                         BodyKind::None => {
-                            self.state = State::Idle { fresh: false };
+                            self.state = State::Idle {
+                                fresh: false,
+                                empty_lines: 0,
+                            };
                             return (used, Step::Request);
                         }
                         BodyKind::Length(n) if n > self.limits.max_body as u64 => {
@@ -158,7 +167,10 @@ impl HttpConn {
                         Ok((n, done)) => {
                             used += n;
                             if done {
-                                self.state = State::Idle { fresh: false };
+                                self.state = State::Idle {
+                                    fresh: false,
+                                    empty_lines: 0,
+                                };
                                 return (used, Step::Request);
                             }
                             return (used, Step::NeedMore);
@@ -180,7 +192,7 @@ impl HttpConn {
     /// listener's `idle_timeout`.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::Idle { fresh: true } => Some(self.opened + self.limits.head_timeout),
+            State::Idle { fresh: true, .. } => Some(self.opened + self.limits.head_timeout),
             State::Head { started } => Some(started + self.limits.head_timeout),
             _ => None,
         }
@@ -192,7 +204,7 @@ impl HttpConn {
         if now < deadline {
             return None;
         }
-        let fresh = matches!(self.state, State::Idle { fresh: true });
+        let fresh = matches!(self.state, State::Idle { fresh: true, .. });
         self.state = State::Failed;
         Some(if fresh {
             Expired::Quiet
@@ -293,6 +305,45 @@ POST /3 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nde\r\n0\r\
         let got = run(&mut c, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", t0);
         assert_eq!(got.len(), 1);
         assert_eq!(c.poll_timeout(), None);
+    }
+
+    /// Found by the `http_conn` fuzz target: the empty lines skipped
+    /// before a request line were counted per call, so six of them sent
+    /// in one read made a 400 (the fifth is taken for the request line)
+    /// and sent a few per read were all skipped.
+    #[test]
+    fn empty_lines_before_a_request_count_across_reads() {
+        let now = Instant::now();
+        let input = b"\r\n\r\n\r\n\r\n\r\n\r\n/";
+        let mut whole = HttpConn::new(ConnLimits::default(), now);
+        let want = run(&mut whole, input, now);
+        assert!(
+            matches!(want[..], [Err(HttpError::BadRequest(_))]),
+            "{want:?}"
+        );
+        let mut split = HttpConn::new(ConnLimits::default(), now);
+        let mut req = Request::default();
+        let mut got = Vec::new();
+        let mut inbuf = Vec::new();
+        for &b in input {
+            inbuf.push(b);
+            let (n, step) = split.handle_input(&inbuf, now, &mut req);
+            inbuf.drain(..n);
+            if let Step::Error(e) = step {
+                got.push(Err(e));
+            }
+        }
+        assert_eq!(got, want);
+        // Four are skipped, wherever the reads end.
+        let mut c = HttpConn::new(ConnLimits::default(), now);
+        for _ in 0..4 {
+            assert_eq!(c.handle_input(b"\r\n", now, &mut req), (2, Step::NeedMore));
+        }
+        let get = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            c.handle_input(get, now, &mut req),
+            (get.len(), Step::Request)
+        );
     }
 
     #[test]

@@ -242,6 +242,9 @@ impl Refusal for LineError {
     }
 }
 
+/// The most of an unknown parameter's keyword its reply repeats.
+const MAX_KEYWORD_SHOWN: usize = 64;
+
 /// A command line that is not a valid command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CommandError {
@@ -290,7 +293,12 @@ impl Refusal for CommandError {
                 Reply::new(501, "5.5.4", format!("Bad value of parameter {name}"))
             }
             CommandError::UnknownParameter(name) => {
-                Reply::new(555, "5.5.4", format!("Unsupported parameter {name}"))
+                // A keyword can be nearly as long as its command line, and
+                // a reply line must stay within 512 octets (RFC 5321
+                // 4.5.3.1.5): name the start of a long one.
+                let shown: String = name.chars().take(MAX_KEYWORD_SHOWN).collect();
+                let more = if shown.len() < name.len() { "..." } else { "" };
+                Reply::new(555, "5.5.4", format!("Unsupported parameter {shown}{more}"))
             }
         }
     }
@@ -593,6 +601,30 @@ mod tests {
             );
             assert!(r.code() >= 400, "{r} is an error");
         }
+    }
+
+    /// Found by the `smtp_session` fuzz target: an unknown MAIL
+    /// parameter was repeated whole in its 555, and a keyword filling a
+    /// 512-octet command line made a 513-octet reply line, over the limit
+    /// of RFC 5321 4.5.3.1.5.
+    #[test]
+    fn a_long_unknown_parameter_keeps_its_reply_line_within_512_octets() {
+        let line = format!("MAIL FROM:<a@b> SIZ{}", "a".repeat(510 - 19));
+        assert_eq!(line.len() + 2, 512, "a command line at its limit");
+        let error = crate::command::parse(line.as_bytes()).unwrap_err();
+        assert!(
+            matches!(error, CommandError::UnknownParameter(_)),
+            "{error}"
+        );
+        let wire = error.reply().to_bytes();
+        assert!(wire.len() <= 512, "{} octets", wire.len());
+        assert!(wire.starts_with(b"555 5.5.4 Unsupported parameter SIZAAA"));
+        assert!(wire.ends_with(b"...\r\n"));
+        let short = CommandError::UnknownParameter("X-FOO".into()).reply();
+        assert_eq!(
+            short.to_bytes(),
+            b"555 5.5.4 Unsupported parameter X-FOO\r\n"
+        );
     }
 
     #[test]
