@@ -16,8 +16,8 @@
 //! - reads go into one loop-wide scratch buffer; only an incomplete request
 //!   is copied into the connection (at most `max_request` + one read);
 //! - output above `output_cap` pauses reading from that connection (services)
-//!   or makes [`Ctx::write`] return `false` (protocols) until it drains to
-//!   half the cap;
+//!   or makes [`Ctx::write`] answer [`crate::Queued::OverCap`] (protocols)
+//!   until it drains to half the cap;
 //! - every connection has an idle deadline; outbound connects a connect
 //!   deadline; closes after an error reply a lingering deadline;
 //! - reads continue until the socket is drained (WouldBlock, or a short

@@ -175,10 +175,9 @@ impl OutQueue {
 
     /// The buffer new bytes are appended to.
     pub fn tail(&mut self, bufs: &mut BufPool) -> &mut Vec<u8> {
-        if !matches!(self.chunks.back(), Some(Chunk::Bytes(_)))
-            || (self.locked && self.chunks.len() == 1)
-            || self.sealed
-        {
+        // (A locked front is a pipe or a file range, never the byte chunk
+        // at the back; lent byte chunks are out of the queue.)
+        if !matches!(self.chunks.back(), Some(Chunk::Bytes(_))) || self.sealed {
             self.sealed = false;
             self.chunks.push_back(Chunk::Bytes(bufs.take()));
         }
@@ -251,9 +250,8 @@ impl OutQueue {
 
     /// Drop a trailing empty byte chunk (left when a handler wrote nothing).
     pub fn trim(&mut self, bufs: &mut BufPool) {
-        if self.locked && self.chunks.len() == 1 {
-            return;
-        }
+        // (Never a locked or lent chunk: those are not empty byte chunks
+        // at the back.)
         if let Some(Chunk::Bytes(b)) = self.chunks.back() {
             if b.is_empty() {
                 if let Some(Chunk::Bytes(b)) = self.chunks.pop_back() {
@@ -373,10 +371,6 @@ impl OutQueue {
                 }
                 let bytes: usize = lent.slices().map(<[u8]>::len).sum();
                 self.lent = Some(bytes);
-                if self.chunks.is_empty() {
-                    // What is pushed meanwhile starts a chunk of its own.
-                    self.sealed = false;
-                }
                 Front::Bytes(lent)
             }
             Some(Chunk::Piped(_) | Chunk::Staged(_)) => {

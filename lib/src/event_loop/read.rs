@@ -125,7 +125,9 @@ impl Loop {
     /// Before reading again after a pause: a service answers what it has
     /// buffered first.
     pub(super) fn prime(&mut self, id: ConnId) {
-        let conn = &self.core.conns[id];
+        let Some(conn) = self.core.conns.get(id) else {
+            return;
+        };
         if conn.session().is_some() || conn.input.is_empty() || conn.life.over_cap() {
             return;
         }
