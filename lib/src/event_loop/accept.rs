@@ -3,7 +3,6 @@
 use std::collections::VecDeque;
 use std::io::{self};
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use mio::net::{TcpListener, TcpStream};
 use tracing::{trace, warn};
 
 use super::timer::Due;
-use super::{Lifecycle, Loop, ACCEPT_BACKOFF, LISTENER_BASE};
+use super::{Lifecycle, Loop, ACCEPT_BACKOFF};
 use crate::handler::Handler;
 use crate::net::{self};
 use crate::poll::Interest;
@@ -54,45 +53,24 @@ impl Loop {
             .arm(now + ACCEPT_BACKOFF, Due::Listener(li));
     }
 
-    /// Level-triggered: a listener that is not accepting must not be
-    /// watched, or its queue would be reported again and again.
-    pub(super) fn listener_interest(&mut self, li: usize, old: Interest, new: Interest) {
-        if !self.core.backend.is_level() {
-            return;
-        }
-        let (Some(sock), Some(p)) = (self.listeners[li].sock.as_ref(), self.core.backend.poller())
-        else {
-            return;
-        };
-        if let Err(e) = p.set_interest(sock.as_fd(), LISTENER_BASE + li, old, new) {
-            warn!(listener = %self.core.setups[li].name, "cannot change listener interest: {e}");
-        }
-    }
-
-    pub(super) fn accept(&mut self, li: usize) {
-        if self.core.backend.is_completion() && !self.settings.shared_listeners {
-            self.uring_accept(li);
-            return;
-        }
+    /// Accept (accept(2) on a non-blocking listener) until the queue is
+    /// empty, the listener pauses or it is at its limit. True when it
+    /// stopped at an empty queue.
+    pub(super) fn accept_ready(&mut self, li: usize) -> bool {
         loop {
             let l = &self.listeners[li];
             if l.paused || l.sock.is_none() || !self.room_to_accept(li) {
-                return;
+                return false;
             }
             let Some(listener) = self.listeners[li].sock.as_ref() else {
-                return;
+                return false;
             };
             match listener.accept() {
                 Ok((stream, peer)) => self.adopt(li, stream, peer),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if self.core.backend.is_completion() {
-                        self.uring_poll_listener(li);
-                    }
-                    return;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) => {
                     if !self.accept_failed(li, &e) {
-                        return;
+                        return false;
                     }
                 }
             }
@@ -154,9 +132,7 @@ impl Loop {
                     self.core.call(key, |p, ctx| p.on_open(ctx, id));
                 }
                 self.core.ensure_armed(id);
-                if self.core.backend.is_completion() {
-                    self.core.uring_arm_recv(id);
-                }
+                self.core.start_reading(id);
             }
             Err(e) => warn!(listener = %setup.name, "cannot register connection: {e}"),
         }

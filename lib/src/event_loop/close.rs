@@ -33,12 +33,7 @@ impl Core {
         }
         // Under -T completion, a connection with submissions out lives on
         // (output and socket) until they complete.
-        let gone = if self.backend.is_completion() {
-            self.uring_close(id, conn)
-        } else {
-            Some(conn)
-        };
-        if let Some(mut conn) = gone {
+        if let Some(mut conn) = self.release(id, conn) {
             conn.out.clear(&mut self.bufs);
         }
         trace!(%id, "closed");
@@ -58,9 +53,7 @@ impl Core {
         if !self.conns.contains(src) {
             return;
         }
-        if self.backend.is_completion() {
-            self.uring_cancel_splice(src, gone);
-        }
+        self.splice_target_gone(src, gone);
         let s = &mut self.conns[src];
         if s.proto.splice_to == Some(gone) {
             s.life.holds.splice_stalled = false;

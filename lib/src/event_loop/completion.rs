@@ -4,9 +4,10 @@
 //! differs:
 //!
 //! - a connection that may read has one multishot receive out; its bytes
-//!   arrive in the ring's provided buffers and are handed on at once (or
-//!   kept in `stash` when reading was paused meanwhile, and the receive is
-//!   cancelled); the buffer goes back to the kernel right after;
+//!   arrive in the ring's provided buffers and go to the state machine at
+//!   once ([`Loop::received`], which holds them back if reading was
+//!   blocked meanwhile, and the receive is cancelled); the buffer goes
+//!   back to the kernel right after;
 //! - a connection with output has one send out (a `send`, `sendmsg`, or a
 //!   splice out of its pipe), whose chunks stay locked in the output queue
 //!   until it completes;
@@ -23,9 +24,9 @@ use std::time::Duration;
 use mio::net::TcpStream;
 use tracing::{debug, error, warn};
 
+use super::io::Backend;
 use super::output::{Front, Sending, Sent};
 use super::slots::Key;
-use super::state::Backend;
 use super::{Conn, Core, Loop, ReadStep};
 use crate::poll::{user_data, Cqe, Op};
 use crate::protocol::{CloseReason, ConnId};
@@ -56,14 +57,10 @@ pub(crate) struct Inflight {
     /// pointed elsewhere meanwhile).
     pub splice_in: Option<(Arc<Pipe>, ConnId)>,
     /// Bytes a splice moved into the pipe of a connection that closed
-    /// meanwhile, read back out for on_data once nothing else holds that
-    /// pipe (a send of the closed connection may still be draining it).
-    /// Reading waits until then, so they stay first.
+    /// meanwhile, read back out (and held, for on_data) once nothing else
+    /// holds that pipe (a send of the closed connection may still be
+    /// draining it). Reading waits until then, so they stay first.
     pub reclaim: Option<(Arc<Pipe>, usize)>,
-    /// Bytes received while reading was paused, handed on when it resumes.
-    pub stash: Vec<u8>,
-    /// The end of the stream came after the stashed bytes.
-    pub stash_eof: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -107,12 +104,7 @@ impl Core {
             self.uring_arm_splice(id, to);
             return;
         }
-        if conn.io.recv != Recv::Idle
-            || conn.reading_blocked()
-            || conn.io.connecting
-            || !conn.io.stash.is_empty()
-            || conn.io.stash_eof
-        {
+        if conn.io.recv != Recv::Idle || !conn.may_read() || conn.io.connecting {
             return;
         }
         let fd = conn.sock.as_raw_fd();
@@ -129,11 +121,7 @@ impl Core {
     /// receive (if one was out before the splice began) has stopped.
     fn uring_arm_splice(&mut self, id: ConnId, to: ConnId) {
         let conn = &mut self.conns[id];
-        if conn.io.splice_in.is_some()
-            || conn.reading_blocked()
-            || !conn.io.stash.is_empty()
-            || conn.io.stash_eof
-        {
+        if conn.io.splice_in.is_some() || !conn.may_read() {
             return;
         }
         match conn.io.recv {
@@ -199,7 +187,7 @@ impl Core {
         };
         match pipe.take_last(n) {
             Ok(bytes) => {
-                conn.io.stash.extend_from_slice(&bytes);
+                conn.held.bytes.extend_from_slice(&bytes);
                 self.ready.push_back(src);
             }
             Err(e) => self.abort(src, CloseReason::Io(e.kind())),
@@ -601,16 +589,10 @@ impl Loop {
             return;
         }
         let n = cqe.result as usize;
-        let conn = &mut self.core.conns[id];
-        let held = conn.reading_blocked() || !conn.io.stash.is_empty();
         if n == 0 {
-            // End of stream: after what is stashed.
-            conn.io.recv = Recv::Idle;
-            if held {
-                conn.io.stash_eof = true;
-            } else {
-                self.handle_step(id, ReadStep::Eof);
-            }
+            // End of stream (after what is held back, if anything is).
+            self.core.conns[id].io.recv = Recv::Idle;
+            self.received(id, ReadStep::Eof);
             return;
         }
         let Some(bid) = cqe.buffer() else {
@@ -624,70 +606,11 @@ impl Loop {
         let n = n.min(self.scratch.len());
         self.scratch[..n].copy_from_slice(ring.buffer(bid, n));
         ring.recycle(bid);
-        let conn = &mut self.core.conns[id];
-        conn.note_read(self.core.now);
-        if held {
-            // Paused meanwhile, or older bytes still wait: keep them, in
-            // order, for when it resumes.
-            conn.io.stash.extend_from_slice(&self.scratch[..n]);
-            if !conn.reading_blocked() {
-                self.core.ready.push_back(id);
-            }
-            self.core.uring_pause_recv(id);
-            return;
+        self.core.conns[id].note_read(self.core.now);
+        self.received(id, ReadStep::Data(n));
+        if !more {
+            self.core.uring_arm_recv(id);
         }
-        self.handle_step(id, ReadStep::Data(n));
-        if self.core.conns.contains(id) {
-            self.core.uring_pause_recv(id);
-            if !more {
-                self.core.uring_arm_recv(id);
-            }
-        }
-    }
-
-    /// Read again after a pause: bytes stashed meanwhile first, then a new
-    /// receive.
-    pub(super) fn uring_read(&mut self, id: ConnId) {
-        let Some(conn) = self.core.conns.get_mut(id) else {
-            return;
-        };
-        if conn.reading_blocked() {
-            self.core.uring_pause_recv(id);
-            return;
-        }
-        if !conn.io.stash.is_empty() {
-            let stash = std::mem::take(&mut conn.io.stash);
-            // Handed on in pieces of the read size, as reads would have.
-            let mut at = 0;
-            while at < stash.len() {
-                let n = (stash.len() - at).min(self.scratch.len());
-                self.scratch[..n].copy_from_slice(&stash[at..at + n]);
-                at += n;
-                self.handle_step(id, ReadStep::Data(n));
-                let Some(conn) = self.core.conns.get_mut(id) else {
-                    return;
-                };
-                if conn.reading_blocked() {
-                    conn.io.stash.extend_from_slice(&stash[at..]);
-                    return;
-                }
-            }
-        } else {
-            self.prime(id);
-        }
-        let Some(conn) = self.core.conns.get_mut(id) else {
-            return;
-        };
-        if conn.reading_blocked() {
-            // What was buffered filled the pool or the output again.
-            return;
-        }
-        if conn.io.stash_eof {
-            conn.io.stash_eof = false;
-            self.handle_step(id, ReadStep::Eof);
-            return;
-        }
-        self.core.uring_arm_recv(id);
     }
 
     fn uring_spliced(&mut self, cqe: Cqe) {

@@ -68,12 +68,33 @@ pub(crate) struct Conn {
     pub(super) hup: bool,
     /// What the readiness backend watches it for.
     pub(super) interest: Interest,
+    /// Received while reading was blocked, handed on when it resumes.
+    pub(super) held: Held,
     /// Its submissions under `-T completion`.
     pub(super) io: super::completion::Inflight,
     /// A service connection's requests in a handler pool.
     pub(super) jobs: Jobs,
     /// A protocol connection's session and splices.
     pub(super) proto: ProtoConn,
+}
+
+/// What arrived for a connection after its reading was blocked, kept in
+/// order until it may read again. Only a backend that receives on its own
+/// (completion: a multishot receive still out when reading blocked, or
+/// bytes a splice moved into a pipe whose connection closed) ever holds
+/// any: the readiness backends do not read while blocked.
+#[derive(Default)]
+pub(super) struct Held {
+    /// Bytes not yet handed on.
+    pub(super) bytes: Vec<u8>,
+    /// The end of the stream came after them.
+    pub(super) eof: bool,
+}
+
+impl Held {
+    pub(super) fn is_empty(&self) -> bool {
+        self.bytes.is_empty() && !self.eof
+    }
 }
 
 /// Requests of a service connection handed to a pool (`-X`): responses
@@ -116,6 +137,7 @@ impl Conn {
             dirty: false,
             hup: false,
             interest: Interest::NONE,
+            held: Held::default(),
             io: super::completion::Inflight::default(),
             jobs: Jobs::default(),
             proto: ProtoConn::default(),
@@ -129,6 +151,17 @@ impl Conn {
 
     pub(super) fn reading_blocked(&self) -> bool {
         self.life.reading_blocked()
+    }
+
+    /// May bytes be read from its socket now: reading is not blocked and
+    /// nothing held back waits to be handed on first.
+    pub(super) fn may_read(&self) -> bool {
+        !self.reading_blocked() && self.held.is_empty()
+    }
+
+    /// Bytes left at `now`: activity for the idle deadline.
+    pub(super) fn note_write(&mut self, now: Instant) {
+        self.last_active = now;
     }
 
     /// Bytes came in at `now`: activity for the idle deadline.

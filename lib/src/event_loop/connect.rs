@@ -3,7 +3,6 @@
 use std::io::{self};
 use std::net::SocketAddr;
 
-use mio::net::TcpStream;
 use tracing::debug;
 
 use super::{Core, Deferred, Lifecycle, SessionKey};
@@ -23,20 +22,14 @@ impl Core {
         let Some(listener) = self.sessions.get(session).map(|s| s.listener) else {
             return Err(ConnectError::SessionEnded);
         };
-        let ring = self.backend.is_completion();
-        let sock = match ring {
-            true => self.uring_connect(addr)?,
-            false => TcpStream::connect(addr)?,
-        };
+        let sock = self.outbound(addr)?;
         let timeout = self.setups[listener].limits.connect_timeout;
         let life = Lifecycle::outbound(self.now + timeout);
         let id = self.add_conn(sock, listener, life, Interest::BOTH)?;
-        if ring {
-            if let Err(e) = self.uring_submit_connect(id, addr) {
-                self.conns[id].accepted = false;
-                self.close(id, None);
-                return Err(e.into());
-            }
+        if let Err(e) = self.start_connect(id, addr) {
+            self.conns[id].accepted = false;
+            self.close(id, None);
+            return Err(e.into());
         }
         let conn = &mut self.conns[id];
         conn.accepted = false;

@@ -28,7 +28,7 @@ impl Core {
             self.close_after_grace(id);
             return;
         }
-        let direct = !self.backend.is_completion();
+        let direct = self.writes_inline();
         let conn = &mut self.conns[id];
         let pending = Pending::new(&mut conn.input, data);
         let used = serve(

@@ -36,14 +36,15 @@
 //! | `lifecycle.rs` | a connection's life as a plain state machine (phase, holds, backpressure) |
 //! | `conn.rs` | `Conn`: socket, buffers, lifecycle, service-only and protocol-only parts; sessions |
 //! | `accept.rs` | listeners: limits, back-off, adopting sockets |
-//! | `read.rs` | reads and splices into the service or the protocol |
+//! | `read.rs` | reads and splices into the service or the protocol; bytes held back while reading is blocked |
 //! | `input.rs` | unconsumed input: the one routine that keeps a tail of bytes, and [`Unconsumed`] for handlers |
 //! | `splice.rs` | splices between connections: room, stalls, accounting, shared by the backends |
 //! | `jobs.rs` | the service path: framing inline, or jobs for a handler pool |
 //! | `write.rs` | flushing output and what follows it (half-close, close, linger) |
 //! | `connect.rs` | outbound connections of protocol sessions |
 //! | `close.rs` | closing and telling sessions |
-//! | `completion.rs` | the same loop under `-T completion` (io_uring) |
+//! | `io.rs` | what the state machine asks of the backend: `Backend`, and every branch on it for a connection's or listener's I/O |
+//! | `completion.rs` | `-T completion` (io_uring) carrying those requests out, and its completions reported back |
 //! | `ctx.rs` | [`Ctx`], what a protocol session may ask of the loop |
 //! | `output.rs` | the output queue and the buffer pool |
 //! | `slots.rs` | the typed generational slot map of connections and sessions |
@@ -61,6 +62,7 @@ mod conn;
 mod connect;
 mod ctx;
 mod input;
+mod io;
 mod jobs;
 mod lifecycle;
 mod read;

@@ -27,25 +27,117 @@ pub(super) enum ReadStep {
     Failed(io::ErrorKind),
 }
 
+/// What [`Loop::hand_on_held`] did.
+enum HeldOn {
+    /// Nothing was held back.
+    Nothing,
+    /// It was all handed on: reading goes on from the socket.
+    HandedOn,
+    /// Reading stops for now (blocked again, the end of the stream, or the
+    /// connection is gone).
+    Stop,
+}
+
 impl Loop {
-    /// Read what `id` has (readiness backends), or go on after a pause
-    /// (completion: stashed bytes first, then a new receive).
+    /// Go on reading `id` (queued to read, or its socket is readable):
+    /// what was held back first, then what a service has buffered, then
+    /// the socket ([`Loop::read_socket`]).
     pub(super) fn read(&mut self, id: ConnId) {
-        if self.core.backend.is_completion() {
-            self.uring_read(id);
+        match self.hand_on_held(id) {
+            HeldOn::Nothing => {
+                self.prime(id);
+                self.read_socket(id);
+            }
+            HeldOn::HandedOn => self.read_socket(id),
+            HeldOn::Stop => {}
+        }
+        self.core.reading_changed(id);
+    }
+
+    /// Hand on what `id` holds back ([`super::conn::Held`]) once it may
+    /// read: in pieces of the read size, as reads would have, then the end
+    /// of the stream if it came after them.
+    fn hand_on_held(&mut self, id: ConnId) -> HeldOn {
+        let Some(conn) = self.core.conns.get_mut(id) else {
+            return HeldOn::Stop;
+        };
+        if conn.held.is_empty() {
+            return HeldOn::Nothing;
+        }
+        if conn.reading_blocked() {
+            return HeldOn::Stop;
+        }
+        let held = std::mem::take(&mut conn.held.bytes);
+        if held.is_empty() {
+            // Only the end of the stream: what a service buffered first.
+            self.prime(id);
+        }
+        let mut at = 0;
+        while at < held.len() {
+            let n = (held.len() - at).min(self.scratch.len());
+            self.scratch[..n].copy_from_slice(&held[at..at + n]);
+            at += n;
+            self.handle_step(id, ReadStep::Data(n));
+            let Some(conn) = self.core.conns.get_mut(id) else {
+                return HeldOn::Stop;
+            };
+            if conn.reading_blocked() {
+                let mut rest = held[at..].to_vec();
+                rest.append(&mut conn.held.bytes);
+                conn.held.bytes = rest;
+                return HeldOn::Stop;
+            }
+        }
+        let Some(conn) = self.core.conns.get_mut(id) else {
+            return HeldOn::Stop;
+        };
+        if conn.reading_blocked() {
+            // What was buffered filled the pool or the output again.
+            return HeldOn::Stop;
+        }
+        if conn.held.eof {
+            conn.held.eof = false;
+            self.handle_step(id, ReadStep::Eof);
+            return HeldOn::Stop;
+        }
+        HeldOn::HandedOn
+    }
+
+    /// The backend received `step` for `id` without being asked just now
+    /// (completion: a receive that stays out): handed on as a read's, or
+    /// held back while reading is blocked or older held bytes wait, so
+    /// that bytes keep their order ([`super::conn::Held`]).
+    pub(super) fn received(&mut self, id: ConnId, step: ReadStep) {
+        let Some(conn) = self.core.conns.get_mut(id) else {
+            return;
+        };
+        let blocked = conn.reading_blocked();
+        if blocked || !conn.held.is_empty() {
+            match step {
+                ReadStep::Data(n) => {
+                    conn.held.bytes.extend_from_slice(&self.scratch[..n]);
+                    if !blocked {
+                        self.core.ready.push_back(id);
+                    }
+                    self.core.reading_changed(id);
+                }
+                ReadStep::Eof => conn.held.eof = true,
+                step => {
+                    self.handle_step(id, step);
+                }
+            }
             return;
         }
-        self.read_ready(id);
-        if self.core.backend.is_level() {
-            self.core.update_interest(id);
+        self.handle_step(id, step);
+        if self.core.conns.contains(id) {
+            self.core.reading_changed(id);
         }
     }
 
     /// `-T edge | level`: read (or splice) until the socket is drained,
     /// reading is blocked or the event's budget is spent, handing each
     /// result on exactly as a completion's is ([`Loop::handle_step`]).
-    fn read_ready(&mut self, id: ConnId) {
-        self.prime(id);
+    pub(super) fn read_ready(&mut self, id: ConnId) {
         let Some(conn) = self.core.conns.get(id) else {
             return;
         };
@@ -158,14 +250,11 @@ impl Loop {
             ReadStep::Data(n) => {
                 let max_request = core.setups[core.conns[id].listener].limits.max_request;
                 let data = &self.scratch[..n];
-                if let Some(to) = core.conns[id]
-                    .proto
-                    .splice_to
-                    .filter(|_| core.backend.is_completion())
-                {
-                    // Completion: a spliced connection's bytes were received
-                    // into the ring's buffers; they are queued on `to`
-                    // (unless it has closed: then on_data gets them).
+                if let Some(to) = core.conns[id].proto.splice_to {
+                    // Bytes of a spliced connection that were read rather
+                    // than spliced (completion: received before the splice
+                    // began) are queued on `to` (unless it has closed:
+                    // then on_data gets them).
                     if core.relay(id, to, data) {
                         return true;
                     }
@@ -195,7 +284,7 @@ impl Core {
         let Some(conn) = self.conns.get_mut(id) else {
             return ReadStep::Stop;
         };
-        if conn.reading_blocked() {
+        if !conn.may_read() {
             return ReadStep::Stop;
         }
         if *budget == 0 {

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
-use tracing::{debug, warn};
+use tracing::warn;
 
+use super::io::Backend;
 use super::output::BufPool;
 use super::slots::Slots;
-use super::state::Backend;
 use super::timer::{Due, Timers};
 use super::{
     token_conn, Core, ListenerSetup, ListenerSlot, LoopHandle, LoopSettings, JOB_SPIN,
@@ -297,34 +297,8 @@ impl Loop {
 
     pub(super) fn begin_shutdown(&mut self) {
         self.core.stopping = true;
-        for (i, l) in self.listeners.iter_mut().enumerate() {
-            let Some(sock) = l.sock.take() else {
-                continue;
-            };
-            if let Some(p) = self.core.backend.poller() {
-                if let Err(e) = p.set_interest(
-                    sock.as_fd(),
-                    LISTENER_BASE + i,
-                    Interest::READ,
-                    Interest::NONE,
-                ) {
-                    debug!("deregister listener {i}: {e}");
-                }
-            }
-            if let Some(ring) = self.core.backend.ring() {
-                l.backlog.clear();
-                if l.armed {
-                    // A shared listener's is a readiness poll.
-                    let op = match self.settings.shared_listeners {
-                        true => backend::Op::ListenerPoll,
-                        false => backend::Op::Accept,
-                    };
-                    let ud = backend::user_data(op, i, l.accept_gen);
-                    if let Err(e) = ring.cancel(ud) {
-                        debug!("cancel accept of listener {i}: {e}");
-                    }
-                }
-            }
+        for li in 0..self.listeners.len() {
+            self.stop_listening(li);
         }
         let grace = self.core.now + SHUTDOWN_GRACE.min(self.settings.drain_timeout);
         for id in self.core.conns.keys() {

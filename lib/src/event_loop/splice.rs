@@ -106,7 +106,7 @@ impl Core {
     /// of `to`'s output queue, within the event's `budget` and the pipe's
     /// free room.
     pub(super) fn splice_step(&mut self, id: ConnId, to: ConnId, budget: &mut usize) -> ReadStep {
-        if self.conns.get(id).is_none_or(|c| c.reading_blocked()) {
+        if self.conns.get(id).is_none_or(|c| !c.may_read()) {
             return ReadStep::Stop;
         }
         let Some((pipe, room)) = self.splice_room(id, to) else {

@@ -4,7 +4,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::os::fd::AsFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,57 +12,14 @@ use crossbeam_channel::Receiver;
 use mio::net::TcpStream;
 use tracing::{debug, error, warn};
 
+use super::io::Backend;
 use super::output::BufPool;
 use super::slots::Slots;
 use super::timer::{Due, Timers};
-use super::{token, Conn, Ctx, Deferred, Expiry, Lifecycle, ListenerSetup, Session, SessionKey};
-use crate::poll::{Interest, Readiness, Ring};
+use super::{Conn, Ctx, Deferred, Expiry, Lifecycle, ListenerSetup, Session, SessionKey};
+use crate::poll::Interest;
 use crate::pools::{Done, ReplyTo};
 use crate::protocol::{CloseReason, ConnId, Protocol, TimerId};
-
-/// How a loop does its I/O (`-T`). The connection state machine decides
-/// the same under each; this is who carries it out.
-pub(super) enum Backend {
-    /// `-T edge | level`: the loop makes the syscalls and is told when a
-    /// socket can take them. Under `level`, interest follows what the loop
-    /// can act on (it would be told again and again otherwise).
-    Readiness {
-        poller: Box<dyn Readiness>,
-        level: bool,
-    },
-    /// `-T completion`: the loop submits to io_uring and is told when it is
-    /// done. None once a stopping loop has left the ring (with memory the
-    /// kernel might still use) allocated.
-    Completion(Option<Box<Ring>>),
-}
-
-impl Backend {
-    /// Under `-T completion`?
-    pub(super) fn is_completion(&self) -> bool {
-        matches!(self, Backend::Completion(_))
-    }
-
-    /// Under `-T level`?
-    pub(super) fn is_level(&self) -> bool {
-        matches!(self, Backend::Readiness { level: true, .. })
-    }
-
-    /// The ring, under `-T completion`.
-    pub(super) fn ring(&mut self) -> Option<&mut Ring> {
-        match self {
-            Backend::Completion(ring) => ring.as_deref_mut(),
-            Backend::Readiness { .. } => None,
-        }
-    }
-
-    /// The poller, under `-T edge | level`.
-    pub(super) fn poller(&mut self) -> Option<&mut dyn Readiness> {
-        match self {
-            Backend::Readiness { poller, .. } => Some(&mut **poller),
-            Backend::Completion(_) => None,
-        }
-    }
-}
 
 /// The loop's state that handler callbacks may touch through [`Ctx`].
 pub(crate) struct Core {
@@ -119,13 +75,9 @@ impl Core {
     ) -> io::Result<ConnId> {
         let full = || io::Error::other("this loop holds as many connections as it can");
         let id = self.conns.next_key().ok_or_else(full)?;
-        if let Some(p) = self.backend.poller() {
-            p.set_interest(sock.as_fd(), token(id), Interest::NONE, interest)?;
-        }
+        let watched = self.register(&sock, id, interest)?;
         let mut conn = Conn::new(sock, listener, life, self.now);
-        if !self.backend.is_completion() {
-            conn.interest = interest;
-        }
+        conn.interest = watched;
         self.conns.insert(conn).ok_or_else(full)
     }
 
@@ -277,29 +229,6 @@ impl Core {
                     }
                 }
             }
-        }
-    }
-
-    /// What the readiness backend should watch `id` for now: always
-    /// reads under edge triggering (an edge is not repeated); under level
-    /// triggering only when reading is not blocked.
-    pub(super) fn update_interest(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(id) else {
-            return;
-        };
-        let want = Interest {
-            read: !self.backend.is_level() || !conn.reading_blocked(),
-            write: conn.writable_interest,
-        };
-        if want == conn.interest {
-            return;
-        }
-        let Some(p) = self.backend.poller() else {
-            return;
-        };
-        match p.set_interest(conn.sock.as_fd(), token(id), conn.interest, want) {
-            Ok(()) => conn.interest = want,
-            Err(e) => self.abort(id, CloseReason::Io(e.kind())),
         }
     }
 }

@@ -20,16 +20,7 @@ impl Core {
             return;
         }
         if !conn.out.is_empty() {
-            let sent = if self.backend.is_completion() {
-                self.uring_send(id)
-            } else {
-                let flushed = conn.out.flush(&mut conn.sock, &mut self.bufs);
-                if flushed.is_ok() {
-                    conn.last_active = self.now;
-                }
-                flushed.map(|_| ())
-            };
-            if let Err(e) = sent {
+            if let Err(e) = self.send(id) {
                 self.abort(id, CloseReason::Io(e.kind()));
                 return;
             }
@@ -43,12 +34,9 @@ impl Core {
                     debug!(%id, "uncork: {e}");
                 }
             }
-            if conn.writable_interest {
-                conn.writable_interest = false;
-                self.update_interest(id);
-                if !self.conns.contains(id) {
-                    return;
-                }
+            self.watch_writable(id, false);
+            if !self.conns.contains(id) {
+                return;
             }
             let conn = &mut self.conns[id];
             let linger = self.setups[conn.listener].limits.linger_timeout;
@@ -77,9 +65,8 @@ impl Core {
                     return;
                 }
             }
-        } else if !conn.writable_interest && !self.backend.is_completion() {
-            conn.writable_interest = true;
-            self.update_interest(id);
+        } else {
+            self.watch_writable(id, true);
             if !self.conns.contains(id) {
                 return;
             }
