@@ -20,8 +20,8 @@
 //! - `src/bin/sink.rs` and `src/bin/blast.rs`: the two ends of a throughput
 //!   run (blast writes N bytes, sink answers the count it read).
 //! - `src/bin/compare/` (`main.rs`, `http.rs` for the HTTP scenarios,
-//!   `poll.rs` for the poll backends): the side-by-side runner that writes
-//!   docs/benchmarks.md.
+//!   `poll.rs` for the poll backends, `baseline.rs` for old vs new binary):
+//!   the side-by-side runner that writes docs/benchmarks.md.
 //! - [`report`]: the [`Report`] a load generator run produces, as JSON.
 //! - [`server`]: spawn a server, learn its port from its log, read its CPU
 //!   time, stop it.

@@ -22,6 +22,9 @@
 //!   same alternation (`--backends`).
 //! - the generator check: one load generator against two, same total load,
 //!   so the docs can say whether the generator is the limit.
+//! - old vs new binary (`baseline.rs`): with `--baseline PATH`, each
+//!   gaidaros server of (a)-(d) and (f) has a twin running that binary with
+//!   the same arguments, right after it in every pair.
 //!
 //! Writes a markdown report and an SVG chart: with `--quick` into
 //! target/compare-quick/, otherwise into docs/benchmarks.md (between its
@@ -49,6 +52,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde::Deserialize;
 
+mod baseline;
 mod http;
 mod poll;
 
@@ -78,6 +82,14 @@ struct Args {
     /// backends in (a) only.
     #[argh(option, default = "String::from(\"edge,level,completion\")")]
     backends: String,
+    /// a second gaidaros binary (an older build, say) run as a peer of the
+    /// current one: in (a)-(d) and (f), under each of --backends, every
+    /// gaidaros server is followed by a twin NAME@baseline running this
+    /// binary with the same arguments, and an "Old vs new binary" table
+    /// gives new ÷ baseline pair by pair. The report goes where any run's
+    /// goes (docs/ unless --quick or --out).
+    #[argh(option)]
+    baseline: Option<PathBuf>,
     /// skip the callgrind pass (instructions per request)
     #[argh(switch)]
     no_callgrind: bool,
@@ -190,9 +202,29 @@ impl Ctx {
             perf: PerfEvents::default(),
             callgrind: false,
             backends: Vec::new(),
+            baseline: None,
             have: HashMap::new(),
             notes: Vec::new(),
             failures: Vec::new(),
+        }
+    }
+
+    /// The binary gaidaros server `server` runs, and the server whose
+    /// arguments it takes: a baseline twin runs the baseline binary as its
+    /// counterpart.
+    fn gaidaros<'a>(&self, server: &'a str) -> (PathBuf, &'a str) {
+        match (baseline::counterpart(server), &self.baseline) {
+            (Some(new), Some(path)) => (path.clone(), new),
+            _ => (self.bin.join("gaidaros"), server),
+        }
+    }
+
+    /// `servers` with their baseline twins, when there is a baseline.
+    fn with_twins(&self, servers: Vec<String>) -> Vec<String> {
+        if self.baseline.is_some() {
+            baseline::with_twins(servers)
+        } else {
+            servers
         }
     }
 }
@@ -207,6 +239,8 @@ struct Ctx {
     /// The poll backends gaidaros runs under in (a)-(d) and (f): edge (the
     /// default run) and those of `--backends` that start here.
     backends: Vec<&'static str>,
+    /// The `--baseline` binary, checked to start under every backend.
+    baseline: Option<PathBuf>,
     have: HashMap<&'static str, bool>,
     notes: Vec<String>,
     failures: Vec<String>,
@@ -234,6 +268,10 @@ fn main() -> ExitCode {
     }
     if let Err(e) = poll::parse(&args.backends) {
         eprintln!("compare: --backends: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = args.baseline.as_deref().map(baseline::check).transpose() {
+        eprintln!("compare: --baseline: {e}");
         return ExitCode::from(2);
     }
     match run(&args, &plan) {
@@ -379,6 +417,7 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
         perf: PerfEvents::probe(),
         callgrind: !args.no_callgrind && measure::callgrind_available(),
         backends: Vec::new(),
+        baseline: None,
         have: HashMap::new(),
         notes: Vec::new(),
         failures: Vec::new(),
@@ -420,11 +459,29 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
         let asked = poll::parse(&args.backends).unwrap_or_default();
         ctx.backends = backends_that_start(&mut ctx, &asked);
     }
+    if let Some(path) = &args.baseline {
+        // Checked in main; again for the absolute path.
+        let path = baseline::check(path)?;
+        if ctx.backends.is_empty() {
+            ctx.notes.push(format!(
+                "`--baseline` runs in (a)-(d) and (f) only: `{}` did not run.",
+                path.display()
+            ));
+        } else {
+            ctx.notes.push(format!(
+                "The baseline (`--baseline`) is `{}`: each gaidaros server of (a)-(d) and (f) has a twin `NAME{}` running it with the same arguments.",
+                path.display(),
+                baseline::MARK
+            ));
+            ctx.baseline = Some(path.clone());
+            baseline_starts(&ctx, &path)?;
+        }
+    }
 
     let mut samples = Vec::new();
     for pair in 0..plan.pairs {
         for sc in ECHO.iter().filter(|s| only(s.key)) {
-            for server in poll::servers(sc.key, &ctx.backends, &ECHO_PEERS) {
+            for server in ctx.with_twins(poll::servers(sc.key, &ctx.backends, &ECHO_PEERS)) {
                 eprintln!("== ({}) {server}, pair {}", sc.key, pair + 1);
                 let r = echo_run(&ctx, plan, sc, &server, pair);
                 record(&mut ctx, &mut samples, r);
@@ -493,7 +550,7 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
                 &under_callgrind
             };
             runs.extend(
-                poll::servers(sc.key, backends, &ECHO_PEERS)
+                ctx.with_twins(poll::servers(sc.key, backends, &ECHO_PEERS))
                     .into_iter()
                     .map(|server| (sc, server)),
             );
@@ -605,6 +662,30 @@ fn backends_that_start(ctx: &mut Ctx, asked: &[&'static str]) -> Vec<&'static st
         }
     }
     ok
+}
+
+/// The baseline at `path` starts under every backend of `ctx.backends`
+/// (the new binary does: its twins must too, or the pairs would be
+/// one-sided).
+fn baseline_starts(ctx: &Ctx, path: &Path) -> Result<(), String> {
+    for backend in &ctx.backends {
+        let server = baseline::twin(&poll::server(backend));
+        let proc = spawn(echo_cmd(ctx, &server), &server).map_err(|e| {
+            let hint = if *backend == "edge" {
+                String::new()
+            } else {
+                format!(" (leave {backend} out of --backends to compare the others)")
+            };
+            format!("--baseline {} does not start{hint}: {e}", path.display())
+        })?;
+        let _ = proc.stop(Duration::from_secs(5));
+    }
+    eprintln!(
+        "== baseline {} starts under {}",
+        path.display(),
+        ctx.backends.join(", ")
+    );
+    Ok(())
 }
 
 /// The backends of `ctx.backends` whose echo server stops on SIGTERM under
@@ -748,9 +829,11 @@ fn echo_cmd(ctx: &Ctx, server: &str) -> Command {
             c.args(["--workers", &WORKERS.to_string()]);
             c
         }
-        // "gaidaros", gaidaros under a poll backend, or a handler type for (h).
+        // "gaidaros", gaidaros under a poll backend, a baseline twin of
+        // either, or a handler type for (h).
         other => {
-            let mut c = Command::new(ctx.bin.join("gaidaros"));
+            let (bin, other) = ctx.gaidaros(other);
+            let mut c = Command::new(bin);
             c.args(["-S", "thread", "-N", &WORKERS.to_string(), "--port", "0"]);
             if let Some(backend) = poll::flag(other) {
                 c.args(["-T", backend]);
@@ -1106,7 +1189,11 @@ fn stream_runs(ctx: &mut Ctx, plan: &Plan, pair: usize, samples: &mut Vec<Sample
         }
     };
     let upstream = sink.addr();
-    let mut forwarders = poll::servers("f", &ctx.backends, &["gaidaros-copy", "tokio"]);
+    let mut forwarders = ctx.with_twins(poll::servers(
+        "f",
+        &ctx.backends,
+        &["gaidaros-copy", "tokio"],
+    ));
     for peer in ["socat", "nginx"] {
         if ctx.have[peer] {
             forwarders.push(peer.into());
@@ -1156,16 +1243,18 @@ fn stream_one(
         let _ = proc.stop(Duration::from_secs(5));
         Ok(vec![s?])
     };
-    let gaidaros = name == "gaidaros" || poll::flag(name).is_some();
-    match name {
-        _ if gaidaros || name == "gaidaros-copy" => {
-            let mut cmd = Command::new(ctx.bin.join("gaidaros"));
+    // A baseline twin runs as its counterpart.
+    let (bin, as_server) = ctx.gaidaros(name);
+    let spliced = as_server == poll::EDGE || poll::flag(as_server).is_some();
+    match as_server {
+        _ if spliced || as_server == "gaidaros-copy" => {
+            let mut cmd = Command::new(bin);
             cmd.args(["--handler", "forward", "-o"])
                 .arg(format!("upstream={upstream}"))
                 .arg("-o")
-                .arg(format!("splice={gaidaros}"))
+                .arg(format!("splice={spliced}"))
                 .args(["-S", "thread", "-N", &WORKERS.to_string(), "--port", "0"]);
-            if let Some(backend) = poll::flag(name) {
+            if let Some(backend) = poll::flag(as_server) {
                 cmd.args(["-T", backend]);
             }
             own(cmd)
@@ -1618,6 +1707,7 @@ fn report(
     }
 
     poll::report(&mut md, &mut targets, samples);
+    baseline::report(&mut md, samples);
     http::report(&mut md, &mut targets, &mut bars, samples, plan);
 
     if !targets.is_empty() {
