@@ -269,7 +269,7 @@ impl OutQueue {
         loop {
             // A lone byte chunk (the common case) leaves through a plain
             // write, with no iovec array to set up.
-            let single = !matches!(self.chunks.get(1), Some(Chunk::Bytes(_)));
+            let run = self.byte_run(MAX_IOVECS);
             let result = match self.chunks.front_mut() {
                 None => return Ok(Flushed::All),
                 Some(Chunk::File {
@@ -311,21 +311,16 @@ impl OutQueue {
                         Err(e) => Err(e),
                     }
                 }
-                Some(Chunk::Bytes(b)) if single => sock.write(&b[self.head..]),
+                Some(Chunk::Bytes(b)) if run == 1 => sock.write(&b[self.head..]),
                 Some(Chunk::Bytes(_)) => {
                     let mut slices: [IoSlice<'_>; MAX_IOVECS] = [IoSlice::new(&[]); MAX_IOVECS];
-                    let mut n_slices = 0;
-                    for (i, chunk) in self.chunks.iter().enumerate() {
-                        match chunk {
-                            Chunk::Bytes(b) if n_slices < MAX_IOVECS => {
-                                let start = if i == 0 { self.head } else { 0 };
-                                slices[n_slices] = IoSlice::new(&b[start..]);
-                                n_slices += 1;
-                            }
-                            _ => break,
+                    for (i, chunk) in self.chunks.iter().take(run).enumerate() {
+                        if let Chunk::Bytes(b) = chunk {
+                            let start = if i == 0 { self.head } else { 0 };
+                            slices[i] = IoSlice::new(&b[start..]);
                         }
                     }
-                    sock.write_vectored(&slices[..n_slices])
+                    sock.write_vectored(&slices[..run])
                 }
             };
             match result {
@@ -356,15 +351,12 @@ impl OutQueue {
         let front = match self.chunks.front() {
             None => return Ok(None),
             Some(Chunk::Bytes(_)) => {
+                let run = self.byte_run(most);
                 let mut lent = Lent {
                     bufs: std::mem::take(&mut self.spare_lent),
                     head: std::mem::take(&mut self.head),
                 };
-                while lent.bufs.len() < most {
-                    match self.chunks.front() {
-                        Some(Chunk::Bytes(_)) => {}
-                        _ => break,
-                    }
+                for _ in 0..run {
                     if let Some(Chunk::Bytes(b)) = self.chunks.pop_front() {
                         lent.bufs.push(b);
                     }
@@ -453,6 +445,17 @@ impl OutQueue {
             }
         }
         Ok(())
+    }
+
+    /// How many byte chunks at the front leave together, at most `most`:
+    /// the one decision of what a write (`flush`) or a send
+    /// (`lock_front`) takes, so both backends cut the queue alike.
+    fn byte_run(&self, most: usize) -> usize {
+        self.chunks
+            .iter()
+            .take(most)
+            .take_while(|c| matches!(c, Chunk::Bytes(_)))
+            .count()
     }
 
     /// The pipe the front chunk's bytes wait in (spliced bytes in `pipe`,
