@@ -62,6 +62,7 @@ pub(crate) enum Pending<'a> {
 
 impl<'a> Pending<'a> {
     /// Take what `kept` holds (leaving it empty) and put `data` after it.
+    #[inline]
     pub fn new(kept: &mut Vec<u8>, data: &'a [u8]) -> Pending<'a> {
         if kept.is_empty() {
             Pending::Fresh(data)
@@ -83,7 +84,18 @@ impl<'a> Pending<'a> {
     /// The consumer took `used` bytes (at most all): what is left, to keep
     /// until the next bytes (nothing when `discard`: the connection is
     /// closing and will read no more).
+    #[inline]
     pub fn keep_rest(self, used: usize, discard: bool, bufs: &mut impl Buffers) -> Vec<u8> {
+        if let Pending::Fresh(data) = &self {
+            if used >= data.len() || discard {
+                return Vec::new();
+            }
+        }
+        self.keep_rest_slow(used, discard, bufs)
+    }
+
+    #[inline(never)]
+    fn keep_rest_slow(self, used: usize, discard: bool, bufs: &mut impl Buffers) -> Vec<u8> {
         match self {
             Pending::Fresh(data) => {
                 let rest = &data[used.min(data.len())..];

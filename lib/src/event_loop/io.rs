@@ -130,6 +130,7 @@ impl Core {
 
     /// Whether `id` may read may have changed (after a step, a pause or a
     /// resume).
+    #[inline]
     pub(super) fn reading_changed(&mut self, id: ConnId) {
         match &self.backend {
             Backend::Readiness { level: false, .. } => {}
@@ -207,6 +208,7 @@ impl Core {
 
 impl Loop {
     /// Read from `id`'s socket, which may read (nothing is held back).
+    #[inline]
     pub(super) fn read_socket(&mut self, id: ConnId) {
         match &self.core.backend {
             Backend::Readiness { .. } => self.read_ready(id),

@@ -41,7 +41,7 @@ impl Core {
         );
         conn.input = pending.keep_rest(used, conn.life.is_closing(), &mut self.bufs);
         conn.out.trim(&mut self.bufs);
-        self.close_after_grace(id);
+        conn.life.grace_check(conn.input.is_empty());
     }
 
     /// Shutting down with a request of `id` still arriving: once nothing
@@ -201,7 +201,10 @@ impl Core {
             return;
         };
         conn.life.reads_done();
-        self.mark_dirty(id);
+        if !conn.dirty {
+            conn.dirty = true;
+            self.dirty.push(id);
+        }
     }
 }
 

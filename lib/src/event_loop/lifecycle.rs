@@ -272,6 +272,13 @@ impl Lifecycle {
         }
     }
 
+    /// Would [`Lifecycle::drained`] do anything (a half-close or a close
+    /// waits for the output to drain)? The flush's fast path asks first.
+    #[inline]
+    pub fn awaits_drain(&self) -> bool {
+        self.write == WriteSide::ShutPending || matches!(self.phase, Phase::Closing { .. })
+    }
+
     /// The output queue is empty: the half-close and close it waited for.
     /// `jobs_pending`: requests of it still run in a handler pool (their
     /// answers come first).
@@ -456,6 +463,32 @@ mod tests {
         assert_eq!(d.then, AfterDrain::Stay);
         assert!(!l.drained(false, now, LINGER).shutdown_write, "only once");
         assert!(!l.shutdown_write(), "already shut");
+    }
+
+    #[test]
+    fn draining_does_something_only_when_a_fin_or_a_close_waits_for_it() {
+        let now = Instant::now();
+        let linger = Duration::from_secs(1);
+        let stays = |l: &mut Lifecycle| {
+            let d = l.drained(false, now, linger);
+            !d.shutdown_write && d.then == AfterDrain::Stay
+        };
+        let mut open = Lifecycle::accepted(true);
+        assert!(!open.awaits_drain());
+        assert!(stays(&mut open));
+        let mut eof = Lifecycle::accepted(true);
+        eof.note_eof();
+        assert!(!eof.awaits_drain());
+        assert!(stays(&mut eof));
+        let mut half = Lifecycle::accepted(false);
+        assert!(half.shutdown_write());
+        assert!(half.awaits_drain());
+        assert!(!stays(&mut half));
+        assert!(!half.awaits_drain(), "the FIN is sent once");
+        let mut closing = Lifecycle::accepted(true);
+        closing.close(None);
+        assert!(closing.awaits_drain());
+        assert!(!stays(&mut closing));
     }
 
     #[test]

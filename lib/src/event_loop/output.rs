@@ -269,7 +269,10 @@ impl OutQueue {
         loop {
             // A lone byte chunk (the common case) leaves through a plain
             // write, with no iovec array to set up.
-            let run = self.byte_run(MAX_IOVECS);
+            let run = match self.chunks.get(1) {
+                Some(Chunk::Bytes(_)) => self.byte_run(MAX_IOVECS),
+                _ => 1,
+            };
             let result = match self.chunks.front_mut() {
                 None => return Ok(Flushed::All),
                 Some(Chunk::File {

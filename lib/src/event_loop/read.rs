@@ -2,9 +2,10 @@
 //! framing or the protocol's `on_data`, and splicing.
 
 use std::io::{self, Read};
+use std::sync::Arc;
 
 use super::input::Pending;
-use super::{Core, Loop, SessionKey, READ_BUDGET};
+use super::{Core, ListenerSetup, Loop, SessionKey, READ_BUDGET};
 use crate::handler::Handler;
 use crate::protocol::{CloseReason, ConnId};
 
@@ -141,8 +142,9 @@ impl Loop {
         let Some(conn) = self.core.conns.get(id) else {
             return;
         };
-        let limits = &self.core.setups[conn.listener].limits;
-        let recv = limits.recv_size.min(self.scratch.len());
+        // Its listener's setup, once for every read of this event.
+        let setup = Arc::clone(&self.core.setups[conn.listener]);
+        let recv = setup.limits.recv_size.min(self.scratch.len());
         let mut budget = READ_BUDGET;
         loop {
             let core = &mut self.core;
@@ -162,7 +164,7 @@ impl Loop {
                 ReadStep::Data(n) => n < recv,
                 _ => true,
             };
-            if !self.handle_step(id, step) {
+            if !self.step_with(id, step, &setup) {
                 return;
             }
             if drained && self.core.conns.get(id).is_none_or(|c| !c.hup) {
@@ -175,6 +177,15 @@ impl Loop {
     /// connection drops its input until the peer's FIN; the rest goes to
     /// the protocol or the service. False: stop reading for now.
     pub(super) fn handle_step(&mut self, id: ConnId, step: ReadStep) -> bool {
+        let Some(conn) = self.core.conns.get(id) else {
+            return false;
+        };
+        let setup = Arc::clone(&self.core.setups[conn.listener]);
+        self.step_with(id, step, &setup)
+    }
+
+    /// [`Loop::handle_step`] with `id`'s listener setup at hand.
+    fn step_with(&mut self, id: ConnId, step: ReadStep, setup: &ListenerSetup) -> bool {
         let Some(conn) = self.core.conns.get_mut(id) else {
             return false;
         };
@@ -193,14 +204,13 @@ impl Loop {
         if let Some(key) = conn.proto.session {
             return self.protocol_step(id, key, step);
         }
-        let setup = self.core.setups[conn.listener].clone();
         let Handler::Service(service) = &setup.handler else {
             return false;
         };
         let go_on = match step {
             ReadStep::Data(n) => {
                 self.core
-                    .feed_service(id, &**service, &setup, &self.scratch[..n]);
+                    .feed_service(id, &**service, setup, &self.scratch[..n]);
                 true
             }
             ReadStep::Failed(kind) => {
@@ -216,7 +226,15 @@ impl Loop {
 
     /// Before reading again after a pause: a service answers what it has
     /// buffered first.
+    #[inline]
     pub(super) fn prime(&mut self, id: ConnId) {
+        if self.core.conns.get(id).is_some_and(|c| !c.input.is_empty()) {
+            self.prime_slow(id);
+        }
+    }
+
+    #[inline(never)]
+    fn prime_slow(&mut self, id: ConnId) {
         let Some(conn) = self.core.conns.get(id) else {
             return;
         };

@@ -89,16 +89,19 @@ impl<K: Key, T> Slots<K, T> {
         Some(key)
     }
 
+    #[inline]
     fn entry(&self, key: K) -> Option<&Entry<T>> {
         self.entries
             .get(key.slot() as usize)
             .filter(|e| e.generation == key.generation())
     }
 
+    #[inline]
     pub fn get(&self, key: K) -> Option<&T> {
         self.entry(key).and_then(|e| e.value.as_ref())
     }
 
+    #[inline]
     pub fn get_mut(&mut self, key: K) -> Option<&mut T> {
         self.entries
             .get_mut(key.slot() as usize)
@@ -106,6 +109,7 @@ impl<K: Key, T> Slots<K, T> {
             .and_then(|e| e.value.as_mut())
     }
 
+    #[inline]
     pub fn contains(&self, key: K) -> bool {
         self.get(key).is_some()
     }
@@ -153,21 +157,29 @@ impl<K: Key, T> Slots<K, T> {
 /// key panics here rather than reach another entry.
 impl<K: Key, T> Index<K> for Slots<K, T> {
     type Output = T;
+    #[inline]
     fn index(&self, key: K) -> &T {
         match self.get(key) {
             Some(v) => v,
-            None => panic!("stale key in slot {}", key.slot()),
+            None => stale(key.slot()),
         }
     }
 }
 
 impl<K: Key, T> IndexMut<K> for Slots<K, T> {
+    #[inline]
     fn index_mut(&mut self, key: K) -> &mut T {
         match self.get_mut(key) {
             Some(v) => v,
-            None => panic!("stale key in slot {}", key.slot()),
+            None => stale(key.slot()),
         }
     }
+}
+
+#[cold]
+#[inline(never)]
+fn stale(slot: u32) -> ! {
+    panic!("stale key in slot {slot}")
 }
 
 #[cfg(test)]

@@ -34,11 +34,20 @@ impl Core {
                     debug!(%id, "uncork: {e}");
                 }
             }
-            self.watch_writable(id, false);
-            if !self.conns.contains(id) {
-                return;
+            if conn.writable_interest {
+                self.watch_writable(id, false);
+                if !self.conns.contains(id) {
+                    return;
+                }
             }
             let conn = &mut self.conns[id];
+            // Nothing waits for the drain as a rule: no lookups for it.
+            if !conn.life.awaits_drain() {
+                if conn.life.over_cap() {
+                    self.leave_cap(id);
+                }
+                return;
+            }
             let linger = self.setups[conn.listener].limits.linger_timeout;
             let jobs_pending = !conn.jobs.pending.is_empty();
             let drained = conn.life.drained(jobs_pending, self.now, linger);
@@ -65,12 +74,21 @@ impl Core {
                     return;
                 }
             }
-        } else {
+        } else if !conn.writable_interest {
             self.watch_writable(id, true);
             if !self.conns.contains(id) {
                 return;
             }
         }
+        if self.conns[id].life.over_cap() {
+            self.leave_cap(id);
+        }
+    }
+
+    /// `id` was over its output cap: once under half of it again, a
+    /// service reads again, a protocol is told it may write, and a splice
+    /// stalled on it goes on.
+    fn leave_cap(&mut self, id: ConnId) {
         let cap = self.cap_of(id);
         let conn = &mut self.conns[id];
         if conn.life.output_drained(conn.out.len(), cap) {
