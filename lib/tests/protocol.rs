@@ -138,17 +138,23 @@ impl Protocol for Timers {
         self.conn = Some(conn);
         let doomed = ctx.set_timer(Duration::from_millis(20));
         ctx.set_timer(Duration::from_millis(60));
-        ctx.cancel_timer(doomed);
+        let first = ctx.cancel_timer(doomed);
+        let again = ctx.cancel_timer(doomed);
+        self.log
+            .lock()
+            .unwrap()
+            .push(format!("cancel: {first}, again: {again}"));
         self.cancelled = Some(doomed);
     }
     fn on_data(&mut self, _: &mut Ctx<'_>, _: ConnId, data: &[u8]) -> usize {
         data.len()
     }
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: TimerId) {
-        self.log
-            .lock()
-            .unwrap()
-            .push(format!("timer cancelled={}", Some(timer) == self.cancelled));
+        self.log.lock().unwrap().push(format!(
+            "timer cancelled={}, cancel after firing: {}",
+            Some(timer) == self.cancelled,
+            ctx.cancel_timer(timer)
+        ));
         if let Some(c) = self.conn {
             ctx.write(c, b"tick\n")
                 .expect("open until the timer closes it");
@@ -171,7 +177,13 @@ fn timers_fire_once_and_cancelled_ones_never() {
         ConnOptions::default(),
     );
     assert_eq!(read_all(client(server.addr)), b"tick\n");
-    assert_eq!(*log.lock().unwrap(), vec!["timer cancelled=false"]);
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![
+            "cancel: true, again: false",
+            "timer cancelled=false, cancel after firing: false"
+        ]
+    );
 }
 
 struct Dialer {

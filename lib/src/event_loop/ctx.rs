@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Conn, Core, SessionKey};
-use crate::event_loop::timer::Due;
 use crate::protocol::{ConnId, ConnectError, Queued, TimerId, WriteError};
 
 fn queued(under_cap: bool) -> Queued {
@@ -141,15 +140,16 @@ impl Ctx<'_> {
 
     /// Arm a one-shot timer; [`crate::Protocol::on_timer`] gets its id.
     pub fn set_timer(&mut self, after: Duration) -> TimerId {
-        let id = self.core.timers.next_id();
         let at = self.core.now + after;
-        self.core.timers.arm(at, Due::Session(self.session, id));
-        id
+        self.core.timers.arm_session(at, self.session)
     }
 
-    /// Disarm a timer that has not fired yet.
-    pub fn cancel_timer(&mut self, timer: TimerId) {
-        self.core.cancelled.insert(timer);
+    /// Disarm a timer of this session that has not fired yet: it never
+    /// fires. Returns false (and does nothing) for one that has fired or
+    /// was cancelled already, or is another session's. Cancelling costs no
+    /// memory that outlives the timer, however many are set and cancelled.
+    pub fn cancel_timer(&mut self, timer: TimerId) -> bool {
+        self.core.timers.cancel(self.session, timer)
     }
 
     /// From now on, move the bytes arriving on `from` to `to` inside the

@@ -1,7 +1,7 @@
 //! Building and running a loop: the wait, acting on what it brought, timers,
 //! shutdown.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,7 +148,6 @@ impl Loop {
             backend,
             zombies: HashMap::new(),
             timers: Timers::default(),
-            cancelled: HashSet::new(),
             bufs: BufPool::new(),
             dirty: Vec::new(),
             ready: VecDeque::new(),
@@ -338,9 +337,6 @@ impl Loop {
             match due {
                 Due::Conn(id) => self.core.conn_due(id, at),
                 Due::Session(key, timer) => {
-                    if self.core.cancelled.remove(&timer) {
-                        continue;
-                    }
                     self.core.call(key, |p, ctx| p.on_timer(ctx, timer));
                 }
                 Due::Listener(li) => {

@@ -2,7 +2,7 @@
 //! connection and session tables, deadlines, and carrying out what callbacks
 //! asked for.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use super::timer::{Due, Timers};
 use super::{Conn, Ctx, Deferred, Expiry, Lifecycle, ListenerSetup, Session, SessionKey};
 use crate::poll::Interest;
 use crate::pools::{Done, ReplyTo};
-use crate::protocol::{CloseReason, ConnId, Protocol, TimerId};
+use crate::protocol::{CloseReason, ConnId, Protocol};
 
 /// The loop's state that handler callbacks may touch through [`Ctx`].
 pub(crate) struct Core {
@@ -35,7 +35,6 @@ pub(crate) struct Core {
     /// Closed connections whose submissions are still out (completion).
     pub(super) zombies: HashMap<ConnId, Conn>,
     pub(super) timers: Timers,
-    pub(super) cancelled: HashSet<TimerId>,
     pub(super) bufs: BufPool,
     pub(super) dirty: Vec<ConnId>,
     pub(super) ready: VecDeque<ConnId>,
