@@ -196,6 +196,7 @@ impl Core {
 
     /// A service connection's reads are done for now: at the end of its
     /// stream it closes after its answers.
+    #[inline]
     pub(super) fn service_read_done(&mut self, id: ConnId) {
         let Some(conn) = self.conns.get_mut(id) else {
             return;

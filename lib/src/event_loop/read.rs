@@ -28,45 +28,40 @@ pub(super) enum ReadStep {
     Failed(io::ErrorKind),
 }
 
-/// What [`Loop::hand_on_held`] did.
-enum HeldOn {
-    /// Nothing was held back.
-    Nothing,
-    /// It was all handed on: reading goes on from the socket.
-    HandedOn,
-    /// Reading stops for now (blocked again, the end of the stream, or the
-    /// connection is gone).
-    Stop,
-}
-
 impl Loop {
     /// Go on reading `id` (queued to read, or its socket is readable):
     /// what was held back first, then what a service has buffered, then
     /// the socket ([`Loop::read_socket`]).
     pub(super) fn read(&mut self, id: ConnId) {
-        match self.hand_on_held(id) {
-            HeldOn::Nothing => {
-                self.prime(id);
-                self.read_socket(id);
+        let Some(conn) = self.core.conns.get(id) else {
+            return;
+        };
+        if conn.held.is_empty() {
+            if !conn.input.is_empty() {
+                self.prime_buffered(id);
             }
-            HeldOn::HandedOn => self.read_socket(id),
-            HeldOn::Stop => {}
+            self.read_socket(id);
+        } else if self.hand_on_held(id) {
+            self.read_socket(id);
         }
         self.core.reading_changed(id);
     }
 
     /// Hand on what `id` holds back ([`super::conn::Held`]) once it may
     /// read: in pieces of the read size, as reads would have, then the end
-    /// of the stream if it came after them.
-    fn hand_on_held(&mut self, id: ConnId) -> HeldOn {
+    /// of the stream if it came after them. True when it was all handed on
+    /// and reading goes on from the socket; false when reading stops for
+    /// now (blocked again, the end of the stream, or the connection is
+    /// gone).
+    fn hand_on_held(&mut self, id: ConnId) -> bool {
         let Some(conn) = self.core.conns.get_mut(id) else {
-            return HeldOn::Stop;
+            return false;
         };
         if conn.held.is_empty() {
-            return HeldOn::Nothing;
+            return true;
         }
         if conn.reading_blocked() {
-            return HeldOn::Stop;
+            return false;
         }
         let held = std::mem::take(&mut conn.held.bytes);
         if held.is_empty() {
@@ -80,28 +75,28 @@ impl Loop {
             at += n;
             self.handle_step(id, ReadStep::Data(n));
             let Some(conn) = self.core.conns.get_mut(id) else {
-                return HeldOn::Stop;
+                return false;
             };
             if conn.reading_blocked() {
                 let mut rest = held[at..].to_vec();
                 rest.append(&mut conn.held.bytes);
                 conn.held.bytes = rest;
-                return HeldOn::Stop;
+                return false;
             }
         }
         let Some(conn) = self.core.conns.get_mut(id) else {
-            return HeldOn::Stop;
+            return false;
         };
         if conn.reading_blocked() {
             // What was buffered filled the pool or the output again.
-            return HeldOn::Stop;
+            return false;
         }
         if conn.held.eof {
             conn.held.eof = false;
             self.handle_step(id, ReadStep::Eof);
-            return HeldOn::Stop;
+            return false;
         }
-        HeldOn::HandedOn
+        true
     }
 
     /// The backend received `step` for `id` without being asked just now
@@ -146,11 +141,15 @@ impl Loop {
         let setup = Arc::clone(&self.core.setups[conn.listener]);
         let recv = setup.limits.recv_size.min(self.scratch.len());
         let mut budget = READ_BUDGET;
+        let mut drained = false;
         loop {
             let core = &mut self.core;
             let Some(conn) = core.conns.get(id) else {
                 return;
             };
+            if drained && !conn.hup {
+                return;
+            }
             let step = match conn.proto.splice_to {
                 Some(to) if !conn.life.is_lingering() => core.splice_step(id, to, &mut budget),
                 _ => core.read_step(id, &mut budget, &mut self.scratch[..recv]),
@@ -159,15 +158,12 @@ impl Loop {
             // raise a new edge, which saves the read that would only
             // return WouldBlock. Not after the poller reported the peer's
             // FIN or an error: no new edge comes for those.
-            let drained = match step {
+            drained = match step {
                 ReadStep::Spliced { drained } => drained,
                 ReadStep::Data(n) => n < recv,
                 _ => true,
             };
             if !self.step_with(id, step, &setup) {
-                return;
-            }
-            if drained && self.core.conns.get(id).is_none_or(|c| !c.hup) {
                 return;
             }
         }
@@ -185,6 +181,7 @@ impl Loop {
     }
 
     /// [`Loop::handle_step`] with `id`'s listener setup at hand.
+    #[inline]
     fn step_with(&mut self, id: ConnId, step: ReadStep, setup: &ListenerSetup) -> bool {
         let Some(conn) = self.core.conns.get_mut(id) else {
             return false;
@@ -229,12 +226,13 @@ impl Loop {
     #[inline]
     pub(super) fn prime(&mut self, id: ConnId) {
         if self.core.conns.get(id).is_some_and(|c| !c.input.is_empty()) {
-            self.prime_slow(id);
+            self.prime_buffered(id);
         }
     }
 
+    /// [`Loop::prime`] for a connection that holds input.
     #[inline(never)]
-    fn prime_slow(&mut self, id: ConnId) {
+    fn prime_buffered(&mut self, id: ConnId) {
         let Some(conn) = self.core.conns.get(id) else {
             return;
         };
