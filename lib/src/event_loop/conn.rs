@@ -159,6 +159,21 @@ impl Conn {
         !self.reading_blocked() && self.held.is_empty()
     }
 
+    /// Queue it (`id`) on `dirty` to be flushed, once.
+    #[inline]
+    pub(super) fn mark_dirty(&mut self, id: ConnId, dirty: &mut Vec<ConnId>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(id);
+        }
+    }
+
+    /// Shutting down with a request still arriving: once nothing
+    /// incomplete is left, it closes after its answers.
+    pub(super) fn check_grace(&mut self) {
+        self.life.grace_check(self.input.is_empty());
+    }
+
     /// Bytes left at `now`: activity for the idle deadline.
     pub(super) fn note_write(&mut self, now: Instant) {
         self.last_active = now;

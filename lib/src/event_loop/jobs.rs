@@ -25,7 +25,7 @@ impl Core {
     ) {
         if let (Some(pool), Handler::Service(shared)) = (&setup.pool, &setup.handler) {
             self.feed_pool(id, pool, shared, setup, data);
-            self.close_after_grace(id);
+            self.conns[id].check_grace();
             return;
         }
         let direct = self.writes_inline();
@@ -41,14 +41,7 @@ impl Core {
         );
         conn.input = pending.keep_rest(used, conn.life.is_closing(), &mut self.bufs);
         conn.out.trim(&mut self.bufs);
-        conn.life.grace_check(conn.input.is_empty());
-    }
-
-    /// Shutting down with a request of `id` still arriving: once nothing
-    /// incomplete is left, it closes after its answers.
-    pub(super) fn close_after_grace(&mut self, id: ConnId) {
-        let conn = &mut self.conns[id];
-        conn.life.grace_check(conn.input.is_empty());
+        conn.check_grace();
     }
 
     /// Hand the complete requests in `data` (after what `id` holds) to
@@ -202,10 +195,7 @@ impl Core {
             return;
         };
         conn.life.reads_done();
-        if !conn.dirty {
-            conn.dirty = true;
-            self.dirty.push(id);
-        }
+        conn.mark_dirty(id, &mut self.dirty);
     }
 }
 

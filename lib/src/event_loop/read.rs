@@ -47,8 +47,8 @@ impl Loop {
         self.core.reading_changed(id);
     }
 
-    /// Hand on what `id` holds back ([`super::conn::Held`]) once it may
-    /// read: in pieces of the read size, as reads would have, then the end
+    /// Hand on what `id` holds back ([`super::conn::Held`], not empty)
+    /// once it may read: in pieces of the read size, as reads would have, then the end
     /// of the stream if it came after them. True when it was all handed on
     /// and reading goes on from the socket; false when reading stops for
     /// now (blocked again, the end of the stream, or the connection is
@@ -57,9 +57,6 @@ impl Loop {
         let Some(conn) = self.core.conns.get_mut(id) else {
             return false;
         };
-        if conn.held.is_empty() {
-            return true;
-        }
         if conn.reading_blocked() {
             return false;
         }

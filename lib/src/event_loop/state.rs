@@ -146,10 +146,7 @@ impl Core {
 
     pub(super) fn mark_dirty(&mut self, id: ConnId) {
         if let Some(c) = self.conns.get_mut(id) {
-            if !c.dirty {
-                c.dirty = true;
-                self.dirty.push(id);
-            }
+            c.mark_dirty(id, &mut self.dirty);
         }
     }
 

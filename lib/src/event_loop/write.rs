@@ -40,39 +40,9 @@ impl Core {
                     return;
                 }
             }
-            let conn = &mut self.conns[id];
             // Nothing waits for the drain as a rule: no lookups for it.
-            if !conn.life.awaits_drain() {
-                if conn.life.over_cap() {
-                    self.leave_cap(id);
-                }
+            if self.conns[id].life.awaits_drain() && !self.after_drain(id) {
                 return;
-            }
-            let linger = self.setups[conn.listener].limits.linger_timeout;
-            let jobs_pending = !conn.jobs.pending.is_empty();
-            let drained = conn.life.drained(jobs_pending, self.now, linger);
-            if drained.shutdown_write {
-                if let Err(e) = conn.sock.shutdown(Shutdown::Write) {
-                    debug!(%id, "shutdown(write): {e}");
-                }
-            }
-            match drained.then {
-                AfterDrain::Stay => {}
-                AfterDrain::Linger { .. } => {
-                    // Give the last reply time to arrive: closing over
-                    // unread input would reset the connection and destroy
-                    // it.
-                    if let Err(e) = conn.sock.shutdown(Shutdown::Write) {
-                        debug!(%id, "shutdown(write): {e}");
-                    }
-                    self.ensure_armed(id);
-                    self.ready.push_back(id);
-                    return;
-                }
-                AfterDrain::Close(reason) => {
-                    self.close(id, reason);
-                    return;
-                }
             }
         } else if !conn.writable_interest {
             self.watch_writable(id, true);
@@ -82,6 +52,38 @@ impl Core {
         }
         if self.conns[id].life.over_cap() {
             self.leave_cap(id);
+        }
+    }
+
+    /// `id`'s output has all left and a half-close or a close waited for
+    /// it: carry them out. False when it closed or lingers (nothing more
+    /// to do for it now).
+    fn after_drain(&mut self, id: ConnId) -> bool {
+        let conn = &mut self.conns[id];
+        let linger = self.setups[conn.listener].limits.linger_timeout;
+        let jobs_pending = !conn.jobs.pending.is_empty();
+        let drained = conn.life.drained(jobs_pending, self.now, linger);
+        if drained.shutdown_write {
+            if let Err(e) = conn.sock.shutdown(Shutdown::Write) {
+                debug!(%id, "shutdown(write): {e}");
+            }
+        }
+        match drained.then {
+            AfterDrain::Stay => true,
+            AfterDrain::Linger { .. } => {
+                // Give the last reply time to arrive: closing over unread
+                // input would reset the connection and destroy it.
+                if let Err(e) = conn.sock.shutdown(Shutdown::Write) {
+                    debug!(%id, "shutdown(write): {e}");
+                }
+                self.ensure_armed(id);
+                self.ready.push_back(id);
+                false
+            }
+            AfterDrain::Close(reason) => {
+                self.close(id, reason);
+                false
+            }
         }
     }
 
