@@ -178,6 +178,13 @@ fn a_reload_with_a_broken_conf_keeps_the_running_workers() {
     let server = gaidaros().args(&["-c", &conf_arg]).start();
     let addr = server.addr();
     let before = wait_workers(server.pid(), WORKERS);
+    // Every worker has read the conf and serves (a worker counted as a
+    // child may still be starting, and would read the broken one).
+    assert!(
+        server.logged(&[&format!("workers={WORKERS}")]),
+        "the master says all its workers serve:\n{}",
+        server.log()
+    );
     let mut held = connect(addr);
     expect_echo(&mut held, "before the reload\n");
     dir.write("gaidaros.conf", &format!("{good}no_such_key = 1\n"));
