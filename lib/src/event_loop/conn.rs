@@ -92,6 +92,7 @@ pub(super) struct Held {
 }
 
 impl Held {
+    #[inline]
     pub(super) fn is_empty(&self) -> bool {
         self.bytes.is_empty() && !self.eof
     }
@@ -145,16 +146,19 @@ impl Conn {
     }
 
     /// The session that owns it, if a protocol's.
+    #[inline]
     pub(super) fn session(&self) -> Option<SessionKey> {
         self.proto.session
     }
 
+    #[inline]
     pub(super) fn reading_blocked(&self) -> bool {
         self.life.reading_blocked()
     }
 
     /// May bytes be read from its socket now: reading is not blocked and
     /// nothing held back waits to be handed on first.
+    #[inline]
     pub(super) fn may_read(&self) -> bool {
         !self.reading_blocked() && self.held.is_empty()
     }
@@ -170,16 +174,19 @@ impl Conn {
 
     /// Shutting down with a request still arriving: once nothing
     /// incomplete is left, it closes after its answers.
+    #[inline]
     pub(super) fn check_grace(&mut self) {
         self.life.grace_check(self.input.is_empty());
     }
 
     /// Bytes left at `now`: activity for the idle deadline.
+    #[inline]
     pub(super) fn note_write(&mut self, now: Instant) {
         self.last_active = now;
     }
 
     /// Bytes came in at `now`: activity for the idle deadline.
+    #[inline]
     pub(super) fn note_read(&mut self, now: Instant) {
         self.last_active = now;
         self.life.note_read();

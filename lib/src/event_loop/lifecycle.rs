@@ -144,27 +144,33 @@ impl Lifecycle {
     }
 
     /// Closing or lingering: no new output is taken, no new request read.
+    #[inline]
     pub fn is_closing(&self) -> bool {
-        self.phase != Phase::Open
+        !matches!(self.phase, Phase::Open)
     }
 
+    #[inline]
     pub fn is_lingering(&self) -> bool {
         matches!(self.phase, Phase::Lingering { .. })
     }
 
+    #[inline]
     pub fn is_connecting(&self) -> bool {
         self.connecting.is_some()
     }
 
+    #[inline]
     pub fn over_cap(&self) -> bool {
         self.over_cap
     }
 
+    #[inline]
     pub fn fresh(&self) -> bool {
         self.fresh
     }
 
     /// Is reading stopped now? (The one place that says so.)
+    #[inline]
     pub fn reading_blocked(&self) -> bool {
         if self.is_lingering() {
             return false;
@@ -184,11 +190,13 @@ impl Lifecycle {
     }
 
     /// Bytes came from the peer.
+    #[inline]
     pub fn note_read(&mut self) {
         self.fresh = false;
     }
 
     /// The peer sent FIN.
+    #[inline]
     pub fn note_eof(&mut self) {
         self.read_eof = true;
     }
@@ -229,8 +237,9 @@ impl Lifecycle {
     }
 
     /// Can new output be queued ([`crate::Ctx::write`])?
+    #[inline]
     pub fn takes_output(&self) -> bool {
-        self.phase == Phase::Open && self.write == WriteSide::Open
+        matches!((&self.phase, &self.write), (Phase::Open, WriteSide::Open))
     }
 
     /// Send FIN once the pending output is written. True when that is new
@@ -245,6 +254,7 @@ impl Lifecycle {
 
     /// Output was queued and `pending` bytes wait, against `cap`. True
     /// while under the cap.
+    #[inline]
     pub fn output_grew(&mut self, pending: usize, cap: usize) -> bool {
         if pending >= cap {
             self.over_cap = true;
@@ -263,6 +273,7 @@ impl Lifecycle {
     /// Output was written and `pending` bytes wait, against `cap`. True
     /// when this leaves the over-cap state (at half the cap): readers and
     /// producers resume.
+    #[inline]
     pub fn output_drained(&mut self, pending: usize, cap: usize) -> bool {
         if self.over_cap && pending <= cap / 2 {
             self.over_cap = false;
@@ -308,6 +319,7 @@ impl Lifecycle {
     /// A service connection's reads are done for now: at the end of its
     /// stream, with nothing waiting to be read, it closes after its
     /// answers (an incomplete tail can never complete now).
+    #[inline]
     pub fn reads_done(&mut self) {
         if self.read_eof && !self.over_cap && !self.holds.pool_waiting {
             self.close_unless_closing(CloseReason::Local);
@@ -331,6 +343,7 @@ impl Lifecycle {
     /// Shutting down within a grace period: once nothing incomplete is
     /// left (`input_empty`, no request waiting for a pool), it closes
     /// after its answers.
+    #[inline]
     pub fn grace_check(&mut self, input_empty: bool) {
         if self.shutdown_deadline.is_some() && input_empty && !self.holds.pool_waiting {
             self.close_unless_closing(CloseReason::Shutdown);

@@ -155,11 +155,13 @@ pub enum Flushed {
 }
 
 impl OutQueue {
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.chunks.is_empty() && self.lent.is_none()
     }
 
     /// Pending bytes (file ranges count their remaining length).
+    #[inline]
     pub fn len(&self) -> usize {
         let total: u64 = self
             .chunks

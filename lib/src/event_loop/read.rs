@@ -3,9 +3,11 @@
 
 use std::io::{self, Read};
 use std::sync::Arc;
+use std::time::Instant;
 
+use super::conn::Conn;
 use super::input::Pending;
-use super::{Core, ListenerSetup, Loop, SessionKey, READ_BUDGET};
+use super::{ListenerSetup, Loop, SessionKey, READ_BUDGET};
 use crate::handler::Handler;
 use crate::protocol::{CloseReason, ConnId};
 
@@ -36,12 +38,15 @@ impl Loop {
         let Some(conn) = self.core.conns.get(id) else {
             return;
         };
-        if conn.held.is_empty() {
+        let go_on = if conn.held.is_empty() {
             if !conn.input.is_empty() {
                 self.prime_buffered(id);
             }
-            self.read_socket(id);
-        } else if self.hand_on_held(id) {
+            true
+        } else {
+            self.hand_on_held(id)
+        };
+        if go_on {
             self.read_socket(id);
         }
         self.core.reading_changed(id);
@@ -130,6 +135,7 @@ impl Loop {
     /// `-T edge | level`: read (or splice) until the socket is drained,
     /// reading is blocked or the event's budget is spent, handing each
     /// result on exactly as a completion's is ([`Loop::handle_step`]).
+    #[inline]
     pub(super) fn read_ready(&mut self, id: ConnId) {
         let Some(conn) = self.core.conns.get(id) else {
             return;
@@ -141,7 +147,7 @@ impl Loop {
         let mut drained = false;
         loop {
             let core = &mut self.core;
-            let Some(conn) = core.conns.get(id) else {
+            let Some(conn) = core.conns.get_mut(id) else {
                 return;
             };
             if drained && !conn.hup {
@@ -149,7 +155,15 @@ impl Loop {
             }
             let step = match conn.proto.splice_to {
                 Some(to) if !conn.life.is_lingering() => core.splice_step(id, to, &mut budget),
-                _ => core.read_step(id, &mut budget, &mut self.scratch[..recv]),
+                _ if !conn.may_read() => ReadStep::Stop,
+                _ if budget == 0 => {
+                    core.ready.push_back(id);
+                    ReadStep::Stop
+                }
+                _ => {
+                    budget -= 1;
+                    read_once(conn, &mut self.scratch[..recv], core.now)
+                }
             };
             // A short read or splice emptied the socket's queue: new bytes
             // raise a new edge, which saves the read that would only
@@ -178,7 +192,7 @@ impl Loop {
     }
 
     /// [`Loop::handle_step`] with `id`'s listener setup at hand.
-    #[inline]
+    #[inline(always)]
     fn step_with(&mut self, id: ConnId, step: ReadStep, setup: &ListenerSetup) -> bool {
         let Some(conn) = self.core.conns.get_mut(id) else {
             return false;
@@ -291,34 +305,22 @@ impl Loop {
     }
 }
 
-impl Core {
-    /// One read(2) from `id` into `buf`, within the event's `budget`.
-    pub(super) fn read_step(&mut self, id: ConnId, budget: &mut usize, buf: &mut [u8]) -> ReadStep {
-        let Some(conn) = self.conns.get_mut(id) else {
-            return ReadStep::Stop;
-        };
-        if !conn.may_read() {
-            return ReadStep::Stop;
-        }
-        if *budget == 0 {
-            self.ready.push_back(id);
-            return ReadStep::Stop;
-        }
-        *budget -= 1;
-        loop {
-            match conn.sock.read(buf) {
-                Ok(0) => {
-                    conn.life.note_eof();
-                    return ReadStep::Eof;
-                }
-                Ok(n) => {
-                    conn.note_read(self.now);
-                    return ReadStep::Data(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadStep::Stop,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return ReadStep::Failed(e.kind()),
+/// One read(2) from `conn`'s socket into `buf` at `now`.
+#[inline]
+fn read_once(conn: &mut Conn, buf: &mut [u8], now: Instant) -> ReadStep {
+    loop {
+        match conn.sock.read(buf) {
+            Ok(0) => {
+                conn.life.note_eof();
+                return ReadStep::Eof;
             }
+            Ok(n) => {
+                conn.note_read(now);
+                return ReadStep::Data(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadStep::Stop,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return ReadStep::Failed(e.kind()),
         }
     }
 }
