@@ -172,6 +172,15 @@ impl Conn {
         }
     }
 
+    /// A service connection's reads are done for now: at the end of its
+    /// stream it closes after its answers, and what it answered is
+    /// queued on `dirty` to be flushed.
+    #[inline]
+    pub(super) fn service_read_done(&mut self, id: ConnId, dirty: &mut Vec<ConnId>) {
+        self.life.reads_done();
+        self.mark_dirty(id, dirty);
+    }
+
     /// Shutting down with a request still arriving: once nothing
     /// incomplete is left, it closes after its answers.
     #[inline]

@@ -52,11 +52,13 @@ pub(super) enum Backend {
 
 impl Backend {
     /// Under `-T completion`?
+    #[inline]
     pub(super) fn is_completion(&self) -> bool {
         matches!(self, Backend::Completion(_))
     }
 
     /// Under `-T level`?
+    #[inline]
     pub(super) fn is_level(&self) -> bool {
         matches!(self, Backend::Readiness { level: true, .. })
     }
@@ -140,6 +142,7 @@ impl Core {
     }
 
     /// Send what `id` has queued.
+    #[inline]
     pub(super) fn send(&mut self, id: ConnId) -> io::Result<()> {
         match &self.backend {
             Backend::Readiness { .. } => {
@@ -167,6 +170,7 @@ impl Core {
     /// May a service's response be written to the socket as soon as it is
     /// made (`-K`)? Under completion it is sealed instead, and leaves in a
     /// send of its own once the batch is done.
+    #[inline]
     pub(super) fn writes_inline(&self) -> bool {
         !self.backend.is_completion()
     }

@@ -16,6 +16,7 @@ use crate::service::{self, BatchEnd, Keep, Service, ServiceError};
 impl Core {
     /// Feed bytes read from a service connection through framing and the
     /// service. `data` empty means: process what the connection holds.
+    /// Its reads are then done for now ([`Conn::service_read_done`]).
     pub(super) fn feed_service(
         &mut self,
         id: ConnId,
@@ -25,7 +26,9 @@ impl Core {
     ) {
         if let (Some(pool), Handler::Service(shared)) = (&setup.pool, &setup.handler) {
             self.feed_pool(id, pool, shared, setup, data);
-            self.conns[id].check_grace();
+            let conn = &mut self.conns[id];
+            conn.check_grace();
+            conn.service_read_done(id, &mut self.dirty);
             return;
         }
         let direct = self.writes_inline();
@@ -42,6 +45,7 @@ impl Core {
         conn.input = pending.keep_rest(used, conn.life.is_closing(), &mut self.bufs);
         conn.out.trim(&mut self.bufs);
         conn.check_grace();
+        conn.service_read_done(id, &mut self.dirty);
     }
 
     /// Hand the complete requests in `data` (after what `id` holds) to
@@ -185,17 +189,6 @@ impl Core {
         if wrote {
             self.mark_dirty(id);
         }
-    }
-
-    /// A service connection's reads are done for now: at the end of its
-    /// stream it closes after its answers.
-    #[inline]
-    pub(super) fn service_read_done(&mut self, id: ConnId) {
-        let Some(conn) = self.conns.get_mut(id) else {
-            return;
-        };
-        conn.life.reads_done();
-        conn.mark_dirty(id, &mut self.dirty);
     }
 }
 

@@ -215,7 +215,7 @@ impl Loop {
         let Handler::Service(service) = &setup.handler else {
             return false;
         };
-        let go_on = match step {
+        match step {
             ReadStep::Data(n) => {
                 self.core
                     .feed_service(id, &**service, setup, &self.scratch[..n]);
@@ -223,13 +223,14 @@ impl Loop {
             }
             ReadStep::Failed(kind) => {
                 self.core.abort(id, CloseReason::Io(kind));
-                return false;
+                false
             }
             // Services are never spliced.
-            ReadStep::Eof | ReadStep::Stop | ReadStep::Spliced { .. } => false,
-        };
-        self.core.service_read_done(id);
-        go_on
+            ReadStep::Eof | ReadStep::Stop | ReadStep::Spliced { .. } => {
+                conn.service_read_done(id, &mut self.core.dirty);
+                false
+            }
+        }
     }
 
     /// Before reading again after a pause: a service answers what it has
@@ -253,7 +254,6 @@ impl Loop {
         let setup = self.core.setups[conn.listener].clone();
         if let Handler::Service(service) = &setup.handler {
             self.core.feed_service(id, &**service, &setup, &[]);
-            self.core.service_read_done(id);
         }
     }
 

@@ -16,7 +16,7 @@ use super::output::BufPool;
 use super::slots::Slots;
 use super::timer::{Due, Timers};
 use super::{
-    token_conn, Core, ListenerSetup, ListenerSlot, LoopHandle, LoopSettings, JOB_SPIN,
+    token_conn, Conn, Core, ListenerSetup, ListenerSlot, LoopHandle, LoopSettings, JOB_SPIN,
     LISTENER_BASE, RING_BUFFERS, RING_BUFFER_MAX, SHUTDOWN_GRACE, WAKER,
 };
 use crate::poll::{self as backend, Cqe, Event, Interest, PollType, Ring, Waker};
@@ -358,29 +358,51 @@ impl Loop {
     }
 
     pub(super) fn conn_event(&mut self, id: ConnId, ev: &Event) {
-        let Some(conn) = self.core.conns.get(id) else {
+        let core = &mut self.core;
+        let Some(conn) = core.conns.get_mut(id) else {
             return;
         };
         if conn.life.is_connecting() {
-            if ev.writable || ev.error || ev.write_closed {
-                self.core.finish_connect(id);
-            }
-            // on_connect is told before on_data sees the first bytes (and
-            // may close this connection).
-            self.settle();
-            if self.core.conns.get(id).is_none() {
+            if !self.connect_event(id, ev) {
                 return;
             }
-        }
-        if ev.writable {
-            self.core.mark_dirty(id);
-        }
-        if ev.read_closed || ev.error {
-            self.core.conns[id].hup = true;
+        } else {
+            // The usual case, with the one lookup above.
+            note_event(conn, id, ev, &mut core.dirty);
         }
         if ev.readable || ev.read_closed || ev.error {
             self.read(id);
         }
         self.settle();
+    }
+
+    /// [`Loop::conn_event`] for `id` while it connects: the connect's
+    /// outcome first, then the event as for any connection. False when
+    /// `id` is gone.
+    #[cold]
+    fn connect_event(&mut self, id: ConnId, ev: &Event) -> bool {
+        if ev.writable || ev.error || ev.write_closed {
+            self.core.finish_connect(id);
+        }
+        // on_connect is told before on_data sees the first bytes (and
+        // may close this connection).
+        self.settle();
+        let Some(conn) = self.core.conns.get_mut(id) else {
+            return false;
+        };
+        note_event(conn, id, ev, &mut self.core.dirty);
+        true
+    }
+}
+
+/// What readiness `ev` tells of `conn` (`id`) besides readable: output
+/// may go on (queued on `dirty` to flush), or the peer hung up.
+#[inline]
+fn note_event(conn: &mut Conn, id: ConnId, ev: &Event, dirty: &mut Vec<ConnId>) {
+    if ev.writable {
+        conn.mark_dirty(id, dirty);
+    }
+    if ev.read_closed || ev.error {
+        conn.hup = true;
     }
 }

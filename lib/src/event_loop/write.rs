@@ -27,6 +27,7 @@ impl Core {
         }
         let conn = &mut self.conns[id];
         let cork = self.setups[conn.listener].conn_options.cork;
+        let mut over_cap = conn.life.over_cap();
         if conn.out.is_empty() {
             if cork {
                 // Push out the last partial frame; failing here only delays it.
@@ -34,15 +35,19 @@ impl Core {
                     debug!(%id, "uncork: {e}");
                 }
             }
+            // Nothing waits for the drain as a rule: no lookups for it.
+            let awaits_drain = conn.life.awaits_drain();
             if conn.writable_interest {
                 self.watch_writable(id, false);
                 if !self.conns.contains(id) {
                     return;
                 }
             }
-            // Nothing waits for the drain as a rule: no lookups for it.
-            if self.conns[id].life.awaits_drain() && !self.after_drain(id) {
-                return;
+            if awaits_drain {
+                if !self.after_drain(id) {
+                    return;
+                }
+                over_cap = self.conns[id].life.over_cap();
             }
         } else if !conn.writable_interest {
             self.watch_writable(id, true);
@@ -50,7 +55,7 @@ impl Core {
                 return;
             }
         }
-        if self.conns[id].life.over_cap() {
+        if over_cap {
             self.leave_cap(id);
         }
     }
