@@ -1,6 +1,7 @@
 //! Reading: from the socket (or the ring's completions) to the service
 //! framing or the protocol's `on_data`, and splicing.
 
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Instant;
@@ -155,15 +156,10 @@ impl Loop {
             }
             let step = match conn.proto.splice_to {
                 Some(to) if !conn.life.is_lingering() => core.splice_step(id, to, &mut budget),
-                _ if !conn.may_read() => ReadStep::Stop,
-                _ if budget == 0 => {
-                    core.ready.push_back(id);
+                _ if !conn.may_read() || !spend_read(&mut budget, &mut core.ready, id) => {
                     ReadStep::Stop
                 }
-                _ => {
-                    budget -= 1;
-                    read_once(conn, &mut self.scratch[..recv], core.now)
-                }
+                _ => read_once(conn, &mut self.scratch[..recv], core.now),
             };
             // A short read or splice emptied the socket's queue: new bytes
             // raise a new edge, which saves the read that would only
@@ -303,6 +299,19 @@ impl Loop {
             }
         }
     }
+}
+
+/// One read (or splice) of an event's `budget` for `id`. False when the
+/// budget is spent: `id` is queued on `ready` to read again, after the
+/// other connections' events.
+#[inline]
+pub(super) fn spend_read(budget: &mut usize, ready: &mut VecDeque<ConnId>, id: ConnId) -> bool {
+    if *budget == 0 {
+        ready.push_back(id);
+        return false;
+    }
+    *budget -= 1;
+    true
 }
 
 /// One read(2) from `conn`'s socket into `buf` at `now`.

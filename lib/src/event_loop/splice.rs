@@ -9,6 +9,7 @@
 use std::io;
 use std::sync::Arc;
 
+use super::read::spend_read;
 use super::{Core, ReadStep};
 use crate::protocol::ConnId;
 use crate::sys::Pipe;
@@ -112,11 +113,9 @@ impl Core {
         let Some((pipe, room)) = self.splice_room(id, to) else {
             return ReadStep::Stop;
         };
-        if *budget == 0 {
-            self.ready.push_back(id);
+        if !spend_read(budget, &mut self.ready, id) {
             return ReadStep::Stop;
         }
-        *budget -= 1;
         loop {
             let Some(src) = self.conns.get_mut(id) else {
                 return ReadStep::Stop;
