@@ -180,6 +180,8 @@ pub const LISTENER_KEYS: &[KeySpec] = keys! {
     "connect_timeout" = "10s" : "deadline for outbound connections opened by handlers";
     "linger_timeout" = "2s" : "after a final reply, how long to wait for the peer's FIN before closing";
     "max_pipelined" = "64" : "requests of one connection running in a handler pool (-X) at once; reading pauses at the limit";
+    "mailbox" = "1024" : "messages sent to one protocol session and not yet delivered; a send beyond it is refused";
+    "max_sessions" = "10000" : "protocol sessions started by a handler (not by an accept) alive at once; a start beyond it is refused";
 };
 
 pub use crate::poll::PollType;
@@ -613,6 +615,14 @@ fn listener_settings(
         })?,
         max_pipelined: sec.get("max_pipelined", "a whole number 1-65536", |s| {
             s.parse::<usize>().ok().filter(|n| (1..=65536).contains(n))
+        })?,
+        mailbox: sec.get("mailbox", "a whole number 1-1048576", |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1 << 20).contains(n))
+        })?,
+        max_sessions: sec.get("max_sessions", "a whole number > 0", |s| {
+            s.parse::<usize>().ok().filter(|n| *n > 0)
         })?,
     };
     Ok(ListenerSettings {

@@ -74,7 +74,10 @@ pub mod pools;
 mod sys;
 
 pub use cli::{run, run_with_args};
-pub use event_loop::{Ctx, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings, Unconsumed};
+pub use event_loop::{
+    Ctx, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings, Message, SendError, SessionRef,
+    SpawnError, SpawnRefused, Spawner, Unconsumed,
+};
 pub use handler::{Handler, HandlerSpec, OptionError, OptionSpec, Options, Registry};
 pub use poll::PollType;
 pub use pools::ExecMode;

@@ -9,6 +9,14 @@
 //! every event names the connection it concerns. This is what proxies,
 //! relays and file transfers are built from.
 //!
+//! A session can also be started without an accept, from any thread
+//! ([`crate::Spawner::spawn`]; a factory gets a spawner per loop in
+//! [`ProtocolFactory::on_loop_start`]): it lives on its timers, messages
+//! and outbound connections until it calls [`Ctx::end_session`] or the
+//! server stops. Any thread holding its [`crate::SessionRef`] can send it
+//! messages, delivered on its loop as [`Protocol::on_message`] and bounded
+//! per session.
+//!
 //! Sessions never make syscalls: [`Ctx`] records what they ask for and the
 //! loop carries it out, which is what lets every poll backend drive them.
 //!
@@ -156,6 +164,14 @@ impl From<io::Error> for ConnectError {
 pub trait ProtocolFactory: Send + Sync + 'static {
     /// A new session for a freshly accepted connection.
     fn open(&self) -> Box<dyn Protocol>;
+
+    /// A loop serving this factory's listener is built: `spawner` starts
+    /// sessions on it that no accept made (a transfer started at start-up
+    /// or by a control request). Called once per loop, on the thread that
+    /// builds it, before it runs. The default keeps nothing.
+    fn on_loop_start(&self, spawner: crate::Spawner) {
+        let _ = spawner;
+    }
 }
 
 /// An evented, per-connection handler. Every method has a default except
@@ -197,8 +213,21 @@ pub trait Protocol: Send {
     }
 
     /// `conn` is closed; its id is no longer valid. Called once per
-    /// connection. The session ends when all its connections have closed.
+    /// connection. A session born from an accept ends when all its
+    /// connections have closed, unless it called [`Ctx::keep_session`].
     fn on_close(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, reason: CloseReason) {
         let _ = (ctx, conn, reason);
+    }
+
+    /// A session started by [`crate::Spawner::spawn`] is on its loop: its
+    /// first callback. It has no connection yet.
+    fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+        let _ = ctx;
+    }
+
+    /// A message sent with [`crate::SessionRef::send`] arrived (in the
+    /// order sent). The default drops it.
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: crate::Message) {
+        let _ = (ctx, msg);
     }
 }

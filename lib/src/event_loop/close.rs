@@ -37,9 +37,10 @@ impl Core {
             conn.out.clear(&mut self.bufs);
         }
         trace!(%id, "closed");
+        // The session counts it as live until on_close has told it, so
+        // that it cannot end in between and miss that call.
         if let Some(key) = session {
-            if let Some(s) = self.sessions.get_mut(key) {
-                s.live = s.live.saturating_sub(1);
+            if self.sessions.contains(key) {
                 let reason = reason.unwrap_or(CloseReason::Local);
                 self.deferred.push_back(Deferred::Closed(key, id, reason));
             }

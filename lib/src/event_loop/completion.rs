@@ -335,6 +335,7 @@ impl Loop {
             Op::Accept | Op::ListenerPoll => self.uring_accepted(cqe),
             Op::Wake => {
                 self.core.complete_jobs();
+                self.core.take_letters();
                 let fd = self.waker.raw_fd();
                 if let Some(ring) = self.core.backend.ring() {
                     if let Err(e) = ring.read_waker(fd) {

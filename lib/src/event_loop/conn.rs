@@ -3,11 +3,14 @@
 use std::collections::VecDeque;
 use std::io::{self};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Instant;
 
 use mio::net::TcpStream;
 
 use super::lifecycle::{Expiry, Lifecycle};
+use super::mailbox::{Mailbox, SpawnSlot};
 use super::output::OutQueue;
 use super::slots::Key;
 use super::Limits;
@@ -37,11 +40,54 @@ impl Key for SessionKey {
 pub(super) struct Session {
     /// Taken out while one of its callbacks runs.
     pub(super) proto: Option<Box<dyn Protocol>>,
-    /// Connections it owns that have not closed yet.
+    /// Connections it owns that have not closed yet, or whose close it has
+    /// not been told of yet.
     pub(super) live: usize,
-    /// The listener that accepted its first connection: its limits and
-    /// options apply to the outbound connections too.
+    /// The listener that accepted its first connection (or that it was
+    /// spawned for): its limits and options apply to the outbound
+    /// connections too.
     pub(super) listener: usize,
+    /// It outlives its connections ([`super::Ctx::keep_session`], or it
+    /// was spawned): it ends only with [`super::Ctx::end_session`] or at
+    /// shutdown.
+    pub(super) kept: bool,
+    /// It asked to end: its connections are closing, no timer or message
+    /// reaches it any more.
+    pub(super) ending: bool,
+    /// Its mailbox, once it has an address ([`super::SessionRef`]).
+    pub(super) mailbox: Option<Arc<Mailbox>>,
+    /// Its place under `max_sessions`, when spawned.
+    pub(super) _slot: Option<SpawnSlot>,
+}
+
+impl Session {
+    pub(super) fn new(proto: Box<dyn Protocol>, listener: usize) -> Self {
+        Session {
+            proto: Some(proto),
+            live: 0,
+            listener,
+            kept: false,
+            ending: false,
+            mailbox: None,
+            _slot: None,
+        }
+    }
+
+    /// Has it ended: no connection left, and it was not kept or it asked
+    /// to end?
+    pub(super) fn is_over(&self) -> bool {
+        self.live == 0 && (!self.kept || self.ending)
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // However it ends (asked, its last connection, a panic, the loop
+        // stopping), its address stops taking messages.
+        if let Some(mb) = &self.mailbox {
+            mb.ended.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// One connection: its socket, buffers and interest, its [`Lifecycle`],
@@ -216,4 +262,6 @@ pub(super) enum Deferred {
     Connected(SessionKey, ConnId, io::Result<()>),
     Writable(SessionKey, ConnId),
     Closed(SessionKey, ConnId, CloseReason),
+    /// The session asked to end ([`super::Ctx::end_session`]).
+    End(SessionKey),
 }

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Conn, Core, SessionKey};
+use super::mailbox::Mailbox;
+use super::{Conn, Core, Deferred, Limits, SessionKey, SessionRef, Spawner};
 use crate::protocol::{ConnId, ConnectError, Queued, TimerId, WriteError};
 
 fn queued(under_cap: bool) -> Queued {
@@ -206,5 +207,54 @@ impl Ctx<'_> {
             c.life.close(None);
             self.core.mark_dirty(conn);
         }
+    }
+
+    /// This session's address, for other threads to send it messages
+    /// ([`crate::Protocol::on_message`]). Every call answers the same
+    /// mailbox, bounded by the listener's `mailbox` limit.
+    pub fn session_ref(&mut self) -> SessionRef {
+        let cap = self.limits().mailbox;
+        let post = self.core.post.clone();
+        let key = self.session;
+        let session = &mut self.core.sessions[key];
+        let mailbox = session.mailbox.get_or_insert_with(|| {
+            let mb = Mailbox::new(cap);
+            let _ = mb.key.set(key);
+            mb
+        });
+        SessionRef::new(mailbox.clone(), post)
+    }
+
+    /// What starts sessions on this loop, as sessions of this session's
+    /// listener (hand it to another thread, or spawn at once).
+    pub fn spawner(&self) -> Spawner {
+        let listener = self.core.sessions[self.session].listener;
+        Spawner {
+            post: self.core.post.clone(),
+            listener,
+            setup: self.core.setups[listener].clone(),
+        }
+    }
+
+    /// This session outlives its connections: when the last has closed it
+    /// goes on (on its timers, messages and new connections) until it
+    /// calls [`Ctx::end_session`] or the server stops. A session started
+    /// by [`crate::Spawner::spawn`] is kept from the start.
+    pub fn keep_session(&mut self) {
+        self.core.sessions[self.session].kept = true;
+    }
+
+    /// End this session once the callback returns: its connections close
+    /// (each after its pending output is written; `on_close` still tells
+    /// of each), its timers no longer fire and its address takes no more
+    /// messages.
+    pub fn end_session(&mut self) {
+        self.core.deferred.push_back(Deferred::End(self.session));
+    }
+
+    /// The limits of this session's listener.
+    pub fn limits(&self) -> &Limits {
+        let listener = self.core.sessions[self.session].listener;
+        &self.core.setups[listener].limits
     }
 }

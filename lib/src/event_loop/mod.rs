@@ -46,6 +46,7 @@
 //! | `io.rs` | what the state machine asks of the backend: `Backend`, and every branch on it for a connection's or listener's I/O |
 //! | `completion.rs` | `-T completion` (io_uring) carrying those requests out, and its completions reported back |
 //! | `ctx.rs` | [`Ctx`], what a protocol session may ask of the loop |
+//! | `mailbox.rs` | other threads reaching sessions: [`Spawner`] starts one, [`SessionRef`] sends it messages |
 //! | `output.rs` | the output queue and the buffer pool |
 //! | `slots.rs` | the typed generational slot map of connections and sessions |
 //! | `timer.rs` | the timer heap |
@@ -65,6 +66,7 @@ mod input;
 mod io;
 mod jobs;
 mod lifecycle;
+mod mailbox;
 mod read;
 mod run;
 mod settings;
@@ -83,6 +85,7 @@ pub(crate) mod output;
 
 pub use ctx::Ctx;
 pub use input::Unconsumed;
+pub use mailbox::{Message, SendError, SessionRef, SpawnError, SpawnRefused, Spawner};
 pub use run::Loop;
 pub use settings::{Limits, ListenerSetup, LoopHandle, LoopSettings};
 

@@ -12,6 +12,7 @@ use mio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
 use super::io::Backend;
+use super::mailbox::{Post, Spawner};
 use super::output::BufPool;
 use super::slots::Slots;
 use super::timer::{Due, Timers};
@@ -19,6 +20,7 @@ use super::{
     token_conn, Conn, Core, ListenerSetup, ListenerSlot, LoopHandle, LoopSettings, JOB_SPIN,
     LISTENER_BASE, RING_BUFFERS, RING_BUFFER_MAX, SHUTDOWN_GRACE, WAKER,
 };
+use crate::handler::Handler;
 use crate::poll::{self as backend, Cqe, Event, Interest, PollType, Ring, Waker};
 use crate::pools::{ExecMode, ReplyTo};
 use crate::protocol::ConnId;
@@ -137,10 +139,26 @@ impl Loop {
             tx,
             waker: waker.clone(),
         };
+        let (letters_tx, letters) = crossbeam_channel::unbounded();
+        let post = Post {
+            tx: letters_tx,
+            waker: waker.clone(),
+            stop: stop.clone(),
+        };
         let handle = LoopHandle {
             waker,
             stop: stop.clone(),
         };
+        // Factories that start sessions of their own learn of this loop.
+        for (listener, setup) in setups.iter().enumerate() {
+            if let Handler::Protocol(factory) = &setup.handler {
+                factory.on_loop_start(Spawner {
+                    post: post.clone(),
+                    listener,
+                    setup: setup.clone(),
+                });
+            }
+        }
         let core = Core {
             conns: Slots::default(),
             sessions: Slots::default(),
@@ -156,6 +174,8 @@ impl Loop {
             stopping: false,
             reply,
             completions,
+            post,
+            letters,
             pool_waiters: Vec::new(),
             jobs_out: 0,
             spin_for_jobs,
@@ -271,6 +291,7 @@ impl Loop {
                         self.waker.reset();
                     }
                     self.core.complete_jobs();
+                    self.core.take_letters();
                 }
                 t if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
                 t => self.conn_event(token_conn(t), ev),
@@ -337,7 +358,10 @@ impl Loop {
             match due {
                 Due::Conn(id) => self.core.conn_due(id, at),
                 Due::Session(key, timer) => {
-                    self.core.call(key, |p, ctx| p.on_timer(ctx, timer));
+                    // A session that asked to end gets no more timers.
+                    if self.core.sessions.get(key).is_some_and(|s| !s.ending) {
+                        self.core.call(key, |p, ctx| p.on_timer(ctx, timer));
+                    }
                 }
                 Due::Listener(li) => {
                     if self.listeners[li].paused {

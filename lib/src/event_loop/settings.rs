@@ -33,6 +33,13 @@ pub struct Limits {
     pub linger_timeout: Duration,
     /// Bytes asked for per read(2).
     pub recv_size: usize,
+    /// Messages sent to one session ([`crate::SessionRef::send`]) and not
+    /// yet delivered; a send beyond it is refused.
+    pub mailbox: usize,
+    /// Sessions started by [`crate::Spawner::spawn`] alive (or starting)
+    /// on this listener across all loops of the process; a spawn beyond it
+    /// is refused.
+    pub max_sessions: usize,
 }
 
 impl Default for Limits {
@@ -46,6 +53,8 @@ impl Default for Limits {
             connect_timeout: Duration::from_secs(10),
             linger_timeout: Duration::from_secs(2),
             recv_size: 64 * 1024,
+            mailbox: 1024,
+            max_sessions: 10_000,
         }
     }
 }
@@ -64,6 +73,9 @@ pub struct ListenerSetup {
     pub limits: Limits,
     /// Connections open across all loops (for `max_connections`).
     pub(crate) active: AtomicUsize,
+    /// Spawned sessions alive or starting across all loops (for
+    /// `max_sessions`).
+    pub(crate) sessions: AtomicUsize,
     /// Where service requests run; `None` runs them inline (`-X blocking`).
     pub(crate) pool: Option<Arc<dyn Pool>>,
 }
@@ -84,6 +96,7 @@ impl ListenerSetup {
             coalesce,
             limits,
             active: AtomicUsize::new(0),
+            sessions: AtomicUsize::new(0),
             pool: None,
         }
     }

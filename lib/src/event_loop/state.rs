@@ -5,6 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use mio::net::TcpStream;
 use tracing::{debug, error, warn};
 
 use super::io::Backend;
+use super::mailbox::{Letter, Mailbox, Post, SpawnSlot};
 use super::output::BufPool;
 use super::slots::Slots;
 use super::timer::{Due, Timers};
@@ -46,6 +48,10 @@ pub(crate) struct Core {
     /// arrive.
     pub(super) reply: ReplyTo,
     pub(super) completions: Receiver<Done>,
+    /// This loop's post (for the addresses and spawners it hands out),
+    /// and the letters that arrive through it.
+    pub(super) post: Post,
+    pub(super) letters: Receiver<Letter>,
     /// Connections waiting for room in a full pool.
     pub(super) pool_waiters: Vec<ConnId>,
     /// Jobs handed to a pool and not yet back.
@@ -85,14 +91,99 @@ impl Core {
         proto: Box<dyn Protocol>,
         listener: usize,
     ) -> Option<SessionKey> {
-        let session = Session {
-            proto: Some(proto),
-            live: 0,
-            listener,
-        };
         // One connection per session at least, so as many sessions fit as
         // connections: the connection table refuses first.
-        self.sessions.insert(session)
+        self.sessions.insert(Session::new(proto, listener))
+    }
+
+    /// Take in the letters other threads posted: sessions to start and
+    /// messages for live ones.
+    pub(super) fn take_letters(&mut self) {
+        while let Ok(letter) = self.letters.try_recv() {
+            match letter {
+                Letter::Start {
+                    proto,
+                    listener,
+                    mailbox,
+                    slot,
+                } => self.start_session(proto, listener, mailbox, slot),
+                Letter::Message { to, msg } => {
+                    to.queued.fetch_sub(1, Ordering::AcqRel);
+                    let key = to.key.get().copied();
+                    let live = key.filter(|k| {
+                        self.sessions.get(*k).is_some_and(|s| {
+                            !s.ending && s.mailbox.as_ref().is_some_and(|m| Arc::ptr_eq(m, &to))
+                        })
+                    });
+                    match live {
+                        Some(key) => {
+                            self.call(key, |p, ctx| p.on_message(ctx, msg));
+                        }
+                        None => debug!("a message reached a session that has ended: dropped"),
+                    }
+                }
+            }
+            self.settle();
+        }
+    }
+
+    /// Start a spawned session: it has no connection and is kept until it
+    /// ends itself.
+    fn start_session(
+        &mut self,
+        proto: Box<dyn Protocol>,
+        listener: usize,
+        mailbox: Arc<Mailbox>,
+        slot: SpawnSlot,
+    ) {
+        if self.stopping {
+            mailbox.ended.store(true, Ordering::Release);
+            debug!("a session to start reached a loop that is stopping: dropped");
+            return;
+        }
+        let mut session = Session::new(proto, listener);
+        session.kept = true;
+        session.mailbox = Some(mailbox.clone());
+        session._slot = Some(slot);
+        let Some(key) = self.sessions.insert(session) else {
+            warn!("this loop holds as many sessions as it can: a spawned session was dropped");
+            return;
+        };
+        let _ = mailbox.key.set(key);
+        self.call(key, |p, ctx| p.on_start(ctx));
+        self.end_if_over(key);
+    }
+
+    /// Remove session `key` if it has ended (see [`Session::is_over`]).
+    pub(super) fn end_if_over(&mut self, key: SessionKey) {
+        if self.sessions.get(key).is_some_and(Session::is_over) {
+            self.sessions.remove(key);
+        }
+    }
+
+    /// Session `key` asked to end: close its connections (each once its
+    /// output is written); it is removed when the last has closed.
+    fn end_session(&mut self, key: SessionKey) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        session.ending = true;
+        if let Some(mb) = &session.mailbox {
+            mb.ended.store(true, Ordering::Release);
+        }
+        let owned: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.proto.session == Some(key))
+            .map(|(id, _)| id)
+            .collect();
+        for id in owned {
+            if let Some(c) = self.conns.get_mut(id) {
+                c.life.close(None);
+                self.mark_dirty(id);
+            }
+        }
+        self.end_if_over(key);
     }
 
     /// Run one callback of a session with a [`Ctx`] on this core. Returns
@@ -219,11 +310,13 @@ impl Core {
                     self.call(key, |p, ctx| p.on_writable(ctx, id));
                 }
                 Some(Deferred::Closed(key, id, reason)) => {
-                    self.call(key, |p, ctx| p.on_close(ctx, id, reason));
-                    if self.sessions.get(key).is_some_and(|s| s.live == 0) {
-                        self.sessions.remove(key);
+                    if let Some(s) = self.sessions.get_mut(key) {
+                        s.live = s.live.saturating_sub(1);
                     }
+                    self.call(key, |p, ctx| p.on_close(ctx, id, reason));
+                    self.end_if_over(key);
                 }
+                Some(Deferred::End(key)) => self.end_session(key),
             }
         }
     }
