@@ -82,7 +82,8 @@ pub use handler::{Handler, HandlerSpec, OptionError, OptionSpec, Options, Regist
 pub use poll::PollType;
 pub use pools::ExecMode;
 pub use protocol::{
-    CloseReason, ConnId, ConnectError, Protocol, ProtocolFactory, Queued, TimerId, WriteError,
+    CloseReason, ConnId, ConnectError, ConnectOptions, Protocol, ProtocolFactory, Queued, TimerId,
+    WriteError,
 };
 pub use server::{ServeError, Server, ServerType, SignalWatch};
 pub use service::{line_end, Keep, Service, ServiceError};

@@ -103,6 +103,45 @@ pub struct ConnOptions {
     pub cork: bool,
 }
 
+/// A TCP socket for an outbound connection to `to`: bound to `source`
+/// first when one is given (port 0 lets the kernel choose), with `opts`
+/// applied. Non-blocking and with its connect started (in progress) when
+/// `connect`; else blocking and unconnected, for a connect submitted to the
+/// ring.
+pub fn outbound(
+    to: SocketAddr,
+    source: Option<SocketAddr>,
+    opts: ConnOptions,
+    connect: bool,
+) -> io::Result<std::net::TcpStream> {
+    if source.is_some_and(|s| s.is_ipv4() != to.is_ipv4()) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("source address {source:?} is not of the family of {to}"),
+        ));
+    }
+    let ty = if connect {
+        Type::STREAM.nonblocking().cloexec()
+    } else {
+        Type::STREAM.cloexec()
+    };
+    let sock = Socket::new(Domain::for_address(to), ty, Some(Protocol::TCP))?;
+    if let Some(src) = source {
+        sock.bind(&src.into()).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot bind source address {src}: {e}"))
+        })?;
+    }
+    configure(&sock, opts)?;
+    if connect {
+        match sock.connect(&to.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sock.into())
+}
+
 /// Make a socket non-blocking (an outbound connection under `-T
 /// completion`, once its connect submission has completed).
 pub fn set_nonblocking(stream: &impl std::os::fd::AsFd) -> io::Result<()> {

@@ -122,6 +122,17 @@ impl fmt::Display for WriteError {
 
 impl std::error::Error for WriteError {}
 
+/// How [`Ctx::connect_with`] makes an outbound connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Bind to this local address before connecting (the source address
+    /// the peer sees; port 0 lets the kernel choose one). It must be of
+    /// the destination's family.
+    pub source: Option<std::net::SocketAddr>,
+    /// Socket options (TCP_NODELAY, TCP_CORK) instead of the listener's.
+    pub options: Option<crate::net::ConnOptions>,
+}
+
 /// Why [`Ctx::connect`] could not start a connection.
 #[derive(Debug)]
 pub enum ConnectError {

@@ -435,3 +435,69 @@ fn an_accepted_session_that_keeps_itself_outlives_its_connection() {
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), "closed");
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), "timer after the close");
 }
+
+/// Connects to `target` from `source` and reports what `connect_with`
+/// answered.
+struct FromSource {
+    target: SocketAddr,
+    source: SocketAddr,
+    report: mpsc::Sender<String>,
+}
+
+impl Protocol for FromSource {
+    fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+        let how = gaidaros::ConnectOptions {
+            source: Some(self.source),
+            options: Some(ConnOptions {
+                nodelay: true,
+                cork: false,
+            }),
+        };
+        match ctx.connect_with(self.target, how) {
+            Ok(_) => {}
+            Err(e) => {
+                let _ = self.report.send(format!("refused: {e}"));
+                ctx.end_session();
+            }
+        }
+    }
+    fn on_connect(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, result: std::io::Result<()>) {
+        let _ = self.report.send(format!("connected: {}", result.is_ok()));
+        ctx.close(conn);
+        ctx.end_session();
+    }
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: ConnId, data: &[u8]) -> usize {
+        data.len()
+    }
+}
+
+#[test]
+fn an_outbound_connection_can_choose_its_source_address() {
+    let server = start(Limits::default(), no_accepts());
+    let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = peer.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let spawn = |source: &str| {
+        server
+            .spawner
+            .spawn(Box::new(FromSource {
+                target,
+                source: source.parse().unwrap(),
+                report: tx.clone(),
+            }))
+            .expect("spawned");
+    };
+    spawn("127.0.0.2:0");
+    let (_conn, from) = peer.accept().unwrap();
+    assert_eq!(from.ip().to_string(), "127.0.0.2");
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "connected: true");
+    // Not an address of this host; and not of the destination's family.
+    for bad in ["192.0.2.1:0", "[::1]:0"] {
+        spawn(bad);
+        let said = rx.recv_timeout(WAIT).unwrap();
+        assert!(
+            said.starts_with("refused: cannot connect:"),
+            "{bad}: {said}"
+        );
+    }
+}

@@ -126,7 +126,6 @@ impl Session {
             return input.len();
         };
         let now = ctx.now();
-        let mut wall = None;
         let mut pos = 0;
         while !self.blocked && !self.done {
             let (n, step) = machine.handle_input(&input[pos..], now, &mut self.req);
@@ -137,11 +136,11 @@ impl Session {
                 Step::Request => {
                     let resp = self.config.answer(&self.req);
                     let head_only = self.req.method() == "HEAD";
-                    let wall = *wall.get_or_insert_with(SystemTime::now);
+                    let wall = ctx.wall_now();
                     self.respond(ctx, conn, resp, head_only, wall);
                 }
                 Step::Error(e) => {
-                    let wall = *wall.get_or_insert_with(SystemTime::now);
+                    let wall = ctx.wall_now();
                     self.refuse(ctx, conn, e, wall);
                 }
             }
@@ -329,7 +328,8 @@ impl Protocol for Session {
                 ctx.close(conn);
             }
             Some(Expired::Error(e)) => {
-                self.refuse(ctx, conn, e, SystemTime::now());
+                let wall = ctx.wall_now();
+                self.refuse(ctx, conn, e, wall);
                 self.flush(ctx, conn);
             }
         }

@@ -12,7 +12,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use gaidaros::{CloseReason, ConnId, Ctx, Protocol, ProtocolFactory, Queued};
 use tracing::{debug, info, warn};
@@ -91,7 +90,7 @@ impl SmtpConnection {
             };
             match event {
                 Event::Begin { envelope, trace } => {
-                    match self.maildir.begin(&trace, SystemTime::now()) {
+                    match self.maildir.begin(&trace, ctx.wall_now()) {
                         Ok(delivery) => {
                             self.incoming = Some(Incoming { delivery, envelope });
                         }
@@ -176,7 +175,7 @@ impl Protocol for SmtpConnection {
     }
 
     fn on_data(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, data: &[u8]) -> usize {
-        let now = SystemTime::now();
+        let now = ctx.wall_now();
         let mut rest = data;
         while let Some(session) = self.session.as_mut() {
             if session.is_closed() {

@@ -267,17 +267,6 @@ impl Core {
         Ok(())
     }
 
-    /// Open an outbound connection with a connect submission.
-    pub(super) fn uring_connect(&mut self, addr: SocketAddr) -> io::Result<TcpStream> {
-        let domain = socket2::Domain::for_address(addr);
-        // Blocking for the connect submission (a non-blocking one run on a
-        // kernel worker would end in EINPROGRESS); made non-blocking once
-        // connected, like every other socket of the loop.
-        let sock = socket2::Socket::new(domain, socket2::Type::STREAM.cloexec(), None)?;
-        let std: std::net::TcpStream = sock.into();
-        Ok(TcpStream::from_std(std))
-    }
-
     /// Submit the connect of `id` (just added) to `addr`; the ring holds
     /// the address, the connection (a zombie if it closes first) the
     /// socket, until it completes.

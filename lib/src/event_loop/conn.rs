@@ -166,6 +166,9 @@ pub(super) struct ProtoConn {
     pub(super) splice_to: Option<ConnId>,
     /// The connection whose bytes are spliced into this one's pipe.
     pub(super) fed_by: Option<ConnId>,
+    /// Socket options it was opened with, instead of its listener's
+    /// ([`crate::ConnectOptions::options`]).
+    pub(super) options: Option<crate::net::ConnOptions>,
 }
 
 impl Conn {

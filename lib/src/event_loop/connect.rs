@@ -8,13 +8,14 @@ use tracing::debug;
 use super::{Core, Deferred, Lifecycle, SessionKey};
 use crate::net::{self};
 use crate::poll::Interest;
-use crate::protocol::{CloseReason, ConnId, ConnectError};
+use crate::protocol::{CloseReason, ConnId, ConnectError, ConnectOptions};
 
 impl Core {
     pub(super) fn connect(
         &mut self,
         session: SessionKey,
         addr: SocketAddr,
+        how: ConnectOptions,
     ) -> Result<ConnId, ConnectError> {
         if self.stopping {
             return Err(ConnectError::ShuttingDown);
@@ -22,7 +23,8 @@ impl Core {
         let Some(listener) = self.sessions.get(session).map(|s| s.listener) else {
             return Err(ConnectError::SessionEnded);
         };
-        let sock = self.outbound(addr)?;
+        let options = how.options.unwrap_or(self.setups[listener].conn_options);
+        let sock = self.outbound(addr, how.source, options)?;
         let timeout = self.setups[listener].limits.connect_timeout;
         let life = Lifecycle::outbound(self.now + timeout);
         let id = self.add_conn(sock, listener, life, Interest::BOTH)?;
@@ -34,6 +36,7 @@ impl Core {
         let conn = &mut self.conns[id];
         conn.accepted = false;
         conn.proto.session = Some(session);
+        conn.proto.options = how.options;
         conn.peer = Some(addr);
         conn.writable_interest = true;
         if let Some(s) = self.sessions.get_mut(session) {
@@ -65,7 +68,10 @@ impl Core {
     pub(super) fn connected(&mut self, id: ConnId) {
         let conn = &mut self.conns[id];
         conn.life.connected();
-        let options = self.setups[conn.listener].conn_options;
+        let options = conn
+            .proto
+            .options
+            .unwrap_or(self.setups[conn.listener].conn_options);
         if let Err(e) = net::configure(&conn.sock, options) {
             debug!(%id, "socket options on outbound connection: {e}");
         }

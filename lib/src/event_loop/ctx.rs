@@ -4,11 +4,11 @@ use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::mailbox::Mailbox;
 use super::{Conn, Core, Deferred, Limits, SessionKey, SessionRef, Spawner};
-use crate::protocol::{ConnId, ConnectError, Queued, TimerId, WriteError};
+use crate::protocol::{ConnId, ConnectError, ConnectOptions, Queued, TimerId, WriteError};
 
 fn queued(under_cap: bool) -> Queued {
     if under_cap {
@@ -46,6 +46,21 @@ impl Ctx<'_> {
     /// The loop's clock, read once per loop iteration.
     pub fn now(&self) -> Instant {
         self.core.now
+    }
+
+    /// The system time (for dates on the wire, file times, logs), read at
+    /// most once per loop iteration, the first time a session asks: every
+    /// callback of one iteration sees the same value. Durations and
+    /// deadlines belong to [`Ctx::now`], which never jumps.
+    pub fn wall_now(&self) -> SystemTime {
+        match self.core.wall.get() {
+            Some(t) => t,
+            None => {
+                let t = SystemTime::now();
+                self.core.wall.set(Some(t));
+                t
+            }
+        }
     }
 
     /// Queue `data` for `conn`. [`Queued::OverCap`] once the pending output
@@ -118,8 +133,19 @@ impl Ctx<'_> {
     /// address of the wrong kind, the server shutting down) are returned
     /// here.
     pub fn connect(&mut self, addr: SocketAddr) -> Result<ConnId, ConnectError> {
+        self.connect_with(addr, ConnectOptions::default())
+    }
+
+    /// [`Ctx::connect`] from a chosen source address, or with socket
+    /// options other than the listener's. A source address that cannot be
+    /// bound (not this host's, in use) is an error here.
+    pub fn connect_with(
+        &mut self,
+        addr: SocketAddr,
+        how: ConnectOptions,
+    ) -> Result<ConnId, ConnectError> {
         let session = self.session;
-        self.core.connect(session, addr)
+        self.core.connect(session, addr, how)
     }
 
     /// Stop reading from `conn` (its peer's bytes wait in the kernel).

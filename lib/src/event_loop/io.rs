@@ -31,6 +31,7 @@ use mio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::{token, Conn, Core, Loop, LISTENER_BASE};
+use crate::net::ConnOptions;
 use crate::poll::{user_data, Interest, Op, Readiness, Ring};
 use crate::protocol::{CloseReason, ConnId};
 
@@ -177,11 +178,19 @@ impl Core {
 
     /// A socket for an outbound connection to `addr`: connecting already
     /// (readiness), or to be connected by [`Core::start_connect`].
-    pub(super) fn outbound(&mut self, addr: SocketAddr) -> io::Result<TcpStream> {
-        match &self.backend {
-            Backend::Readiness { .. } => TcpStream::connect(addr),
-            Backend::Completion(_) => self.uring_connect(addr),
-        }
+    /// A socket for an outbound connection to `addr` (see
+    /// [`crate::net::outbound`]): its connect already started under the
+    /// readiness backends, submitted by [`Core::start_connect`] under
+    /// completion (blocking until then).
+    pub(super) fn outbound(
+        &mut self,
+        addr: SocketAddr,
+        source: Option<SocketAddr>,
+        options: ConnOptions,
+    ) -> io::Result<TcpStream> {
+        let readiness = !self.backend.is_completion();
+        let sock = crate::net::outbound(addr, source, options, readiness)?;
+        Ok(TcpStream::from_std(sock))
     }
 
     /// Connect `id` (just added, from [`Core::outbound`]) to `addr`.

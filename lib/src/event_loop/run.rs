@@ -1,6 +1,7 @@
 //! Building and running a loop: the wait, acting on what it brought, timers,
 //! shutdown.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsFd;
@@ -171,6 +172,7 @@ impl Loop {
             ready: VecDeque::new(),
             deferred: VecDeque::new(),
             now: Instant::now(),
+            wall: Cell::new(None),
             stopping: false,
             reply,
             completions,
@@ -235,6 +237,7 @@ impl Loop {
                 return Err(e);
             }
             self.core.now = Instant::now();
+            self.core.wall.set(None);
             self.handle_events();
             self.run_ready();
             self.run_timers();

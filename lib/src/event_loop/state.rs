@@ -2,12 +2,13 @@
 //! connection and session tables, deadlines, and carrying out what callbacks
 //! asked for.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::Receiver;
 use mio::net::TcpStream;
@@ -42,6 +43,9 @@ pub(crate) struct Core {
     pub(super) ready: VecDeque<ConnId>,
     pub(super) deferred: VecDeque<Deferred>,
     pub(super) now: Instant,
+    /// The system time of this iteration, read the first time a session
+    /// asks ([`Ctx::wall_now`]) and forgotten when `now` moves.
+    pub(super) wall: Cell<Option<SystemTime>>,
     /// Shutting down: no new outbound connections.
     pub(super) stopping: bool,
     /// Where pools send finished requests for this loop, and where they
