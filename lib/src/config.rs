@@ -157,6 +157,8 @@ pub const SERVER_KEYS: &[KeySpec] = keys! {
     "handler_type" = "blocking" : "where service requests run: blocking (inline on the loop) | thread | threadpool | gthread | gthreadpool";
     "pool_size" = "30" : "threads of threadpool, requests in flight of thread and gthreadpool";
     "pool_queue" = "1024" : "requests waiting for a threadpool worker (and in flight under gthread); reading pauses when full";
+    "offload_threads" = "4" : "threads running the blocking work of protocol sessions (file I/O, hashing) off the loops";
+    "offload_queue" = "1024" : "offloaded jobs waiting for a thread; a job beyond it is refused to the session";
     "reuseport" = "true" : "one SO_REUSEPORT listening socket per loop (true) or one shared socket (false)";
     "drain_timeout" = "10s" : "on SIGINT/SIGTERM, how long pending responses may take to drain";
     "log_level" = "info" : "error | warn | info | debug | trace (each -v raises it one step)";
@@ -500,6 +502,14 @@ impl Settings {
                 .ok()
                 .filter(|n| (1..=1_000_000).contains(n))
         })?;
+        let offload_threads = server.get("offload_threads", "a whole number 1-1024", |s| {
+            s.parse::<usize>().ok().filter(|n| (1..=1024).contains(n))
+        })?;
+        let offload_queue = server.get("offload_queue", "a whole number 1-1000000", |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+        })?;
 
         let mut names = layers.listener_names();
         if names.is_empty() {
@@ -531,6 +541,8 @@ impl Settings {
                 handler_type,
                 pool_size,
                 pool_queue,
+                offload_threads,
+                offload_queue,
             },
             listeners,
             warnings,

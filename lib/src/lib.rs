@@ -80,10 +80,10 @@ pub use event_loop::{
 };
 pub use handler::{Handler, HandlerSpec, OptionError, OptionSpec, Options, Registry};
 pub use poll::PollType;
-pub use pools::ExecMode;
+pub use pools::{ExecMode, OffloadPool};
 pub use protocol::{
-    CloseReason, ConnId, ConnectError, ConnectOptions, Protocol, ProtocolFactory, Queued, TimerId,
-    WriteError,
+    CloseReason, ConnId, ConnectError, ConnectOptions, JobId, OffloadError, Protocol,
+    ProtocolFactory, Queued, TimerId, WriteError,
 };
 pub use server::{ServeError, Server, ServerType, SignalWatch};
 pub use service::{line_end, Keep, Service, ServiceError};

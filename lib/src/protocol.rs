@@ -47,6 +47,31 @@ impl fmt::Display for ConnId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimerId(pub(crate) u64);
 
+/// A job handed to the offload pool with [`Ctx::offload`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub(crate) u64);
+
+/// Why [`Ctx::offload`] did not take a job.
+pub enum OffloadError {
+    /// The pool's queue holds `[server] offload_queue` jobs: the job is
+    /// handed back (try again later, from a timer say).
+    Full(Box<dyn FnOnce() -> crate::Message + Send>),
+}
+
+impl fmt::Debug for OffloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OffloadError::Full(..)")
+    }
+}
+
+impl fmt::Display for OffloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the offload pool's queue is full")
+    }
+}
+
+impl std::error::Error for OffloadError {}
+
 /// Why a connection closed, as told to [`Protocol::on_close`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -240,5 +265,11 @@ pub trait Protocol: Send {
     /// order sent). The default drops it.
     fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: crate::Message) {
         let _ = (ctx, msg);
+    }
+
+    /// A job of this session given to [`Ctx::offload`] has finished: what
+    /// it returned, or the message of its panic. The default drops it.
+    fn on_done(&mut self, ctx: &mut Ctx<'_>, job: JobId, result: Result<crate::Message, String>) {
+        let _ = (ctx, job, result);
     }
 }

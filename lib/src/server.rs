@@ -28,6 +28,14 @@ use crate::pools;
 pub use crate::settings::ServerType;
 use crate::settings::Settings;
 
+/// The process's offload pool (its threads start with the first job).
+fn offload_pool(settings: &Settings) -> Arc<pools::OffloadPool> {
+    Arc::new(pools::OffloadPool::new(
+        settings.server.offload_threads,
+        settings.server.offload_queue,
+    ))
+}
+
 /// Each listener's handler and setup, with the process's handler pool (one,
 /// shared by every service listener).
 fn setups(
@@ -266,6 +274,7 @@ impl Server {
             // Sockets handed over by a procpool master are shared with the
             // other workers.
             shared_listeners: given.is_some(),
+            offload: offload_pool(settings),
         };
         let mut loops = Vec::new();
         let mut handles = Vec::new();
@@ -302,6 +311,7 @@ impl Server {
                 exit_when_idle: true,
                 poll: resolve_poll(settings)?,
                 shared_listeners: false,
+                offload: offload_pool(settings),
             },
         )
         .map_err(|e| ServeError::Io("cannot serve the connection".into(), e))?;

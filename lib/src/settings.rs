@@ -61,6 +61,10 @@ pub struct ServerSettings {
     pub pool_size: usize,
     /// Jobs waiting for a worker.
     pub pool_queue: usize,
+    /// Threads of the offload pool (blocking work of protocol sessions).
+    pub offload_threads: usize,
+    /// Offloaded jobs waiting for one of its threads.
+    pub offload_queue: usize,
 }
 
 /// One listener.

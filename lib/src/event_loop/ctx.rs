@@ -6,9 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::mailbox::Mailbox;
+use super::mailbox::{Letter, Mailbox, Message};
 use super::{Conn, Core, Deferred, Limits, SessionKey, SessionRef, Spawner};
-use crate::protocol::{ConnId, ConnectError, ConnectOptions, Queued, TimerId, WriteError};
+use crate::pools::offload::Task;
+use crate::protocol::{
+    ConnId, ConnectError, ConnectOptions, JobId, OffloadError, Queued, TimerId, WriteError,
+};
+use tracing::debug;
 
 fn queued(under_cap: bool) -> Queued {
     if under_cap {
@@ -276,6 +280,38 @@ impl Ctx<'_> {
     /// messages.
     pub fn end_session(&mut self) {
         self.core.deferred.push_back(Deferred::End(self.session));
+    }
+
+    /// Run `job` on the offload pool, off this loop (a file operation,
+    /// hashing, a database write: anything that blocks). What it returns
+    /// comes back as [`crate::Protocol::on_done`] on this loop, with the id
+    /// answered here; a session that has ended by then does not get it.
+    /// A full pool hands the job back.
+    pub fn offload(
+        &mut self,
+        job: impl FnOnce() -> Message + Send + 'static,
+    ) -> Result<JobId, OffloadError> {
+        self.core.last_job += 1;
+        let id = JobId(self.core.last_job);
+        let post = self.core.post.clone();
+        let key = self.session;
+        let task = Task {
+            job: Box::new(job),
+            reply: Box::new(move |result| {
+                let done = Letter::Done {
+                    key,
+                    job: id,
+                    result,
+                };
+                if post.deliver(done).is_err() {
+                    debug!("an offloaded job finished after its loop stopped");
+                }
+            }),
+        };
+        match self.core.offload.submit(task) {
+            Ok(()) => Ok(id),
+            Err(task) => Err(OffloadError::Full(task.job)),
+        }
     }
 
     /// The limits of this session's listener.

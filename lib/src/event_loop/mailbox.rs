@@ -23,7 +23,7 @@ use tracing::warn;
 
 use super::{ListenerSetup, SessionKey};
 use crate::poll::Waker;
-use crate::protocol::Protocol;
+use crate::protocol::{JobId, Protocol};
 
 /// What [`SessionRef::send`] carries and [`crate::Protocol::on_message`]
 /// receives: any value a session knows how to downcast. Put a reply
@@ -41,6 +41,12 @@ pub(crate) enum Letter {
     },
     /// Deliver `msg` to the session of `to`.
     Message { to: Arc<Mailbox>, msg: Message },
+    /// Job `job` of session `key` ([`crate::Ctx::offload`]) has finished.
+    Done {
+        key: SessionKey,
+        job: JobId,
+        result: Result<Message, String>,
+    },
 }
 
 /// One loop's post: where letters for its sessions go.
@@ -55,7 +61,7 @@ pub(crate) struct Post {
 impl Post {
     /// Send `letter` and wake the loop; the letter back when the loop has
     /// gone.
-    fn deliver(&self, letter: Letter) -> Result<(), Letter> {
+    pub(crate) fn deliver(&self, letter: Letter) -> Result<(), Letter> {
         self.tx.send(letter).map_err(|e| e.0)?;
         if let Err(e) = self.waker.wake() {
             warn!("cannot wake a loop for a letter: {e}");
@@ -169,7 +175,7 @@ impl SessionRef {
             mb.queued.fetch_sub(1, Ordering::AcqRel);
             match letter {
                 Letter::Message { msg, .. } => SendError::Ended(msg),
-                Letter::Start { .. } => unreachable!("a message was sent"),
+                Letter::Start { .. } | Letter::Done { .. } => unreachable!("a message was sent"),
             }
         })
     }
@@ -279,7 +285,7 @@ impl Spawner {
                 reason: SpawnRefused::Stopped,
                 proto,
             }),
-            Err(Letter::Message { .. }) => unreachable!("a start was sent"),
+            Err(Letter::Message { .. } | Letter::Done { .. }) => unreachable!("a start was sent"),
         }
     }
 

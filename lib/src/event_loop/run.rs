@@ -178,6 +178,8 @@ impl Loop {
             completions,
             post,
             letters,
+            offload: settings.offload.clone(),
+            last_job: 0,
             pool_waiters: Vec::new(),
             jobs_out: 0,
             spin_for_jobs,

@@ -10,7 +10,7 @@ use tracing::warn;
 use crate::handler::Handler;
 use crate::net::ConnOptions;
 use crate::poll::{PollType, Waker};
-use crate::pools::Pool;
+use crate::pools::{OffloadPool, Pool};
 
 /// The limits of one listener. Each is a conf key of `[listener.NAME]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +149,9 @@ pub struct LoopSettings {
     /// its ring had accepted with it, while the others could have served
     /// them.
     pub shared_listeners: bool,
+    /// Where [`crate::Ctx::offload`] runs jobs: one pool per process,
+    /// shared by its loops (`[server] offload_threads`, `offload_queue`).
+    pub offload: Arc<OffloadPool>,
 }
 
 impl Default for LoopSettings {
@@ -158,6 +161,7 @@ impl Default for LoopSettings {
             exit_when_idle: false,
             poll: PollType::Edge,
             shared_listeners: false,
+            offload: Arc::new(OffloadPool::default()),
         }
     }
 }

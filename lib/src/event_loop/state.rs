@@ -21,7 +21,7 @@ use super::slots::Slots;
 use super::timer::{Due, Timers};
 use super::{Conn, Ctx, Deferred, Expiry, Lifecycle, ListenerSetup, Session, SessionKey};
 use crate::poll::Interest;
-use crate::pools::{Done, ReplyTo};
+use crate::pools::{Done, OffloadPool, ReplyTo};
 use crate::protocol::{CloseReason, ConnId, Protocol};
 
 /// The loop's state that handler callbacks may touch through [`Ctx`].
@@ -56,6 +56,9 @@ pub(crate) struct Core {
     /// and the letters that arrive through it.
     pub(super) post: Post,
     pub(super) letters: Receiver<Letter>,
+    /// Where [`Ctx::offload`] sends jobs, and the last job id given.
+    pub(super) offload: Arc<OffloadPool>,
+    pub(super) last_job: u64,
     /// Connections waiting for room in a full pool.
     pub(super) pool_waiters: Vec<ConnId>,
     /// Jobs handed to a pool and not yet back.
@@ -124,6 +127,13 @@ impl Core {
                             self.call(key, |p, ctx| p.on_message(ctx, msg));
                         }
                         None => debug!("a message reached a session that has ended: dropped"),
+                    }
+                }
+                Letter::Done { key, job, result } => {
+                    if self.sessions.get(key).is_some_and(|s| !s.ending) {
+                        self.call(key, |p, ctx| p.on_done(ctx, job, result));
+                    } else {
+                        debug!("an offloaded job finished after its session ended: result dropped");
                     }
                 }
             }

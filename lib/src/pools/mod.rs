@@ -21,6 +21,7 @@
 //! [`crate::service::respond`]); the worker goes on.
 
 mod green;
+pub(crate) mod offload;
 mod procs;
 mod threads;
 pub mod wire;
@@ -37,6 +38,7 @@ use crate::protocol::ConnId;
 use crate::service::{self, Keep, Service, ServiceError};
 
 pub use green::GreenPool;
+pub use offload::OffloadPool;
 pub use procs::{serve_worker, ProcPerRequest, ProcPool, WorkerCommand, WORKER_FLAG};
 pub use threads::{ThreadPerRequest, ThreadPool};
 

@@ -1,0 +1,253 @@
+//! Off-loop work for protocol sessions ([`Ctx::offload`]) on a real loop,
+//! under the backend `GAIDAROS_TEST_POLL` names: a blocked job does not hold
+//! up the loop's other connections, results reach the session that asked,
+//! a full pool refuses, a panicking job reports its panic.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use gaidaros::net::{self, BindSpec, ConnOptions, IpVersion};
+use gaidaros::{
+    ConnId, Ctx, Handler, JobId, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings, Message,
+    OffloadError, OffloadPool, Protocol, ProtocolFactory, Spawner,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Running {
+    addr: SocketAddr,
+    spawner: Spawner,
+    handle: LoopHandle,
+    thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Accepted connections echo lines; the spawner is kept for the test.
+struct Factory(Arc<Mutex<Option<Spawner>>>);
+
+impl ProtocolFactory for Factory {
+    fn open(&self) -> Box<dyn Protocol> {
+        Box::new(Echo)
+    }
+    fn on_loop_start(&self, spawner: Spawner) {
+        *self.0.lock().unwrap() = Some(spawner);
+    }
+}
+
+struct Echo;
+
+impl Protocol for Echo {
+    fn on_data(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, data: &[u8]) -> usize {
+        let _ = ctx.write(conn, data);
+        data.len()
+    }
+}
+
+fn start(pool: OffloadPool) -> Running {
+    let addr = net::resolve("127.0.0.1", 0, IpVersion::V4).unwrap();
+    let listener = net::bind(&BindSpec {
+        addr,
+        version: IpVersion::V4,
+        backlog: 64,
+        reuseport: false,
+    })
+    .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let slot = Arc::new(Mutex::new(None));
+    let setup = Arc::new(ListenerSetup::new(
+        "test",
+        Handler::Protocol(Arc::new(Factory(slot.clone()))),
+        ConnOptions::default(),
+        true,
+        Limits::default(),
+    ));
+    let settings = LoopSettings {
+        offload: Arc::new(pool),
+        ..common::loop_settings()
+    };
+    let (lp, handle) = Loop::new(vec![(listener, setup)], settings).unwrap();
+    let spawner = slot.lock().unwrap().take().expect("on_loop_start ran");
+    let thread = thread::spawn(move || lp.run());
+    Running {
+        addr,
+        spawner,
+        handle,
+        thread: Some(thread),
+    }
+}
+
+type Job = Box<dyn FnOnce() -> Message + Send>;
+
+/// Offloads the jobs it is sent (as messages) and reports what happened.
+struct Offloader {
+    report: mpsc::Sender<String>,
+    name: &'static str,
+}
+
+impl Protocol for Offloader {
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: ConnId, data: &[u8]) -> usize {
+        data.len()
+    }
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message) {
+        let Ok(job) = msg.downcast::<Job>() else {
+            return;
+        };
+        let said = match ctx.offload(*job) {
+            Ok(_) => "taken".to_string(),
+            Err(OffloadError::Full(_)) => "full".to_string(),
+        };
+        let _ = self.report.send(format!("{}: {said}", self.name));
+    }
+    fn on_done(&mut self, _: &mut Ctx<'_>, _: JobId, result: Result<Message, String>) {
+        let said = match result {
+            Ok(v) => match v.downcast::<u64>() {
+                Ok(n) => format!("done {n}"),
+                Err(_) => "done, not a u64".into(),
+            },
+            Err(panic) => format!("panicked: {panic}"),
+        };
+        let _ = self.report.send(format!("{}: {said}", self.name));
+    }
+}
+
+fn job(f: impl FnOnce() -> Message + Send + 'static) -> Message {
+    let job: Job = Box::new(f);
+    Box::new(job)
+}
+
+#[test]
+fn a_blocked_job_does_not_hold_up_the_loops_other_connections() {
+    let server = start(OffloadPool::new(2, 16));
+    let (tx, rx) = mpsc::channel();
+    let session = server
+        .spawner
+        .spawn(Box::new(Offloader {
+            report: tx,
+            name: "slow",
+        }))
+        .unwrap();
+    // The job blocks (a slow disk) until released, 5 s at most.
+    let (release, wait) = mpsc::channel::<()>();
+    session
+        .send(job(move || {
+            let _ = wait.recv_timeout(Duration::from_secs(5));
+            Box::new(42u64)
+        }))
+        .unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "slow: taken");
+    // Meanwhile a connection of the same loop is served, round trip after
+    // round trip.
+    let mut c = TcpStream::connect(server.addr).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    let mut lines = BufReader::new(c.try_clone().unwrap());
+    for i in 0..500 {
+        writeln!(c, "ping {i}").unwrap();
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        assert_eq!(line, format!("ping {i}\n"));
+    }
+    assert!(
+        rx.try_recv().is_err(),
+        "the job is still blocked: nothing came back yet"
+    );
+    release.send(()).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "slow: done 42");
+}
+
+#[test]
+fn results_reach_the_session_that_asked() {
+    let server = start(OffloadPool::new(2, 16));
+    let (tx, rx) = mpsc::channel();
+    let mut sessions = Vec::new();
+    for (name, n) in [("a", 1u64), ("b", 2)] {
+        let s = server
+            .spawner
+            .spawn(Box::new(Offloader {
+                report: tx.clone(),
+                name,
+            }))
+            .unwrap();
+        s.send(job(move || Box::new(n * 100))).unwrap();
+        sessions.push(s);
+    }
+    let mut said: Vec<String> = (0..4).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
+    said.sort();
+    assert_eq!(said, ["a: done 100", "a: taken", "b: done 200", "b: taken"]);
+}
+
+#[test]
+fn a_full_pool_hands_the_job_back() {
+    // One thread, one job waiting.
+    let server = start(OffloadPool::new(1, 1));
+    let (tx, rx) = mpsc::channel();
+    let session = server
+        .spawner
+        .spawn(Box::new(Offloader {
+            report: tx,
+            name: "s",
+        }))
+        .unwrap();
+    let (started_tx, started) = mpsc::channel::<()>();
+    let (release, wait) = mpsc::channel::<()>();
+    let wait = Arc::new(Mutex::new(wait));
+    let w = wait.clone();
+    session
+        .send(job(move || {
+            started_tx.send(()).unwrap();
+            let _ = w.lock().unwrap().recv_timeout(WAIT);
+            Box::new(1u64)
+        }))
+        .unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "s: taken");
+    started.recv_timeout(WAIT).unwrap();
+    // The thread is busy: one more fits in the queue, the next does not.
+    session.send(job(|| Box::new(2u64))).unwrap();
+    session.send(job(|| Box::new(3u64))).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "s: taken");
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "s: full");
+    release.send(()).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "s: done 1");
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "s: done 2");
+}
+
+#[test]
+fn a_panicking_job_reports_its_panic_and_the_pool_goes_on() {
+    let server = start(OffloadPool::new(1, 4));
+    let (tx, rx) = mpsc::channel();
+    let session = server
+        .spawner
+        .spawn(Box::new(Offloader {
+            report: tx,
+            name: "s",
+        }))
+        .unwrap();
+    session
+        .send(job(|| panic!("the disk caught fire")))
+        .unwrap();
+    session.send(job(|| Box::new(7u64))).unwrap();
+    let said: Vec<String> = (0..4).map(|_| rx.recv_timeout(WAIT).unwrap()).collect();
+    // A result may come back before the second job is taken; the results
+    // come in the order the one thread ran the jobs.
+    let (taken, results): (Vec<&String>, Vec<&String>) =
+        said.iter().partition(|s| s.as_str() == "s: taken");
+    assert_eq!(taken.len(), 2, "{said:?}");
+    assert_eq!(
+        results,
+        ["s: panicked: the disk caught fire", "s: done 7"],
+        "{said:?}"
+    );
+}
