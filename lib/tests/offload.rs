@@ -251,3 +251,79 @@ fn a_panicking_job_reports_its_panic_and_the_pool_goes_on() {
         "{said:?}"
     );
 }
+
+/// Takes one line at a time, offloads its handling, and takes the next
+/// only when the job is back (the lines after it wait in the loop).
+#[derive(Default)]
+struct OneAtATime {
+    busy: bool,
+    conn: Option<ConnId>,
+}
+
+impl Protocol for OneAtATime {
+    fn on_data(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, data: &[u8]) -> usize {
+        if self.busy {
+            return 0;
+        }
+        let Some(end) = data.iter().position(|&b| b == b'\n') else {
+            return 0;
+        };
+        let line = String::from_utf8_lossy(&data[..end]).into_owned();
+        self.busy = true;
+        self.conn = Some(conn);
+        ctx.offload(move || -> Message { Box::new(format!("done {line}\n")) })
+            .expect("room in the pool");
+        end + 1
+    }
+    fn on_done(&mut self, ctx: &mut Ctx<'_>, _: JobId, result: Result<Message, String>) {
+        let conn = self.conn.expect("a line came");
+        let text = result.expect("no panic").downcast::<String>().unwrap();
+        ctx.write(conn, text.as_bytes()).unwrap();
+        self.busy = false;
+        ctx.replay_input(conn);
+    }
+}
+
+struct OneAtATimeFactory;
+
+impl ProtocolFactory for OneAtATimeFactory {
+    fn open(&self) -> Box<dyn Protocol> {
+        Box::new(OneAtATime::default())
+    }
+}
+
+#[test]
+fn replayed_input_reaches_a_session_that_can_take_it_again() {
+    let addr = net::resolve("127.0.0.1", 0, IpVersion::V4).unwrap();
+    let listener = net::bind(&BindSpec {
+        addr,
+        version: IpVersion::V4,
+        backlog: 8,
+        reuseport: false,
+    })
+    .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let setup = Arc::new(ListenerSetup::new(
+        "test",
+        Handler::Protocol(Arc::new(OneAtATimeFactory)),
+        ConnOptions::default(),
+        true,
+        Limits::default(),
+    ));
+    let (lp, handle) = Loop::new(vec![(listener, setup)], common::loop_settings()).unwrap();
+    let thread = thread::spawn(move || lp.run());
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(WAIT)).unwrap();
+    // Three lines in one write: only the first is taken at once; the
+    // others are replayed, one job after the other, with no new bytes.
+    c.write_all(b"a\nb\nc\n").unwrap();
+    let mut lines = BufReader::new(c.try_clone().unwrap());
+    for want in ["done a\n", "done b\n", "done c\n"] {
+        let mut line = String::new();
+        lines.read_line(&mut line).unwrap();
+        assert_eq!(line, want);
+    }
+    drop((c, lines));
+    handle.stop();
+    thread.join().unwrap().unwrap();
+}

@@ -42,10 +42,10 @@
 //! A message is never held whole in memory: its text goes to its file in
 //! `tmp/` in pieces of at most 64 KiB, so a connection holds at most 64 KiB
 //! of it plus one line, whatever `max_size` (the disk holds the rest; see
-//! [`session::Config::buffer_bound`]). Writing and syncing happen on the
-//! loop thread, which blocks the loop's other connections meanwhile (the
-//! fsync at the end of each message above all): spread connections over
-//! several loops with `-S thread -N <loops>`.
+//! [`session::Config::buffer_bound`]). The text is written from the loop
+//! thread (into the page cache); the fsync and link at the end of each
+//! message run on the offload pool (`gaidaros::Ctx::offload`), so a slow
+//! disk does not stall the loop's other connections.
 //!
 //! Options (`-o KEY=VALUE`, or in a `[listener.NAME]` section with
 //! `handler = smtp`): `maildir` (required), `hostname`, `max_size`,

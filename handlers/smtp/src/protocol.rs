@@ -2,9 +2,14 @@
 //!
 //! It sends the greeting on open, feeds every byte it is given to the
 //! session, writes the replies, and carries out the session's events on
-//! the maildir at once (blocking, on the loop thread): a message's file is
-//! created in `tmp/` when its text starts, each piece of text is appended
-//! as it comes, and at its end the file is synced and moved into `new/`.
+//! the maildir: a message's file is created in `tmp/` when its text
+//! starts and each piece of text is appended as it comes (on the loop
+//! thread: page-cache writes), and at its end the file is synced and moved
+//! into `new/` on the offload pool ([`Ctx::offload`]), so that an fsync on
+//! a slow disk never stalls the loop's other connections. Meanwhile the
+//! session takes no input; when the job is back, its `250` (or `451`/`452`)
+//! is sent and the pipelined commands that waited are read again
+//! ([`Ctx::replay_input`]). A full offload pool answers `451` (try later).
 //! A refused message, a failed write and a connection that goes away
 //! mid-message leave nothing behind (dropping the [`Delivery`] removes its
 //! file). It closes after QUIT or 421. When the client does not read its
@@ -13,7 +18,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use gaidaros::{CloseReason, ConnId, Ctx, Protocol, ProtocolFactory, Queued};
+use gaidaros::{
+    CloseReason, ConnId, Ctx, JobId, Message, OffloadError, Protocol, ProtocolFactory, Queued,
+};
 use tracing::{debug, info, warn};
 
 use crate::maildir::{Delivery, Maildir, MaildirError};
@@ -45,6 +52,7 @@ impl ProtocolFactory for SmtpFactory {
             session: None,
             incoming: None,
             peer: None,
+            conn: None,
         })
     }
 }
@@ -60,6 +68,8 @@ pub struct SmtpConnection {
     /// [`Event::Finish`] or [`Event::Abort`].
     incoming: Option<Incoming>,
     peer: Option<IpAddr>,
+    /// The connection (from `on_open`).
+    conn: Option<ConnId>,
 }
 
 /// A message being written, and who it is from and for (for the log).
@@ -109,13 +119,27 @@ impl SmtpConnection {
                     }
                 }
                 Event::Finish => {
-                    let result = match self.incoming.take() {
-                        Some(incoming) => finish(&self.maildir, incoming, self.peer),
-                        // The session sends Finish only after a Begin that
-                        // worked and appends that did.
-                        None => Err(StoreError::Failed),
+                    // The session sends Finish only after a Begin that
+                    // worked and appends that did.
+                    let Some(incoming) = self.incoming.take() else {
+                        session.delivered(Err(StoreError::Failed));
+                        continue;
                     };
-                    session.delivered(result.as_deref().map_err(|e| *e));
+                    let maildir = self.maildir.clone();
+                    let peer = self.peer;
+                    let job = move || -> Message { Box::new(finish(&maildir, incoming, peer)) };
+                    match ctx.offload(job) {
+                        // on_done goes on; the session takes no input
+                        // until then, so no other event can be queued.
+                        Ok(_) => return,
+                        Err(OffloadError::Full(job)) => {
+                            // Dropping the job drops the delivery, which
+                            // removes its file.
+                            drop(job);
+                            warn!(peer = ?self.peer, "offload pool full: message answered 451");
+                            session.delivered(Err(StoreError::Failed));
+                        }
+                    }
                 }
                 Event::Abort => {
                     // Refused for its content: the session answers at its
@@ -169,6 +193,7 @@ fn failed(error: &MaildirError, peer: Option<IpAddr>) -> StoreError {
 
 impl Protocol for SmtpConnection {
     fn on_open(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        self.conn = Some(conn);
         self.peer = ctx.peer_addr(conn).map(|a| a.ip());
         self.session = Some(Session::new(self.config.clone(), self.peer));
         self.pump(ctx, conn);
@@ -192,13 +217,36 @@ impl Protocol for SmtpConnection {
                 break;
             }
         }
-        // All of it, unless the session still waits (it never does after
-        // `pump`); the session keeps its own bounded partial line.
+        // All of it, unless a message is being stored on the offload pool:
+        // the rest waits in the loop (within the listener's max_request)
+        // until on_done replays it. The session keeps its own bounded
+        // partial line.
         data.len() - rest.len()
     }
 
     fn on_writable(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
         ctx.resume_read(conn);
+    }
+
+    /// The message of the last [`Event::Finish`] is stored (or not).
+    fn on_done(&mut self, ctx: &mut Ctx<'_>, _: JobId, result: Result<Message, String>) {
+        let stored = match result {
+            Ok(v) => match v.downcast::<Result<String, StoreError>>() {
+                Ok(stored) => *stored,
+                Err(_) => Err(StoreError::Failed),
+            },
+            Err(panic) => {
+                warn!(peer = ?self.peer, "storing a message panicked: {panic}");
+                Err(StoreError::Failed)
+            }
+        };
+        let (Some(session), Some(conn)) = (self.session.as_mut(), self.conn) else {
+            return;
+        };
+        session.delivered(stored.as_deref().map_err(|e| *e));
+        self.pump(ctx, conn);
+        // Commands pipelined after the message waited in the loop.
+        ctx.replay_input(conn);
     }
 
     fn on_close(&mut self, _ctx: &mut Ctx<'_>, conn: ConnId, reason: CloseReason) {

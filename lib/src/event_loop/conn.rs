@@ -169,6 +169,9 @@ pub(super) struct ProtoConn {
     /// Socket options it was opened with, instead of its listener's
     /// ([`crate::ConnectOptions::options`]).
     pub(super) options: Option<crate::net::ConnOptions>,
+    /// Its unconsumed input goes to `on_data` again before the next read
+    /// ([`super::Ctx::replay_input`]).
+    pub(super) replay: bool,
 }
 
 impl Conn {

@@ -169,6 +169,20 @@ impl Ctx<'_> {
         }
     }
 
+    /// Hand the input `on_data` left unconsumed on `conn` to it again, soon
+    /// (before the next read), without waiting for new bytes: for a session
+    /// that could not take it then and now can (a reply it waited for came
+    /// back from [`Ctx::offload`], say). Nothing happens when there is
+    /// none; while reading is paused, it is presented once it resumes.
+    pub fn replay_input(&mut self, conn: ConnId) {
+        if let Some(c) = self.conn_mut(conn) {
+            if !c.input.is_empty() && !c.proto.replay {
+                c.proto.replay = true;
+                self.core.ready.push_back(conn);
+            }
+        }
+    }
+
     /// Arm a one-shot timer; [`crate::Protocol::on_timer`] gets its id.
     pub fn set_timer(&mut self, after: Duration) -> TimerId {
         let at = self.core.now + after;

@@ -40,10 +40,14 @@ impl Loop {
             return;
         };
         let go_on = if conn.held.is_empty() {
-            if !conn.input.is_empty() {
-                self.prime_buffered(id);
+            if conn.proto.replay {
+                self.replay_input(id)
+            } else {
+                if !conn.input.is_empty() {
+                    self.prime_buffered(id);
+                }
+                true
             }
-            true
         } else {
             self.hand_on_held(id)
         };
@@ -251,6 +255,25 @@ impl Loop {
         if let Handler::Service(service) = &setup.handler {
             self.core.feed_service(id, &**service, &setup, &[]);
         }
+    }
+
+    /// A session asked to see `id`'s unconsumed input again
+    /// ([`super::Ctx::replay_input`]): hand it to `on_data` as if it had
+    /// just arrived. False: stop reading.
+    fn replay_input(&mut self, id: ConnId) -> bool {
+        let conn = &mut self.core.conns[id];
+        if conn.reading_blocked() {
+            // Kept for when reading resumes.
+            return true;
+        }
+        conn.proto.replay = false;
+        let Some(key) = conn.session() else {
+            return true;
+        };
+        if conn.input.is_empty() || conn.proto.splice_to.is_some() {
+            return true;
+        }
+        self.protocol_step(id, key, ReadStep::Data(0))
     }
 
     /// Hand what one read gave to the protocol. False: stop reading.
