@@ -6,33 +6,31 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use gaidaros::net::{self, BindSpec, ConnOptions, IpVersion};
+use gaidaros::net::ConnOptions;
 use gaidaros::{
-    ConnId, Ctx, Handler, JobId, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings, Message,
-    OffloadError, OffloadPool, Protocol, ProtocolFactory, Spawner,
+    ConnId, Ctx, Handler, JobId, Limits, LoopSettings, Message, OffloadError, OffloadPool,
+    Protocol, ProtocolFactory, Spawner,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// A loop in a thread and its spawner.
 struct Running {
-    addr: SocketAddr,
     spawner: Spawner,
-    handle: LoopHandle,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
+    server: common::Running,
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.handle.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+impl Running {
+    /// A spawned [`Offloader`] called `name` reporting to `report`.
+    fn offloader(&self, name: &'static str, report: mpsc::Sender<String>) -> gaidaros::SessionRef {
+        self.spawner
+            .spawn(Box::new(Offloader { report, name }))
+            .expect("spawned")
     }
 }
 
@@ -58,36 +56,19 @@ impl Protocol for Echo {
 }
 
 fn start(pool: OffloadPool) -> Running {
-    let addr = net::resolve("127.0.0.1", 0, IpVersion::V4).unwrap();
-    let listener = net::bind(&BindSpec {
-        addr,
-        version: IpVersion::V4,
-        backlog: 64,
-        reuseport: false,
-    })
-    .unwrap();
-    let addr = listener.local_addr().unwrap();
     let slot = Arc::new(Mutex::new(None));
-    let setup = Arc::new(ListenerSetup::new(
-        "test",
-        Handler::Protocol(Arc::new(Factory(slot.clone()))),
-        ConnOptions::default(),
-        true,
-        Limits::default(),
-    ));
     let settings = LoopSettings {
         offload: Arc::new(pool),
         ..common::loop_settings()
     };
-    let (lp, handle) = Loop::new(vec![(listener, setup)], settings).unwrap();
+    let server = common::serve(
+        Handler::Protocol(Arc::new(Factory(slot.clone()))),
+        Limits::default(),
+        ConnOptions::default(),
+        settings,
+    );
     let spawner = slot.lock().unwrap().take().expect("on_loop_start ran");
-    let thread = thread::spawn(move || lp.run());
-    Running {
-        addr,
-        spawner,
-        handle,
-        thread: Some(thread),
-    }
+    Running { spawner, server }
 }
 
 type Job = Box<dyn FnOnce() -> Message + Send>;
@@ -133,13 +114,7 @@ fn job(f: impl FnOnce() -> Message + Send + 'static) -> Message {
 fn a_blocked_job_does_not_hold_up_the_loops_other_connections() {
     let server = start(OffloadPool::new(2, 16));
     let (tx, rx) = mpsc::channel();
-    let session = server
-        .spawner
-        .spawn(Box::new(Offloader {
-            report: tx,
-            name: "slow",
-        }))
-        .unwrap();
+    let session = server.offloader("slow", tx);
     // The job blocks (a slow disk) until released, 5 s at most.
     let (release, wait) = mpsc::channel::<()>();
     session
@@ -151,7 +126,7 @@ fn a_blocked_job_does_not_hold_up_the_loops_other_connections() {
     assert_eq!(rx.recv_timeout(WAIT).unwrap(), "slow: taken");
     // Meanwhile a connection of the same loop is served, round trip after
     // round trip.
-    let mut c = TcpStream::connect(server.addr).unwrap();
+    let mut c = TcpStream::connect(server.server.addr).unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();
     let mut lines = BufReader::new(c.try_clone().unwrap());
     for i in 0..500 {
@@ -174,13 +149,7 @@ fn results_reach_the_session_that_asked() {
     let (tx, rx) = mpsc::channel();
     let mut sessions = Vec::new();
     for (name, n) in [("a", 1u64), ("b", 2)] {
-        let s = server
-            .spawner
-            .spawn(Box::new(Offloader {
-                report: tx.clone(),
-                name,
-            }))
-            .unwrap();
+        let s = server.offloader(name, tx.clone());
         s.send(job(move || Box::new(n * 100))).unwrap();
         sessions.push(s);
     }
@@ -194,13 +163,7 @@ fn a_full_pool_hands_the_job_back() {
     // One thread, one job waiting.
     let server = start(OffloadPool::new(1, 1));
     let (tx, rx) = mpsc::channel();
-    let session = server
-        .spawner
-        .spawn(Box::new(Offloader {
-            report: tx,
-            name: "s",
-        }))
-        .unwrap();
+    let session = server.offloader("s", tx);
     let (started_tx, started) = mpsc::channel::<()>();
     let (release, wait) = mpsc::channel::<()>();
     let wait = Arc::new(Mutex::new(wait));
@@ -228,13 +191,7 @@ fn a_full_pool_hands_the_job_back() {
 fn a_panicking_job_reports_its_panic_and_the_pool_goes_on() {
     let server = start(OffloadPool::new(1, 4));
     let (tx, rx) = mpsc::channel();
-    let session = server
-        .spawner
-        .spawn(Box::new(Offloader {
-            report: tx,
-            name: "s",
-        }))
-        .unwrap();
+    let session = server.offloader("s", tx);
     session
         .send(job(|| panic!("the disk caught fire")))
         .unwrap();
@@ -294,25 +251,13 @@ impl ProtocolFactory for OneAtATimeFactory {
 
 #[test]
 fn replayed_input_reaches_a_session_that_can_take_it_again() {
-    let addr = net::resolve("127.0.0.1", 0, IpVersion::V4).unwrap();
-    let listener = net::bind(&BindSpec {
-        addr,
-        version: IpVersion::V4,
-        backlog: 8,
-        reuseport: false,
-    })
-    .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let setup = Arc::new(ListenerSetup::new(
-        "test",
+    let server = common::serve(
         Handler::Protocol(Arc::new(OneAtATimeFactory)),
-        ConnOptions::default(),
-        true,
         Limits::default(),
-    ));
-    let (lp, handle) = Loop::new(vec![(listener, setup)], common::loop_settings()).unwrap();
-    let thread = thread::spawn(move || lp.run());
-    let mut c = TcpStream::connect(addr).unwrap();
+        ConnOptions::default(),
+        common::loop_settings(),
+    );
+    let mut c = TcpStream::connect(server.addr).unwrap();
     c.set_read_timeout(Some(WAIT)).unwrap();
     // Three lines in one write: only the first is taken at once; the
     // others are replayed, one job after the other, with no new bytes.
@@ -324,6 +269,4 @@ fn replayed_input_reaches_a_session_that_can_take_it_again() {
         assert_eq!(line, want);
     }
     drop((c, lines));
-    handle.stop();
-    thread.join().unwrap().unwrap();
 }

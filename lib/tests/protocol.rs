@@ -6,32 +6,18 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::{self};
 use std::time::Duration;
 
-use gaidaros::net::{self, BindSpec, ConnOptions, IpVersion};
+use gaidaros::net::ConnOptions;
 use gaidaros::{
-    CloseReason, ConnId, Ctx, Handler, Limits, ListenerSetup, Loop, LoopHandle, Protocol,
-    ProtocolFactory, Queued, TimerId,
+    CloseReason, ConnId, Ctx, Handler, Limits, Protocol, ProtocolFactory, Queued, TimerId,
 };
 
 /// Events a test protocol saw, in order.
 type Log = Arc<Mutex<Vec<String>>>;
 
-struct Running {
-    addr: SocketAddr,
-    handle: LoopHandle,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.handle.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
+use common::Running;
 
 fn start(factory: impl ProtocolFactory, limits: Limits, options: ConnOptions) -> Running {
     start_handler(Handler::Protocol(Arc::new(factory)), limits, options)
@@ -39,23 +25,7 @@ fn start(factory: impl ProtocolFactory, limits: Limits, options: ConnOptions) ->
 
 /// A loop in a thread serving `handler` on 127.0.0.1:0.
 fn start_handler(handler: Handler, limits: Limits, options: ConnOptions) -> Running {
-    let addr = net::resolve("127.0.0.1", 0, IpVersion::V4).unwrap();
-    let listener = net::bind(&BindSpec {
-        addr,
-        version: IpVersion::V4,
-        backlog: 64,
-        reuseport: false,
-    })
-    .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let setup = Arc::new(ListenerSetup::new("test", handler, options, true, limits));
-    let (lp, handle) = Loop::new(vec![(listener, setup)], common::loop_settings()).unwrap();
-    let thread = thread::spawn(move || lp.run());
-    Running {
-        addr,
-        handle,
-        thread: Some(thread),
-    }
+    common::serve(handler, limits, options, common::loop_settings())
 }
 
 fn client(addr: SocketAddr) -> TcpStream {

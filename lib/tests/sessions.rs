@@ -9,32 +9,28 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread::{self};
 use std::time::{Duration, Instant};
 
-use gaidaros::net::{self, BindSpec, ConnOptions, IpVersion};
+use gaidaros::net::ConnOptions;
 use gaidaros::{
-    CloseReason, ConnId, Ctx, Handler, Limits, ListenerSetup, Loop, LoopHandle, Message, Protocol,
-    ProtocolFactory, SendError, SessionRef, SpawnRefused, Spawner, TimerId,
+    CloseReason, ConnId, Ctx, Handler, Limits, Message, Protocol, ProtocolFactory, SendError,
+    SessionRef, SpawnRefused, Spawner, TimerId,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A loop in a thread whose listener's factory makes `accepted` sessions
-/// and keeps the loop's spawner.
+/// A loop in a thread whose listener's factory makes `accepted` sessions,
+/// and the loop's spawner.
 struct Running {
-    addr: SocketAddr,
     spawner: Spawner,
-    handle: LoopHandle,
-    thread: Option<JoinHandle<std::io::Result<()>>>,
+    server: common::Running,
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.handle.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+impl std::ops::Deref for Running {
+    type Target = common::Running;
+    fn deref(&self) -> &common::Running {
+        &self.server
     }
 }
 
@@ -55,37 +51,20 @@ impl ProtocolFactory for Factory {
 }
 
 fn start(limits: Limits, make: Make) -> Running {
-    let addr = net::resolve("127.0.0.1", 0, IpVersion::V4).unwrap();
-    let listener = net::bind(&BindSpec {
-        addr,
-        version: IpVersion::V4,
-        backlog: 64,
-        reuseport: false,
-    })
-    .unwrap();
-    let addr = listener.local_addr().unwrap();
     let slot = Arc::new(Mutex::new(None));
     let factory = Factory {
         make,
         spawner: slot.clone(),
     };
     let handler = Handler::Protocol(Arc::new(factory));
-    let setup = Arc::new(ListenerSetup::new(
-        "test",
+    let server = common::serve(
         handler,
-        ConnOptions::default(),
-        true,
         limits,
-    ));
-    let (lp, handle) = Loop::new(vec![(listener, setup)], common::loop_settings()).unwrap();
+        ConnOptions::default(),
+        common::loop_settings(),
+    );
     let spawner = slot.lock().unwrap().take().expect("on_loop_start ran");
-    let thread = thread::spawn(move || lp.run());
-    Running {
-        addr,
-        spawner,
-        handle,
-        thread: Some(thread),
-    }
+    Running { spawner, server }
 }
 
 fn no_accepts() -> Make {
@@ -374,8 +353,8 @@ fn max_sessions_bounds_spawned_sessions_and_an_ended_one_frees_its_place() {
 #[test]
 fn a_loop_that_stopped_refuses_spawns() {
     let mut server = start(Limits::default(), no_accepts());
-    server.handle.stop();
-    if let Some(t) = server.thread.take() {
+    server.server.handle.stop();
+    if let Some(t) = server.server.thread.take() {
         t.join().unwrap().unwrap();
     }
     let refused = server

@@ -168,6 +168,15 @@ impl Core {
         self.end_if_over(key);
     }
 
+    /// The connections session `key` owns.
+    fn conns_of(&self, key: SessionKey) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.proto.session == Some(key))
+            .map(|(id, _)| id)
+            .collect()
+    }
+
     /// Remove session `key` if it has ended (see [`Session::is_over`]).
     pub(super) fn end_if_over(&mut self, key: SessionKey) {
         if self.sessions.get(key).is_some_and(Session::is_over) {
@@ -185,12 +194,7 @@ impl Core {
         if let Some(mb) = &session.mailbox {
             mb.ended.store(true, Ordering::Release);
         }
-        let owned: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.proto.session == Some(key))
-            .map(|(id, _)| id)
-            .collect();
+        let owned = self.conns_of(key);
         for id in owned {
             if let Some(c) = self.conns.get_mut(id) {
                 c.life.close(None);
@@ -224,12 +228,7 @@ impl Core {
         if outcome.is_err() {
             // The session's state is unknown after a panic: drop it and
             // close its connections; the rest of the loop goes on.
-            let owned: Vec<ConnId> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| c.proto.session == Some(key))
-                .map(|(id, _)| id)
-                .collect();
+            let owned = self.conns_of(key);
             error!(
                 connections = owned.len(),
                 "protocol handler panicked: its session is closed"
