@@ -337,6 +337,20 @@ fn a_zero_pool_queue_or_max_pipelined_is_refused() {
 }
 
 #[test]
+fn a_zero_offload_or_session_limit_is_refused() {
+    for (var, key) in [
+        ("GAIDAROS_SERVER__OFFLOAD_THREADS", "offload_threads"),
+        ("GAIDAROS_SERVER__OFFLOAD_QUEUE", "offload_queue"),
+        ("GAIDAROS_LISTENER_MAIN__MAILBOX", "mailbox"),
+        ("GAIDAROS_LISTENER_MAIN__MAX_SESSIONS", "max_sessions"),
+    ] {
+        let run = gaidaros().env(var, "0").run_to_exit(EXIT_LIMIT);
+        assert_eq!(run.code(), 2, "{var}=0: stderr:\n{}", run.stderr);
+        assert!(run.stderr.contains(key), "names {key}: {}", run.stderr);
+    }
+}
+
+#[test]
 fn help_documents_handler_type_and_pool_size() {
     let run = util::gaidaros_bare()
         .args(&["--help"])

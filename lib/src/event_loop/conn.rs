@@ -3,7 +3,6 @@
 use std::collections::VecDeque;
 use std::io::{self};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -85,7 +84,7 @@ impl Drop for Session {
         // However it ends (asked, its last connection, a panic, the loop
         // stopping), its address stops taking messages.
         if let Some(mb) = &self.mailbox {
-            mb.ended.store(true, Ordering::Release);
+            mb.end();
         }
     }
 }

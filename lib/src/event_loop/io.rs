@@ -176,8 +176,6 @@ impl Core {
         !self.backend.is_completion()
     }
 
-    /// A socket for an outbound connection to `addr`: connecting already
-    /// (readiness), or to be connected by [`Core::start_connect`].
     /// A socket for an outbound connection to `addr` (see
     /// [`crate::net::outbound`]): its connect already started under the
     /// readiness backends, submitted by [`Core::start_connect`] under

@@ -78,7 +78,7 @@ pub(crate) struct Mailbox {
     pub(crate) queued: AtomicUsize,
     cap: usize,
     /// The session has ended: no message is accepted any more.
-    pub(crate) ended: AtomicBool,
+    ended: AtomicBool,
 }
 
 impl Mailbox {
@@ -89,6 +89,15 @@ impl Mailbox {
             cap: cap.max(1),
             ended: AtomicBool::new(false),
         })
+    }
+
+    /// Its session has ended (or will never start): refuse messages.
+    pub(crate) fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
     }
 }
 
@@ -160,7 +169,7 @@ impl SessionRef {
     /// ([`SendError::Ended`]).
     pub fn send(&self, msg: Message) -> Result<(), SendError> {
         let mb = &self.mailbox;
-        if mb.ended.load(Ordering::Acquire) {
+        if mb.is_ended() {
             return Err(SendError::Ended(msg));
         }
         if mb.queued.fetch_add(1, Ordering::AcqRel) >= mb.cap {
@@ -182,7 +191,7 @@ impl SessionRef {
 
     /// Has the session ended? (A `false` can be out of date at once.)
     pub fn is_ended(&self) -> bool {
-        self.mailbox.ended.load(Ordering::Acquire)
+        self.mailbox.is_ended()
     }
 
     /// Messages sent and not yet delivered.

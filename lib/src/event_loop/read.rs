@@ -39,17 +39,15 @@ impl Loop {
         let Some(conn) = self.core.conns.get(id) else {
             return;
         };
-        let go_on = if conn.held.is_empty() {
-            if conn.proto.replay {
-                self.replay_input(id)
-            } else {
-                if !conn.input.is_empty() {
-                    self.prime_buffered(id);
-                }
-                true
-            }
-        } else {
+        let go_on = if !conn.held.is_empty() {
             self.hand_on_held(id)
+        } else if conn.proto.replay {
+            self.replay_input(id)
+        } else {
+            if !conn.input.is_empty() {
+                self.prime_buffered(id);
+            }
+            true
         };
         if go_on {
             self.read_socket(id);

@@ -364,7 +364,7 @@ impl Loop {
                 Due::Conn(id) => self.core.conn_due(id, at),
                 Due::Session(key, timer) => {
                     // A session that asked to end gets no more timers.
-                    if self.core.sessions.get(key).is_some_and(|s| !s.ending) {
+                    if self.core.takes_events(key) {
                         self.core.call(key, |p, ctx| p.on_timer(ctx, timer));
                     }
                 }

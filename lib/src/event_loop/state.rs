@@ -116,12 +116,9 @@ impl Core {
                 } => self.start_session(proto, listener, mailbox, slot),
                 Letter::Message { to, msg } => {
                     to.queued.fetch_sub(1, Ordering::AcqRel);
-                    let key = to.key.get().copied();
-                    let live = key.filter(|k| {
-                        self.sessions.get(*k).is_some_and(|s| {
-                            !s.ending && s.mailbox.as_ref().is_some_and(|m| Arc::ptr_eq(m, &to))
-                        })
-                    });
+                    // The key's generation tells this session from a later
+                    // one in its slot.
+                    let live = to.key.get().copied().filter(|k| self.takes_events(*k));
                     match live {
                         Some(key) => {
                             self.call(key, |p, ctx| p.on_message(ctx, msg));
@@ -130,7 +127,7 @@ impl Core {
                     }
                 }
                 Letter::Done { key, job, result } => {
-                    if self.sessions.get(key).is_some_and(|s| !s.ending) {
+                    if self.takes_events(key) {
                         self.call(key, |p, ctx| p.on_done(ctx, job, result));
                     } else {
                         debug!("an offloaded job finished after its session ended: result dropped");
@@ -151,7 +148,7 @@ impl Core {
         slot: SpawnSlot,
     ) {
         if self.stopping {
-            mailbox.ended.store(true, Ordering::Release);
+            mailbox.end();
             debug!("a session to start reached a loop that is stopping: dropped");
             return;
         }
@@ -166,6 +163,12 @@ impl Core {
         let _ = mailbox.key.set(key);
         self.call(key, |p, ctx| p.on_start(ctx));
         self.end_if_over(key);
+    }
+
+    /// Is session `key` there to be told of timers, messages and jobs (it
+    /// has not ended, nor asked to)?
+    pub(super) fn takes_events(&self, key: SessionKey) -> bool {
+        self.sessions.get(key).is_some_and(|s| !s.ending)
     }
 
     /// The connections session `key` owns.
@@ -192,7 +195,7 @@ impl Core {
         };
         session.ending = true;
         if let Some(mb) = &session.mailbox {
-            mb.ended.store(true, Ordering::Release);
+            mb.end();
         }
         let owned = self.conns_of(key);
         for id in owned {

@@ -64,11 +64,6 @@ impl OffloadPool {
         }
     }
 
-    /// Its threads.
-    pub fn threads(&self) -> usize {
-        self.threads
-    }
-
     /// Queue `task`; handed back when the queue is full (or no thread could
     /// be started).
     pub(crate) fn submit(&self, task: Task) -> Result<(), Task> {
