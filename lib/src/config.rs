@@ -161,6 +161,7 @@ pub const SERVER_KEYS: &[KeySpec] = keys! {
     "offload_queue" = "1024" : "offloaded jobs waiting for a thread; a job beyond it is refused to the session";
     "reuseport" = "true" : "one SO_REUSEPORT listening socket per loop (true) or one shared socket (false)";
     "drain_timeout" = "10s" : "on SIGINT/SIGTERM, how long pending responses may take to drain";
+    "timer_slack" = "1us" : "how late the kernel may end a loop's timed waits (PR_SET_TIMERSLACK): the precision of protocol timers; 1us-100ms, the kernel's own default is 50us";
     "log_level" = "info" : "error | warn | info | debug | trace (each -v raises it one step)";
 };
 
@@ -338,7 +339,8 @@ pub fn parse_size(s: &str) -> Option<usize> {
     n.checked_mul(mult)
 }
 
-/// Parse a duration: seconds (decimals allowed), or with a suffix ms, s, m.
+/// Parse a duration: seconds (decimals allowed), or with a suffix us, ms,
+/// s, m.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s
@@ -348,6 +350,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     let n: f64 = num.parse().ok()?;
     let secs = match unit.trim() {
         "" | "s" => n,
+        "us" | "µs" => n / 1e6,
         "ms" => n / 1000.0,
         "m" | "min" => n * 60.0,
         _ => return None,
@@ -490,6 +493,10 @@ impl Settings {
             "a duration such as 10s or 500ms",
             parse_duration,
         )?;
+        let timer_slack = server.get("timer_slack", "a duration from 1us to 100ms", |s| {
+            parse_duration(s)
+                .filter(|d| (Duration::from_micros(1)..=Duration::from_millis(100)).contains(d))
+        })?;
         let log_level = server.get("log_level", "error, warn, info, debug or trace", |s| {
             s.parse::<tracing::Level>().ok()
         })?;
@@ -537,6 +544,7 @@ impl Settings {
                 poll_fallback,
                 reuseport,
                 drain_timeout,
+                timer_slack,
                 log_level,
                 handler_type,
                 pool_size,
@@ -666,6 +674,7 @@ mod tests {
         assert_eq!(parse_size("ten"), None);
         assert_eq!(parse_size("1T"), None);
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("20us"), Some(Duration::from_micros(20)));
         assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("-1"), None);

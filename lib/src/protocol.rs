@@ -248,6 +248,24 @@ pub trait Protocol: Send {
         let _ = (ctx, timer);
     }
 
+    /// The session's next deadline, for a session that keeps its own
+    /// timers (a sans-I/O core with retransmission, pacing and idle
+    /// timers, as quinn's `Connection::poll_timeout`) instead of arming
+    /// [`Ctx::set_timer`] ids. The loop asks after every callback of the
+    /// session and calls [`Protocol::on_timeout`] once the deadline has
+    /// passed; a deadline that moves later costs nothing, one that moves
+    /// earlier arms a new wake-up. Honoured to the microsecond under every
+    /// backend. The default has none.
+    fn poll_timeout(&self) -> Option<std::time::Instant> {
+        None
+    }
+
+    /// The deadline [`Protocol::poll_timeout`] reported has passed
+    /// ([`Ctx::now`] is at or after it).
+    fn on_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        let _ = ctx;
+    }
+
     /// `conn` is closed; its id is no longer valid. Called once per
     /// connection. A session born from an accept ends when all its
     /// connections have closed, unless it called [`Ctx::keep_session`].

@@ -275,6 +275,7 @@ impl Server {
             // other workers.
             shared_listeners: given.is_some(),
             offload: offload_pool(settings),
+            timer_slack: settings.server.timer_slack,
         };
         let mut loops = Vec::new();
         let mut handles = Vec::new();
@@ -312,6 +313,7 @@ impl Server {
                 poll: resolve_poll(settings)?,
                 shared_listeners: false,
                 offload: offload_pool(settings),
+                timer_slack: settings.server.timer_slack,
             },
         )
         .map_err(|e| ServeError::Io("cannot serve the connection".into(), e))?;

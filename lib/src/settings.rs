@@ -53,6 +53,8 @@ pub struct ServerSettings {
     pub reuseport: bool,
     /// Drain bound on shutdown.
     pub drain_timeout: Duration,
+    /// The loop threads' timer slack.
+    pub timer_slack: Duration,
     /// Log level after `-v`.
     pub log_level: tracing::Level,
     /// `-X`.

@@ -480,3 +480,90 @@ fn an_outbound_connection_can_choose_its_source_address() {
         );
     }
 }
+
+/// A session keeping its own deadline ([`Protocol::poll_timeout`]): it
+/// fires `rounds` times, `every` apart, then reports how many fired and
+/// how many came before their deadline, and ends. A message `Duration`
+/// moves the deadline to that long from now (later or earlier).
+struct Pacer {
+    next: Option<Instant>,
+    every: Duration,
+    rounds: usize,
+    fired: usize,
+    early: usize,
+    report: mpsc::Sender<(usize, usize)>,
+}
+
+impl Protocol for Pacer {
+    fn on_data(&mut self, _: &mut Ctx<'_>, _: ConnId, data: &[u8]) -> usize {
+        data.len()
+    }
+    fn on_start(&mut self, ctx: &mut Ctx<'_>) {
+        self.next = Some(ctx.now() + self.every);
+    }
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, msg: Message) {
+        if let Ok(after) = msg.downcast::<Duration>() {
+            self.next = Some(ctx.now() + *after);
+        }
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.next
+    }
+    fn on_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(due) = self.next else {
+            self.early += 1; // called with no deadline at all
+            return;
+        };
+        // The loop's clock, and the real one: neither may be before it.
+        if ctx.now() < due || Instant::now() < due {
+            self.early += 1;
+        }
+        self.fired += 1;
+        if self.fired == self.rounds {
+            self.next = None;
+            let _ = self.report.send((self.fired, self.early));
+            ctx.end_session();
+        } else {
+            self.next = Some(ctx.now() + self.every);
+        }
+    }
+}
+
+fn pacer(every: Duration, rounds: usize) -> (Pacer, mpsc::Receiver<(usize, usize)>) {
+    let (report, rx) = mpsc::channel();
+    let p = Pacer {
+        next: None,
+        every,
+        rounds,
+        fired: 0,
+        early: 0,
+        report,
+    };
+    (p, rx)
+}
+
+#[test]
+fn a_deadline_the_session_reports_fires_each_time_and_never_early() {
+    let server = start(Limits::default(), no_accepts());
+    // 300 µs apart: under a millisecond, which a wait rounded up to whole
+    // milliseconds would still meet, but late (that is measured by the
+    // `timers` benchmark, not asserted here).
+    let (p, rx) = pacer(Duration::from_micros(300), 500);
+    let session = server.spawner.spawn(Box::new(p)).expect("spawned");
+    assert_eq!(rx.recv_timeout(WAIT), Ok((500, 0)));
+    until("the session to end", || session.is_ended());
+}
+
+#[test]
+fn a_deadline_moved_earlier_fires_at_the_earlier_and_one_moved_later_waits() {
+    let server = start(Limits::default(), no_accepts());
+    // An hour off at first: only moving it earlier makes it fire in time.
+    let (p, rx) = pacer(Duration::from_secs(3600), 1);
+    let session = server.spawner.spawn(Box::new(p)).expect("spawned");
+    session.send(Box::new(Duration::from_millis(2))).unwrap();
+    // Then later: the entry armed for 2 ms comes due, and the session is
+    // not told (it would count an early call) until 200 ms.
+    session.send(Box::new(Duration::from_millis(200))).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT), Ok((1, 0)));
+    until("the session to end", || session.is_ended());
+}

@@ -204,6 +204,10 @@ impl Loop {
 
     /// Run until stopped through the [`LoopHandle`] and drained.
     pub fn run(mut self) -> io::Result<()> {
+        // The thread that runs the loop is this one.
+        if let Err(e) = crate::sys::set_timer_slack(self.settings.timer_slack) {
+            warn!("cannot set the loop thread's timer slack: {e}");
+        }
         let result = self.run_until_done();
         if self.core.backend.is_completion() {
             self.retire_ring();
@@ -368,6 +372,7 @@ impl Loop {
                         self.core.call(key, |p, ctx| p.on_timer(ctx, timer));
                     }
                 }
+                Due::Deadline(key) => self.core.deadline_due(key),
                 Due::Listener(li) => {
                     if self.listeners[li].paused {
                         self.listeners[li].paused = false;

@@ -152,6 +152,10 @@ pub struct LoopSettings {
     /// Where [`crate::Ctx::offload`] runs jobs: one pool per process,
     /// shared by its loops (`[server] offload_threads`, `offload_queue`).
     pub offload: Arc<OffloadPool>,
+    /// How late the kernel may end the loop's timed waits (its thread's
+    /// timer slack, `[server] timer_slack`): the precision of timers and
+    /// [`crate::Protocol::poll_timeout`] deadlines.
+    pub timer_slack: Duration,
 }
 
 impl Default for LoopSettings {
@@ -162,6 +166,7 @@ impl Default for LoopSettings {
             poll: PollType::Edge,
             shared_listeners: false,
             offload: Arc::new(OffloadPool::default()),
+            timer_slack: Duration::from_micros(1),
         }
     }
 }

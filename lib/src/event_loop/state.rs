@@ -183,8 +183,26 @@ impl Core {
     /// Remove session `key` if it has ended (see [`Session::is_over`]).
     pub(super) fn end_if_over(&mut self, key: SessionKey) {
         if self.sessions.get(key).is_some_and(Session::is_over) {
-            self.sessions.remove(key);
+            self.remove_session(key);
         }
+    }
+
+    fn remove_session(&mut self, key: SessionKey) {
+        self.sessions.remove(key);
+        self.timers.forget_deadline(key);
+    }
+
+    /// Session `key`'s [`Protocol::poll_timeout`] came due: tell it if the
+    /// deadline it reports now has passed (it may have moved since).
+    pub(super) fn deadline_due(&mut self, key: SessionKey) {
+        if !self.takes_events(key) {
+            return;
+        }
+        self.call(key, |p, ctx| {
+            if p.poll_timeout().is_some_and(|at| at <= ctx.now()) {
+                p.on_timeout(ctx);
+            }
+        });
     }
 
     /// Session `key` asked to end: close its connections (each once its
@@ -236,7 +254,7 @@ impl Core {
                 connections = owned.len(),
                 "protocol handler panicked: its session is closed"
             );
-            self.sessions.remove(key);
+            self.remove_session(key);
             for id in owned {
                 self.close(id, Some(CloseReason::Panicked));
             }
@@ -244,7 +262,15 @@ impl Core {
         }
         match self.sessions.get_mut(key) {
             Some(session) => {
+                let next = if session.ending {
+                    None
+                } else {
+                    proto.poll_timeout()
+                };
                 session.proto = Some(proto);
+                if let Some(at) = next {
+                    self.timers.arm_deadline(key, at);
+                }
                 true
             }
             None => false,

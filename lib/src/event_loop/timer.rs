@@ -33,6 +33,8 @@ pub(crate) enum Due {
     Session(SessionKey, TimerId),
     /// Retry accepting on a paused listener.
     Listener(usize),
+    /// The deadline a session reported through `poll_timeout`.
+    Deadline(SessionKey),
 }
 
 #[derive(Default)]
@@ -41,7 +43,10 @@ pub(crate) struct Timers {
     seq: u64,
     /// Session timers armed and neither fired nor cancelled: their session.
     armed: HashMap<TimerId, SessionKey>,
-    /// Entries of cancelled session timers still in the heap.
+    /// The deadline entry armed for each session that reported one.
+    deadlines: HashMap<SessionKey, Instant>,
+    /// Entries of cancelled session timers (and replaced deadlines) still
+    /// in the heap.
     stale: usize,
 }
 
@@ -69,16 +74,44 @@ impl Timers {
             return false;
         }
         self.armed.remove(&timer);
+        self.went_stale();
+        true
+    }
+
+    /// Session `key` reports its next deadline `at`: arm an entry unless
+    /// one as early is armed already.
+    pub(crate) fn arm_deadline(&mut self, key: SessionKey, at: Instant) {
+        match self.deadlines.insert(key, at) {
+            Some(armed) if armed <= at => {
+                self.deadlines.insert(key, armed);
+                return;
+            }
+            Some(_) => self.went_stale(),
+            None => {}
+        }
+        self.arm(at, Due::Deadline(key));
+    }
+
+    /// Session `key` has ended: its deadline entry is void.
+    pub(crate) fn forget_deadline(&mut self, key: SessionKey) {
+        if self.deadlines.remove(&key).is_some() {
+            self.went_stale();
+        }
+    }
+
+    /// One more entry in the heap is void: compact it once they are more
+    /// than half of it.
+    fn went_stale(&mut self) {
         self.stale += 1;
         if self.stale > COMPACT_MIN && self.stale * 2 > self.heap.len() {
-            let armed = &self.armed;
-            self.heap.retain(|Reverse((_, _, due))| match due {
+            let (armed, deadlines) = (&self.armed, &self.deadlines);
+            self.heap.retain(|Reverse((at, _, due))| match due {
                 Due::Session(_, t) => armed.contains_key(t),
+                Due::Deadline(k) => deadlines.get(k) == Some(at),
                 Due::Conn(_) | Due::Listener(_) => true,
             });
             self.stale = 0;
         }
-        true
     }
 
     /// The earliest armed instant (a cancelled timer's may still count:
@@ -95,11 +128,20 @@ impl Timers {
                 _ => return None,
             }
             let Reverse((at, _, due)) = self.heap.pop()?;
-            if let Due::Session(_, timer) = due {
-                if self.armed.remove(&timer).is_none() {
-                    self.stale = self.stale.saturating_sub(1);
-                    continue;
+            let live = match due {
+                Due::Session(_, timer) => self.armed.remove(&timer).is_some(),
+                Due::Deadline(key) => {
+                    let live = self.deadlines.get(&key) == Some(&at);
+                    if live {
+                        self.deadlines.remove(&key);
+                    }
+                    live
                 }
+                Due::Conn(_) | Due::Listener(_) => true,
+            };
+            if !live {
+                self.stale = self.stale.saturating_sub(1);
+                continue;
             }
             return Some((at, due));
         }
@@ -201,5 +243,56 @@ mod tests {
         let mut expect: Vec<Due> = keep.iter().map(|&k| Due::Session(session(7), k)).collect();
         expect.push(Due::Listener(0));
         assert_eq!(fired, expect);
+    }
+
+    #[test]
+    fn a_deadline_arms_only_when_it_moves_earlier() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut t = Timers::default();
+        t.arm_deadline(session(1), t0 + ms(10));
+        t.arm_deadline(session(1), t0 + ms(20));
+        assert_eq!(t.len(), 1, "a later deadline arms nothing");
+        t.arm_deadline(session(1), t0 + ms(5));
+        assert_eq!(t.next(), Some(t0 + ms(5)));
+        // The replaced entry at 10 ms never comes due.
+        let fired: Vec<(Instant, Due)> = std::iter::from_fn(|| t.pop_due(t0 + ms(30))).collect();
+        assert_eq!(fired, vec![(t0 + ms(5), Due::Deadline(session(1)))]);
+        // Once due, the next report arms again, even a later one.
+        t.arm_deadline(session(1), t0 + ms(40));
+        assert_eq!(
+            t.pop_due(t0 + ms(40)).map(|d| d.1),
+            Some(Due::Deadline(session(1)))
+        );
+    }
+
+    #[test]
+    fn an_ended_sessions_deadline_never_comes_due() {
+        let t0 = Instant::now();
+        let mut t = Timers::default();
+        t.arm_deadline(session(1), t0);
+        t.arm_deadline(session(2), t0);
+        t.forget_deadline(session(1));
+        let fired: Vec<Due> = std::iter::from_fn(|| t.pop_due(t0)).map(|d| d.1).collect();
+        assert_eq!(fired, vec![Due::Deadline(session(2))]);
+    }
+
+    #[test]
+    fn a_million_deadlines_moved_earlier_keep_the_heap_small() {
+        let t0 = Instant::now();
+        let mut t = Timers::default();
+        let mut most = 0;
+        for i in 0..1_000_000u64 {
+            // Each round: a far deadline (an idle timeout), then an earlier
+            // one (a pacing interval) that replaces it.
+            t.arm_deadline(session(1), t0 + Duration::from_secs(3600 + i));
+            t.arm_deadline(session(1), t0 + Duration::from_micros(10 + i));
+            most = most.max(t.len());
+            if i % 2 == 0 {
+                t.forget_deadline(session(1));
+            }
+        }
+        assert!(most <= 2 * COMPACT_MIN + 4, "heap reached {most}");
+        assert!(t.heap.capacity() < 1024, "capacity {}", t.heap.capacity());
     }
 }

@@ -6,17 +6,12 @@
 //! epoll reports a hang-up even with no interest.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use rustix::buffer::spare_capacity;
 use rustix::event::epoll::{self, CreateFlags, EventData, EventFlags};
-use rustix::event::Timespec;
 
 use super::{Event, Interest, Readiness};
-
-/// Events taken per epoll_wait.
-const BATCH: usize = 1024;
 
 pub(crate) struct Level {
     epoll: OwnedFd,
@@ -31,7 +26,7 @@ impl Level {
     pub fn new() -> io::Result<Level> {
         Ok(Level {
             epoll: epoll::create(CreateFlags::CLOEXEC)?,
-            raw: Vec::with_capacity(BATCH),
+            raw: Vec::with_capacity(super::EPOLL_BATCH),
         })
     }
 }
@@ -67,12 +62,7 @@ impl Readiness for Level {
 
     fn wait(&mut self, events: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         events.clear();
-        self.raw.clear();
-        let ts = timeout.map(|t| Timespec {
-            tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
-            tv_nsec: i64::from(t.subsec_nanos()),
-        });
-        epoll::wait(&self.epoll, spare_capacity(&mut self.raw), ts.as_ref())?;
+        super::epoll_wait(self.epoll.as_fd(), &mut self.raw, timeout)?;
         events.extend(self.raw.iter().map(|e| {
             let f = e.flags;
             Event {

@@ -134,6 +134,28 @@ pub(crate) trait Readiness: Send {
     fn is_level(&self) -> bool;
 }
 
+/// Events taken per epoll wait.
+const EPOLL_BATCH: usize = 1024;
+
+/// Wait on `epoll` at most `timeout` (None: no limit) and put what it
+/// reports in `raw` (cleared first). Through `epoll_pwait2` (rustix's
+/// `linux_5_11`), so a deadline keeps its nanoseconds: `epoll_wait` takes
+/// whole milliseconds, and a loop pacing datagrams 10 µs apart cannot wait
+/// a millisecond for each.
+fn epoll_wait(
+    epoll: BorrowedFd<'_>,
+    raw: &mut Vec<rustix::event::epoll::Event>,
+    timeout: Option<Duration>,
+) -> io::Result<()> {
+    raw.clear();
+    let ts = timeout.map(|t| rustix::event::Timespec {
+        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    rustix::event::epoll::wait(epoll, rustix::buffer::spare_capacity(raw), ts.as_ref())?;
+    Ok(())
+}
+
 /// A readiness backend of the given type.
 pub(crate) fn readiness(kind: PollType) -> io::Result<Box<dyn Readiness>> {
     Ok(match kind {

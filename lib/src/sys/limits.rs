@@ -1,4 +1,5 @@
-//! Process limits and signals: RLIMIT_NOFILE and SIGXFSZ.
+//! Process and thread limits and signals: RLIMIT_NOFILE, SIGXFSZ, and the
+//! timer slack of a loop's thread.
 
 use std::io;
 
@@ -23,4 +24,14 @@ pub fn ignore_file_size_signal() -> io::Result<()> {
     unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) }
         .map(|_| ())
         .map_err(io::Error::from)
+}
+
+/// Let the kernel end this thread's timed waits at most `slack` after
+/// their deadline (PR_SET_TIMERSLACK; at least 1 ns). The kernel's default
+/// of 50 µs lets it batch wake-ups; a loop pacing datagrams tens of
+/// microseconds apart needs its deadlines kept closer than that.
+pub fn set_timer_slack(slack: std::time::Duration) -> io::Result<()> {
+    let ns = u64::try_from(slack.as_nanos()).unwrap_or(u64::MAX).max(1);
+    rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(ns))?;
+    Ok(())
 }

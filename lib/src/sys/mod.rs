@@ -9,7 +9,7 @@
 //! | `pipe.rs` | [`Pipe`]: kernel pipes and splice(2) between sockets (`Ctx::splice`), taking bytes back out |
 //! | `fdpass.rs` | [`send_fds`], [`recv_fds`], [`stdin_socket`]: descriptors between a procpool master and its workers |
 //! | `fs.rs` | [`open_beneath`]: a file opened beneath a root directory, never outside it (openat2) |
-//! | `limits.rs` | [`raise_nofile_limit`], [`ignore_file_size_signal`] |
+//! | `limits.rs` | [`raise_nofile_limit`], [`ignore_file_size_signal`], [`set_timer_slack`] |
 //!
 //! Most calls go through `nix` or `rustix`; what `unsafe` remains takes
 //! ownership of descriptors the kernel has just made.
@@ -22,6 +22,6 @@ mod sendfile;
 
 pub use fdpass::{recv_fds, send_fds, stdin_socket};
 pub use fs::open_beneath;
-pub use limits::{ignore_file_size_signal, raise_nofile_limit};
+pub use limits::{ignore_file_size_signal, raise_nofile_limit, set_timer_slack};
 pub use pipe::Pipe;
 pub use sendfile::sendfile;

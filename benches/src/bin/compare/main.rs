@@ -55,6 +55,7 @@ use serde::Deserialize;
 mod baseline;
 mod http;
 mod poll;
+mod timers;
 
 #[derive(FromArgs)]
 /// Run gaidaros and its peers side by side (scenarios a-f) and write the
@@ -70,10 +71,10 @@ struct Args {
     /// measured seconds per echo run (default 5; 1 with --quick)
     #[argh(option)]
     duration: Option<f64>,
-    /// scenarios to run, letters from "abcdefghijk" (g = the generator
+    /// scenarios to run, letters from "abcdefghijkl" (g = the generator
     /// check, h = the handler types, i and j = HTTP hello at 64 and 512
-    /// connections, k = a static file; default all)
-    #[argh(option, default = "String::from(\"abcdefghijk\")")]
+    /// connections, k = a static file, l = timer lateness; default all)
+    #[argh(option, default = "String::from(\"abcdefghijkl\")")]
     only: String,
     /// poll backends (-T) gaidaros runs scenarios a-d and f under,
     /// comma-separated from edge, level, completion (default all three);
@@ -123,6 +124,8 @@ struct Plan {
     /// forwarder's CPU is read from /proc in 10 ms ticks, and at loopback
     /// speed 1 GiB costs it about 0.1 s (a tick is 10 % of that).
     forward_bytes: u64,
+    /// Timers per run in (l).
+    timer_rounds: usize,
     quick: bool,
 }
 
@@ -262,14 +265,15 @@ fn main() -> ExitCode {
         hold_s: if args.quick { 1.0 } else { 3.0 },
         stream_bytes: if args.quick { 64 << 20 } else { 1 << 30 },
         forward_bytes: if args.quick { 64 << 20 } else { 8 << 30 },
+        timer_rounds: if args.quick { 500 } else { 20_000 },
         quick: args.quick,
     };
     if !(plan.duration.is_finite() && plan.duration > 0.0) {
         eprintln!("compare: --duration must be a positive number of seconds");
         return ExitCode::from(2);
     }
-    if let Some(bad) = args.only.chars().find(|c| !"abcdefghijk".contains(*c)) {
-        eprintln!("compare: --only: unknown scenario {bad:?} (expected letters from abcdefghijk)");
+    if let Some(bad) = args.only.chars().find(|c| !"abcdefghijkl".contains(*c)) {
+        eprintln!("compare: --only: unknown scenario {bad:?} (expected letters from abcdefghijkl)");
         return ExitCode::from(2);
     }
     if let Err(e) = poll::parse(&args.backends) {
@@ -538,6 +542,13 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
                     }
                 }
                 Err(e) => ctx.failures.push(format!("(k): {e}")),
+            }
+        }
+        if only("l") {
+            for server in timers::SERVERS {
+                eprintln!("== (l) {server}, pair {}", pair + 1);
+                let r = timers::run(server, plan.timer_rounds, pair).map(|s| vec![s]);
+                record(&mut ctx, &mut samples, r);
             }
         }
     }
@@ -1715,6 +1726,7 @@ fn report(
     poll::report(&mut md, &mut targets, samples);
     baseline::report(&mut md, samples);
     http::report(&mut md, &mut targets, &mut bars, samples, plan);
+    timers::report(&mut md, &mut targets, samples);
 
     if !targets.is_empty() {
         let _ = writeln!(md, "### Targets\n");
