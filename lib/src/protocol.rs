@@ -165,6 +165,13 @@ pub enum ConnectError {
     ShuttingDown,
     /// The session that asked has ended.
     SessionEnded,
+    /// [`Ctx::connect_host`]: the offload pool that resolves names is
+    /// full (`[server] offload_queue`); try again later.
+    ResolverBusy,
+    /// [`Ctx::connect_host`]: the name did not resolve (no such host, no
+    /// address of the family a source address asks for, a malformed
+    /// `HOST:PORT`). What the resolver said.
+    Resolve(String),
     /// The socket could not be made or the connect not started (no
     /// descriptors left, an address of the wrong kind, ...).
     Io(io::Error),
@@ -175,6 +182,8 @@ impl fmt::Display for ConnectError {
         match self {
             ConnectError::ShuttingDown => f.write_str("server is shutting down"),
             ConnectError::SessionEnded => f.write_str("session has ended"),
+            ConnectError::ResolverBusy => f.write_str("the offload pool resolving names is full"),
+            ConnectError::Resolve(why) => write!(f, "cannot resolve: {why}"),
             ConnectError::Io(e) => write!(f, "cannot connect: {e}"),
         }
     }
@@ -241,6 +250,14 @@ pub trait Protocol: Send {
     /// (`Ok`) or failed (`Err`; [`Protocol::on_close`] follows).
     fn on_connect(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, result: io::Result<()>) {
         let _ = (ctx, conn, result);
+    }
+
+    /// The name given to [`Ctx::connect_host`] (job `job`) resolved and
+    /// the connection to its first address was started (`Ok`: its
+    /// [`Protocol::on_connect`] follows), or it did not resolve or could
+    /// not be started (`Err`). The default does nothing with it.
+    fn on_resolved(&mut self, ctx: &mut Ctx<'_>, job: JobId, result: Result<ConnId, ConnectError>) {
+        let _ = (ctx, job, result);
     }
 
     /// A timer armed with [`Ctx::set_timer`] fired.

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use gaidaros::net::ConnOptions;
 use gaidaros::{
-    CloseReason, ConnId, Ctx, Handler, Limits, Message, Protocol, ProtocolFactory, SendError,
-    SessionRef, SpawnRefused, Spawner, TimerId,
+    CloseReason, ConnId, ConnectError, ConnectOptions, Ctx, Handler, JobId, Limits, Message,
+    Protocol, ProtocolFactory, SendError, SessionRef, SpawnRefused, Spawner, TimerId,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -82,7 +82,7 @@ fn until(what: &str, mut done: impl FnMut() -> bool) {
 /// Dials `target`, sends `len` bytes, reads the count the peer answers
 /// (8 bytes, big-endian), reports it and ends itself.
 struct Dialer {
-    target: SocketAddr,
+    target: Target,
     len: usize,
     sent: usize,
     answer: Vec<u8>,
@@ -91,6 +91,19 @@ struct Dialer {
 }
 
 impl Dialer {
+    fn started(&mut self, ctx: &mut Ctx<'_>, conn: Result<ConnId, ConnectError>) {
+        match conn {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                self.pump(ctx, conn);
+            }
+            Err(e) => {
+                let _ = self.report.send(format!("connect failed: {e}"));
+                ctx.end_session();
+            }
+        }
+    }
+
     fn pump(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
         let chunk = [0x5au8; 16 * 1024];
         while self.sent < self.len {
@@ -109,18 +122,26 @@ impl Dialer {
     }
 }
 
+/// Where a [`Dialer`] dials.
+enum Target {
+    Addr(SocketAddr),
+    /// Through [`Ctx::connect_host_with`].
+    Name(String, ConnectOptions),
+}
+
 impl Protocol for Dialer {
     fn on_start(&mut self, ctx: &mut Ctx<'_>) {
-        match ctx.connect(self.target) {
-            Ok(conn) => {
-                self.conn = Some(conn);
-                self.pump(ctx, conn);
-            }
-            Err(e) => {
-                let _ = self.report.send(format!("connect failed: {e}"));
-                ctx.end_session();
-            }
-        }
+        let conn = match &self.target {
+            Target::Addr(addr) => ctx.connect(*addr),
+            Target::Name(name, how) => match ctx.connect_host_with(name, *how) {
+                Ok(_) => return, // on_resolved goes on
+                Err(e) => Err(e),
+            },
+        };
+        self.started(ctx, conn);
+    }
+    fn on_resolved(&mut self, ctx: &mut Ctx<'_>, _: JobId, result: Result<ConnId, ConnectError>) {
+        self.started(ctx, result);
     }
     fn on_writable(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
         self.pump(ctx, conn);
@@ -168,7 +189,7 @@ fn a_spawned_session_dials_out_exchanges_a_mebibyte_and_ends_itself() {
     let session = server
         .spawner
         .spawn(Box::new(Dialer {
-            target,
+            target: Target::Addr(target),
             len: 1 << 20,
             sent: 0,
             answer: Vec::new(),
@@ -566,4 +587,78 @@ fn a_deadline_moved_earlier_fires_at_the_earlier_and_one_moved_later_waits() {
     session.send(Box::new(Duration::from_millis(200))).unwrap();
     assert_eq!(rx.recv_timeout(WAIT), Ok((1, 0)));
     until("the session to end", || session.is_ended());
+}
+
+/// A peer that counts what it reads to EOF and answers the count.
+fn counting_peer() -> (SocketAddr, thread::JoinHandle<u64>) {
+    let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = peer.local_addr().unwrap();
+    let t = thread::spawn(move || {
+        let (mut s, _) = peer.accept().unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf).unwrap() {
+                0 => break,
+                n => total += n as u64,
+            }
+        }
+        s.write_all(&total.to_be_bytes()).unwrap();
+        let _ = s.read_to_end(&mut Vec::new());
+        total
+    });
+    (addr, t)
+}
+
+fn dial_name(server: &Running, name: String, how: ConnectOptions) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    server
+        .spawner
+        .spawn(Box::new(Dialer {
+            target: Target::Name(name, how),
+            len: 256 * 1024,
+            sent: 0,
+            answer: Vec::new(),
+            report: tx,
+            conn: None,
+        }))
+        .expect("spawned");
+    rx
+}
+
+#[test]
+fn a_session_connects_to_a_name_resolved_off_the_loop() {
+    let server = start(Limits::default(), no_accepts());
+    let (addr, peer) = counting_peer();
+    let rx = dial_name(
+        &server,
+        format!("localhost:{}", addr.port()),
+        ConnectOptions::default(),
+    );
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "peer counted 262144");
+    assert_eq!(peer.join().unwrap(), 256 * 1024);
+}
+
+#[test]
+fn a_name_that_does_not_resolve_or_has_no_address_of_the_family_is_told() {
+    let server = start(Limits::default(), no_accepts());
+    let no_port = dial_name(&server, "localhost".into(), ConnectOptions::default());
+    let said = no_port.recv_timeout(WAIT).unwrap();
+    assert!(
+        said.starts_with("connect failed: cannot resolve: "),
+        "{said}"
+    );
+    let too_long = dial_name(&server, "a".repeat(400) + ":80", ConnectOptions::default());
+    let said = too_long.recv_timeout(WAIT).unwrap();
+    assert!(said.contains("at most 300"), "{said}");
+    let v6_source = ConnectOptions {
+        source: Some("[::1]:0".parse().unwrap()),
+        options: None,
+    };
+    let v4_only = dial_name(&server, "127.0.0.1:9".into(), v6_source);
+    assert_eq!(
+        v4_only.recv_timeout(WAIT).unwrap(),
+        "connect failed: cannot resolve: no address of the source address's family"
+    );
 }

@@ -28,6 +28,7 @@ impl Core {
         }
         self.bufs.give(std::mem::take(&mut conn.input));
         let session = conn.proto.session;
+        let told = conn.proto.attempt.is_none();
         if let Some(src) = conn.proto.fed_by {
             self.lost_splice_destination(src, id);
         }
@@ -42,7 +43,10 @@ impl Core {
         if let Some(key) = session {
             if self.sessions.contains(key) {
                 let reason = reason.unwrap_or(CloseReason::Local);
-                self.deferred.push_back(Deferred::Closed(key, id, reason));
+                self.deferred.push_back(match told {
+                    true => Deferred::Closed(key, id, reason),
+                    false => Deferred::Forget(key),
+                });
             }
         }
     }

@@ -171,6 +171,20 @@ pub(super) struct ProtoConn {
     /// Its unconsumed input goes to `on_data` again before the next read
     /// ([`super::Ctx::replay_input`]).
     pub(super) replay: bool,
+    /// A connect to one address of a name ([`super::Ctx::connect_host`]):
+    /// the session does not know this connection until it is established
+    /// (its `on_resolved`), and a failure moves on to the next address
+    /// without telling it.
+    pub(super) attempt: Option<Box<Attempt>>,
+}
+
+/// What [`ProtoConn::attempt`] needs to go on.
+pub(super) struct Attempt {
+    /// The session's [`super::Ctx::connect_host`] request.
+    pub(super) job: crate::protocol::JobId,
+    /// The addresses not tried yet, the next last.
+    pub(super) rest: Vec<std::net::SocketAddr>,
+    pub(super) how: crate::protocol::ConnectOptions,
 }
 
 impl Conn {
@@ -267,6 +281,15 @@ pub(super) enum Deferred {
     Connected(SessionKey, ConnId, io::Result<()>),
     Writable(SessionKey, ConnId),
     Closed(SessionKey, ConnId, CloseReason),
+    /// A connection the session was never told of (a failed
+    /// [`ProtoConn::attempt`]) has closed: it no longer counts as live.
+    Forget(SessionKey),
+    /// What became of a [`super::Ctx::connect_host`] request.
+    Resolved(
+        SessionKey,
+        crate::protocol::JobId,
+        Result<ConnId, crate::protocol::ConnectError>,
+    ),
     /// The session asked to end ([`super::Ctx::end_session`]).
     End(SessionKey),
 }

@@ -14,6 +14,9 @@ use crate::protocol::{
 };
 use tracing::debug;
 
+/// The longest `HOST:PORT` [`Ctx::connect_host`] takes.
+const MAX_HOST_LEN: usize = 300;
+
 fn queued(under_cap: bool) -> Queued {
     if under_cap {
         Queued::UnderCap
@@ -150,6 +153,70 @@ impl Ctx<'_> {
     ) -> Result<ConnId, ConnectError> {
         let session = self.session;
         self.core.connect(session, addr, how)
+    }
+
+    /// Connect to `host`, a `NAME:PORT` (or `ADDRESS:PORT`, `[V6]:PORT`)
+    /// resolved off the loop, on the offload pool, so a slow resolver
+    /// never stalls it. [`crate::Protocol::on_resolved`] gets the answer,
+    /// with the id returned here: the connection (to the first address
+    /// the resolver gave), or why there is none. A session that has ended
+    /// by then is not told (a session born from an accept ends with its
+    /// last connection unless it called [`Ctx::keep_session`]).
+    pub fn connect_host(&mut self, host: &str) -> Result<JobId, ConnectError> {
+        self.connect_host_with(host, ConnectOptions::default())
+    }
+
+    /// [`Ctx::connect_host`] with [`ConnectOptions`]: with a source
+    /// address, the first resolved address of its family is used.
+    pub fn connect_host_with(
+        &mut self,
+        host: &str,
+        how: ConnectOptions,
+    ) -> Result<JobId, ConnectError> {
+        if self.core.stopping {
+            return Err(ConnectError::ShuttingDown);
+        }
+        // A DNS name is at most 253 bytes; with a port and brackets, less
+        // than this. Longer is not a name.
+        if host.len() > MAX_HOST_LEN {
+            return Err(ConnectError::Resolve(format!(
+                "a name of {} bytes (at most {MAX_HOST_LEN})",
+                host.len()
+            )));
+        }
+        let name = host.to_string();
+        self.core.last_job += 1;
+        let id = JobId(self.core.last_job);
+        let post = self.core.post.clone();
+        let key = self.session;
+        let task = Task {
+            job: Box::new(move || -> Message {
+                use std::net::ToSocketAddrs;
+                Box::new(name.to_socket_addrs().map(|a| a.collect::<Vec<_>>()))
+            }),
+            reply: Box::new(move |result| {
+                let result = match result {
+                    Ok(found) => match found.downcast::<io::Result<Vec<std::net::SocketAddr>>>() {
+                        Ok(r) => *r,
+                        Err(_) => Err(io::Error::other("the resolver returned something else")),
+                    },
+                    Err(panic) => Err(io::Error::other(format!("the resolver panicked: {panic}"))),
+                };
+                let letter = Letter::Resolved {
+                    key,
+                    job: id,
+                    result,
+                    how,
+                };
+                if post.deliver(letter).is_err() {
+                    debug!("a name resolved after its loop stopped");
+                }
+            }),
+        };
+        match self.core.offload.submit(task) {
+            Ok(()) => Ok(id),
+            Err(_) => Err(ConnectError::ResolverBusy),
+        }
     }
 
     /// Stop reading from `conn` (its peer's bytes wait in the kernel).

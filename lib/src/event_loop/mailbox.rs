@@ -47,6 +47,14 @@ pub(crate) enum Letter {
         job: JobId,
         result: Result<Message, String>,
     },
+    /// The name session `key` asked to connect to ([`crate::Ctx::connect_host`])
+    /// has resolved, or failed to.
+    Resolved {
+        key: SessionKey,
+        job: JobId,
+        result: std::io::Result<Vec<std::net::SocketAddr>>,
+        how: crate::protocol::ConnectOptions,
+    },
 }
 
 /// One loop's post: where letters for its sessions go.
@@ -184,9 +192,24 @@ impl SessionRef {
             mb.queued.fetch_sub(1, Ordering::AcqRel);
             match letter {
                 Letter::Message { msg, .. } => SendError::Ended(msg),
-                Letter::Start { .. } | Letter::Done { .. } => unreachable!("a message was sent"),
+                Letter::Start { .. } | Letter::Done { .. } | Letter::Resolved { .. } => {
+                    unreachable!("a message was sent")
+                }
             }
         })
+    }
+
+    /// The session's key once its loop has started it (for tests of the
+    /// loop that post letters themselves).
+    #[cfg(test)]
+    pub(crate) fn key(&self) -> Option<SessionKey> {
+        self.mailbox.key.get().copied()
+    }
+
+    /// The post of the session's loop.
+    #[cfg(test)]
+    pub(crate) fn post(&self) -> &Post {
+        &self.post
     }
 
     /// Has the session ended? (A `false` can be out of date at once.)
@@ -294,7 +317,9 @@ impl Spawner {
                 reason: SpawnRefused::Stopped,
                 proto,
             }),
-            Err(Letter::Message { .. } | Letter::Done { .. }) => unreachable!("a start was sent"),
+            Err(Letter::Message { .. } | Letter::Done { .. } | Letter::Resolved { .. }) => {
+                unreachable!("a start was sent")
+            }
         }
     }
 

@@ -126,6 +126,12 @@ impl Core {
                         None => debug!("a message reached a session that has ended: dropped"),
                     }
                 }
+                Letter::Resolved {
+                    key,
+                    job,
+                    result,
+                    how,
+                } => self.resolved(key, job, result, how),
                 Letter::Done { key, job, result } => {
                     if self.takes_events(key) {
                         self.call(key, |p, ctx| p.on_done(ctx, job, result));
@@ -356,6 +362,18 @@ impl Core {
                         s.live = s.live.saturating_sub(1);
                     }
                     self.call(key, |p, ctx| p.on_close(ctx, id, reason));
+                    self.end_if_over(key);
+                }
+                Some(Deferred::Forget(key)) => {
+                    if let Some(s) = self.sessions.get_mut(key) {
+                        s.live = s.live.saturating_sub(1);
+                    }
+                    self.end_if_over(key);
+                }
+                Some(Deferred::Resolved(key, job, result)) => {
+                    if self.takes_events(key) {
+                        self.call(key, |p, ctx| p.on_resolved(ctx, job, result));
+                    }
                     self.end_if_over(key);
                 }
                 Some(Deferred::End(key)) => self.end_session(key),
