@@ -1338,6 +1338,129 @@ fn a_hundred_pipelined_gets_in_one_write_are_answered_in_order(mode: Mode) {
     server.stop();
 }
 
+/// Sixty small files, each opened off the loop on its first request,
+/// pipelined in one write between /hello, a 404 and a directory redirect:
+/// every answer comes in request order, whether its file was a miss of
+/// the open-file cache or a hit.
+fn pipelined_gets_of_files_opened_off_the_loop_are_answered_in_order(mode: Mode) {
+    let site = Site::new("http-pipeline-files");
+    for i in 0..60 {
+        fs::write(site.root.join(format!("f{i}.txt")), format!("file {i}\n")).expect("write");
+    }
+    let server = site.serve(mode, &[]);
+    let mut raw = Raw::open(server.addr());
+    let mut batch = Vec::new();
+    // Each file twice: a miss, then (once it came back) a hit.
+    let order: Vec<usize> = (0..60).chain(0..60).collect();
+    for (n, i) in order.iter().enumerate() {
+        batch.extend_from_slice(&get(&format!("/f{i}.txt"), ""));
+        match n % 20 {
+            5 => batch.extend_from_slice(&get("/hello", "")),
+            11 => batch.extend_from_slice(&get("/nothing-here.txt", "")),
+            17 => batch.extend_from_slice(&get("/sub", "")),
+            _ => {}
+        }
+    }
+    raw.send(&batch);
+    for (n, i) in order.iter().enumerate() {
+        let reply = raw
+            .response(false)
+            .unwrap_or_else(|e| panic!("response for f{i}: {e}\nlog:\n{}", server.log()));
+        assert_eq!(reply.head.status, 200, "f{i}: {:?}", reply.head);
+        assert_eq!(
+            reply.body,
+            format!("file {i}\n").as_bytes(),
+            "f{i} out of order"
+        );
+        let extra = match n % 20 {
+            5 => Some((200, "/hello")),
+            11 => Some((404, "the 404")),
+            17 => Some((301, "the redirect")),
+            _ => None,
+        };
+        if let Some((status, what)) = extra {
+            let reply = raw
+                .response(false)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(reply.head.status, status, "{what}: {:?}", reply.head);
+            if status == 301 {
+                assert_eq!(reply.head.get("location"), Some("/sub/"));
+            }
+        }
+    }
+    raw.expect_open()
+        .unwrap_or_else(|e| panic!("after the pipelined files: {e}"));
+    server.stop();
+}
+
+/// Replace `path` by a new file (a rename, as deployments do): a cached
+/// open file keeps the old one.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("new");
+    fs::write(&tmp, text).expect("write the new file");
+    fs::rename(&tmp, path).expect("rename it into place");
+}
+
+fn fetch(server: &Server, path: &str) -> Vec<u8> {
+    let mut raw = Raw::open(server.addr());
+    raw.send(&get(path, "Connection: close\r\n"));
+    let reply = raw
+        .response(false)
+        .unwrap_or_else(|e| panic!("GET {path}: {e}\nlog:\n{}", server.log()));
+    assert_eq!(reply.head.status, 200, "{:?}", reply.head);
+    reply.body
+}
+
+/// The open-file cache at work: within file_cache_valid a replaced file is
+/// served as it was (no open happens), with file_cache=0 the new one at
+/// once, and with the default 1 s the new one soon after.
+#[test]
+fn the_open_file_cache_serves_a_file_as_opened_until_file_cache_valid() {
+    let site = Site::new("http-file-cache");
+    let page = site.root.join("page.txt");
+    fs::write(&page, "old\n").expect("write page.txt");
+    // One loop, so every request meets the same cache.
+    let serve = |extra: &[&str]| {
+        gaidaros()
+            .args(&[
+                "--handler",
+                "http",
+                "-o",
+                &format!("root={}", site.root.display()),
+            ])
+            .args(&["-S", "thread", "-N", "1"])
+            .args(extra)
+            .start()
+    };
+
+    let long = serve(&["-o", "file_cache_valid=1h"]);
+    assert_eq!(fetch(&long, "/page.txt"), b"old\n");
+    replace_file(&page, "new, longer\n");
+    assert_eq!(fetch(&long, "/page.txt"), b"old\n", "served from the cache");
+    long.stop();
+
+    replace_file(&page, "old\n");
+    let none = serve(&["-o", "file_cache=0"]);
+    assert_eq!(fetch(&none, "/page.txt"), b"old\n");
+    replace_file(&page, "new, longer\n");
+    assert_eq!(fetch(&none, "/page.txt"), b"new, longer\n", "no cache");
+    none.stop();
+
+    replace_file(&page, "old\n");
+    let default = serve(&[]);
+    assert_eq!(fetch(&default, "/page.txt"), b"old\n");
+    replace_file(&page, "new, longer\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fetch(&default, "/page.txt") != b"new, longer\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the default cache never looked again"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    default.stop();
+}
+
 fn a_chunked_post_is_answered_and_the_connection_stays_usable(mode: Mode) {
     let site = Site::new("http-chunked");
     let server = site.serve(mode, &[]);
@@ -1721,6 +1844,7 @@ per_server_type!(
     an_empty_file_gets_200_with_no_body_and_the_connection_stays_usable,
     a_large_file_before_a_close_arrives_whole,
     a_hundred_pipelined_gets_in_one_write_are_answered_in_order,
+    pipelined_gets_of_files_opened_off_the_loop_are_answered_in_order,
     a_chunked_post_is_answered_and_the_connection_stays_usable,
     http_1_0_without_keep_alive_gets_connection_close_and_a_close,
     http_1_0_with_keep_alive_stays_open,

@@ -340,7 +340,7 @@ pub fn parse_size(s: &str) -> Option<usize> {
 }
 
 /// Parse a duration: seconds (decimals allowed), or with a suffix us, ms,
-/// s, m.
+/// s, m, h.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s
@@ -353,6 +353,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         "us" | "µs" => n / 1e6,
         "ms" => n / 1000.0,
         "m" | "min" => n * 60.0,
+        "h" => n * 3600.0,
         _ => return None,
     };
     if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
@@ -677,6 +678,7 @@ mod tests {
         assert_eq!(parse_duration("20us"), Some(Duration::from_micros(20)));
         assert_eq!(parse_duration("1.5"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_duration("-1"), None);
         assert_eq!(parse_duration("soon"), None);
     }

@@ -8,6 +8,13 @@
 //! stays inside is. Conditional requests (If-Match, If-Unmodified-Since,
 //! If-None-Match, If-Modified-Since, If-Range) and ranges are answered by [`file_response`], which routes of
 //! other crates can use for their own files.
+//!
+//! A request is answered in three steps, so that the one that touches the
+//! disk can run off the loop: [`StaticFiles::lookup`] checks the path (no
+//! syscall), [`StaticFiles::find`] opens what it names (openat2, fstat, and
+//! the bytes of a small file: blocking, run on the offload pool by the
+//! session, or skipped on a hit of the open-file cache, `cache.rs`), and
+//! [`StaticFiles::answer`] makes the response from what was found.
 
 use std::borrow::Cow;
 use std::ffi::OsStr;
@@ -19,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::cache::{CacheLimits, Key};
 use crate::range::{self, Ranges};
 use crate::request::Request;
 use crate::response::{Body, Part, Response};
@@ -32,6 +40,41 @@ pub struct StaticFiles {
     index: String,
     max_ranges: usize,
     dotfiles: bool,
+    /// Tells this root's open-file cache from another's on a thread.
+    id: u64,
+    cache: CacheLimits,
+}
+
+/// An open file as [`StaticFiles::find`] left it: what a response needs.
+#[derive(Debug)]
+pub(crate) struct OpenFile {
+    file: Arc<File>,
+    meta: Metadata,
+    content_type: &'static str,
+    /// The whole file, when it is smaller than [`SMALL_BODY`]: read with the
+    /// open, off the loop, so answering it reads nothing.
+    small: Option<Arc<[u8]>>,
+}
+
+/// What a path below the root resolved to.
+#[derive(Debug, Clone)]
+pub(crate) enum Found {
+    /// A regular file (a directory's index among them).
+    File(Arc<OpenFile>),
+    /// A directory, asked for without a trailing `/`: redirected.
+    Dir,
+    /// Answered 403 with this text.
+    Forbidden(&'static str),
+    /// Not opened (404, 403, or 500 for an unexpected error).
+    Error(Arc<io::Error>),
+}
+
+impl Found {
+    /// Worth keeping in the open-file cache: what was there, not why
+    /// nothing was.
+    pub(crate) fn cacheable(&self) -> bool {
+        matches!(self, Found::File(_) | Found::Dir)
+    }
 }
 
 /// File bodies smaller than this are read into memory and the file closed
@@ -51,39 +94,121 @@ impl StaticFiles {
                 "not a directory",
             ));
         }
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Ok(StaticFiles {
             root: dir,
             root_path: root.canonicalize()?,
             index: index.to_string(),
             max_ranges,
             dotfiles,
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            cache: CacheLimits::default(),
         })
     }
 
-    /// Answer a request for a file.
+    /// Size the open-file cache (the default: [`CacheLimits::default`]).
+    pub fn with_cache(mut self, cache: CacheLimits) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// How the open-file cache is sized.
+    pub fn cache_limits(&self) -> CacheLimits {
+        self.cache
+    }
+
+    /// Answer a request for a file, all three steps here (the open
+    /// blocks; the HTTP session runs it off the loop instead).
     pub fn serve(&self, req: &Request) -> Response {
+        match self.lookup(req) {
+            Ok(key) => self.answer(req, &self.find(&key)),
+            Err(resp) => resp,
+        }
+    }
+
+    /// Step 1, no syscall: what the request asks the disk for, or the
+    /// answer when the request alone decides it (a method other than GET
+    /// and HEAD, a bad path, a dotfile).
+    pub(crate) fn lookup(&self, req: &Request) -> Result<Key, Response> {
         let method = req.method();
         if method != "GET" && method != "HEAD" {
-            return Response::text(Status::METHOD_NOT_ALLOWED, "method not allowed\n")
-                .header("Allow", "GET, HEAD");
+            return Err(
+                Response::text(Status::METHOD_NOT_ALLOWED, "method not allowed\n")
+                    .header("Allow", "GET, HEAD"),
+            );
         }
         let rel = match relative_path(req.path()) {
             Ok(rel) => rel,
-            Err(why) => return Response::text(Status::BAD_REQUEST, why).closing(),
+            Err(why) => return Err(Response::text(Status::BAD_REQUEST, why).closing()),
         };
         if !self.dotfiles
             && rel
                 .components()
                 .any(|c| c.as_os_str().as_bytes().first() == Some(&b'.') && c.as_os_str() != ".")
         {
-            return Response::text(Status::FORBIDDEN, "forbidden\n");
+            return Err(Response::text(Status::FORBIDDEN, "forbidden\n"));
         }
-        let (file, meta) = match self.open_file(&rel) {
+        Ok((rel, req.path().ends_with('/')))
+    }
+
+    /// Step 2, blocking: open what `key` names (a directory's index when
+    /// its request path ended in `/`), with its metadata and, when small,
+    /// its bytes.
+    pub(crate) fn find(&self, key: &Key) -> Found {
+        let (rel, index_wanted) = key;
+        let (file, meta) = match self.open_file(rel) {
             Ok(found) => found,
-            Err(e) => return error_response(&e),
+            Err(e) => return Found::Error(Arc::new(e)),
         };
         let (file, meta, name) = if meta.is_dir() {
-            if !req.path().ends_with('/') {
+            if !index_wanted {
+                return Found::Dir;
+            }
+            let index = rel.join(&self.index);
+            match self.open_file(&index) {
+                Ok((f, m)) if m.is_file() => (f, m, index),
+                Ok(_) => return Found::Forbidden("forbidden\n"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Found::Forbidden("directory listing is off\n")
+                }
+                Err(e) => return Found::Error(Arc::new(e)),
+            }
+        } else {
+            (file, meta, rel.clone())
+        };
+        if !meta.is_file() {
+            return Found::Forbidden("not a regular file\n");
+        }
+        let small = if meta.len() < SMALL_BODY {
+            let mut bytes = vec![0u8; meta.len() as usize];
+            if let Err(e) = file.read_exact_at(&mut bytes, 0) {
+                return Found::Error(Arc::new(e));
+            }
+            Some(Arc::from(bytes))
+        } else {
+            None
+        };
+        Found::File(Arc::new(OpenFile {
+            file: Arc::new(file),
+            meta,
+            content_type: content_type(&name),
+            small,
+        }))
+    }
+
+    /// Step 3, no syscall for a small file or a directory: the response
+    /// to `req` from what step 2 found.
+    pub(crate) fn answer(&self, req: &Request, found: &Found) -> Response {
+        match found {
+            Found::File(f) => build_file_response(
+                req,
+                f.file.clone(),
+                &f.meta,
+                f.content_type,
+                self.max_ranges,
+                f.small.as_deref(),
+            ),
+            Found::Dir => {
                 // From the path as sent (valid URI characters), with one
                 // leading slash: `//dir` must not become a host name.
                 let mut location = format!("/{}/", req.path().trim_start_matches('/'));
@@ -91,31 +216,16 @@ impl StaticFiles {
                     location.push('?');
                     location.push_str(q);
                 }
-                return Response::text(Status::MOVED_PERMANENTLY, "moved\n")
-                    .header("Location", location);
+                Response::text(Status::MOVED_PERMANENTLY, "moved\n").header("Location", location)
             }
-            let index = rel.join(&self.index);
-            match self.open_file(&index) {
-                Ok((f, m)) if m.is_file() => (f, m, index),
-                Ok(_) => return Response::text(Status::FORBIDDEN, "forbidden\n"),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Response::text(Status::FORBIDDEN, "directory listing is off\n")
-                }
-                Err(e) => return error_response(&e),
-            }
-        } else {
-            (file, meta, rel)
-        };
-        if !meta.is_file() {
-            return Response::text(Status::FORBIDDEN, "not a regular file\n");
+            Found::Forbidden(text) => Response::text(Status::FORBIDDEN, *text),
+            Found::Error(e) => error_response(e),
         }
-        file_response(
-            req,
-            Arc::new(file),
-            &meta,
-            content_type(&name),
-            self.max_ranges,
-        )
+    }
+
+    /// Which root this is, to key the open-file cache.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     fn open_file(&self, rel: &Path) -> io::Result<(File, Metadata)> {
@@ -209,6 +319,19 @@ pub fn file_response(
     meta: &Metadata,
     content_type: &'static str,
     max_ranges: usize,
+) -> Response {
+    build_file_response(req, file, meta, content_type, max_ranges, None)
+}
+
+/// [`file_response`], with the whole file's bytes when they were read
+/// already (`small`).
+fn build_file_response(
+    req: &Request,
+    file: Arc<File>,
+    meta: &Metadata,
+    content_type: &'static str,
+    max_ranges: usize,
+    small: Option<&[u8]>,
 ) -> Response {
     let size = meta.len();
     let mtime = meta
@@ -314,13 +437,14 @@ pub fn file_response(
     if req.method() == "HEAD" {
         resp
     } else {
-        small_in_memory(resp)
+        small_in_memory(resp, small)
     }
 }
 
 /// A file body whose file ranges add up to less than [`SMALL_BODY`] is
-/// read now and the file closed. A read error answers 500.
-fn small_in_memory(mut resp: Response) -> Response {
+/// copied from the file's bytes (`small`, when read already) or read now,
+/// and the file closed. A read error answers 500.
+fn small_in_memory(mut resp: Response, small: Option<&[u8]>) -> Response {
     let Body::File { file, parts } = &resp.body else {
         return resp;
     };
@@ -339,6 +463,14 @@ fn small_in_memory(mut resp: Response) -> Response {
         match part {
             Part::Bytes(b) => out.extend_from_slice(b),
             Part::File { offset, len } => {
+                let range = usize::try_from(*offset).ok().and_then(|a| {
+                    let b = a.checked_add(usize::try_from(*len).ok()?)?;
+                    small?.get(a..b)
+                });
+                if let Some(bytes) = range {
+                    out.extend_from_slice(bytes);
+                    continue;
+                }
                 let start = out.len();
                 out.resize(start + *len as usize, 0);
                 if let Err(e) = file.read_exact_at(&mut out[start..], *offset) {

@@ -46,6 +46,7 @@
 #![warn(missing_docs)]
 
 mod body;
+mod cache;
 mod conn;
 mod date;
 mod error;
@@ -66,6 +67,7 @@ use gaidaros::config::{parse_duration, parse_size};
 use gaidaros::{Handler, HandlerSpec, OptionError, OptionSpec, Options};
 
 pub use body::BodyDecoder;
+pub use cache::CacheLimits;
 pub use conn::{ConnLimits, Expired, HttpConn, Step};
 pub use date::DateCache;
 pub use error::HttpError;
@@ -108,9 +110,14 @@ const OPTIONS: &[OptionSpec] = &[
         help: "serve files and directories whose name starts with . (false: 403)",
     },
     OptionSpec {
-        name: "dotfiles",
-        default: Some("false"),
-        help: "serve files and directories whose name starts with . (false: 403)",
+        name: "file_cache",
+        default: Some("1000"),
+        help: "open files (and the bytes of those under 16 KiB) kept per loop; a miss is opened off the loop; 0 keeps none",
+    },
+    OptionSpec {
+        name: "file_cache_valid",
+        default: Some("1s"),
+        help: "how long a cached file is served before its path is opened again (a file changed sooner is served as it was); 0 keeps none",
     },
     OptionSpec {
         name: "max_request_line",
@@ -212,16 +219,29 @@ fn build(options: &Options) -> Result<Handler, OptionError> {
         });
     }
     let dotfiles = options.parse_or("dotfiles", false, "true or false")?;
+    let cache_defaults = CacheLimits::default();
+    let file_cache = options.parse_or("file_cache", cache_defaults.entries, "a count")?;
+    let file_cache_valid = match options.get("file_cache_valid") {
+        None => cache_defaults.valid,
+        Some(v) => parse_duration(v).ok_or_else(|| OptionError {
+            key: "file_cache_valid".into(),
+            value: v.into(),
+            expected: "a duration such as 1s or 500ms (0: keep nothing)".into(),
+        })?,
+    };
     let files = match options.get("root") {
         None => None,
         Some(root) => Some(
-            StaticFiles::open(Path::new(root), index, max_ranges, dotfiles).map_err(|e| {
-                OptionError {
+            StaticFiles::open(Path::new(root), index, max_ranges, dotfiles)
+                .map_err(|e| OptionError {
                     key: "root".into(),
                     value: root.into(),
                     expected: format!("a readable directory ({e})"),
-                }
-            })?,
+                })?
+                .with_cache(CacheLimits {
+                    entries: file_cache,
+                    valid: file_cache_valid,
+                }),
         ),
     };
     let http = Http::new(HttpConfig {

@@ -1,8 +1,13 @@
 //! The thin adapter between the loop and [`HttpConn`]: bytes from
 //! `on_data` go to the state machine, each request it yields is answered
 //! (route, file or error) into one output buffer per read, file bodies go
-//! out with [`Ctx::send_file`], and the machine's deadline becomes a loop
-//! timer.
+//! out with [`Ctx::send_file`], and the machine's deadline is the
+//! session's [`Protocol::poll_timeout`].
+//!
+//! A file the open-file cache (`cache.rs`) does not hold is opened on the
+//! offload pool ([`Ctx::offload`]): the session stops reading and taking
+//! requests until [`Protocol::on_done`] brings it back, answers, and goes
+//! on with the requests pipelined behind it. A full pool answers 503.
 //!
 //! Backpressure: once a connection's pending output reaches its cap,
 //! reading stops and the requests already received wait in `inbuf` (at
@@ -13,13 +18,16 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use gaidaros::{CloseReason, ConnId, Ctx, Protocol, ProtocolFactory, Queued, TimerId, Unconsumed};
-use tracing::{debug, error, info};
+use gaidaros::{
+    CloseReason, ConnId, Ctx, JobId, Message, Protocol, ProtocolFactory, Queued, Unconsumed,
+};
+use tracing::{debug, error, info, warn};
 
+use crate::cache::{self, Key};
 use crate::conn::{ConnLimits, Expired, HttpConn, Step};
 use crate::date::DateCache;
 use crate::error::HttpError;
-use crate::files::StaticFiles;
+use crate::files::{Found, StaticFiles};
 use crate::request::Request;
 use crate::response::{write_head, Body, Connection, Part, Response};
 use crate::routes::Router;
@@ -44,24 +52,39 @@ pub struct HttpConfig {
     pub files: Option<StaticFiles>,
 }
 
+/// How a request is answered.
+enum Answer {
+    /// Now, with this.
+    Now(Response),
+    /// From the file this names, looked up in the open-file cache or
+    /// opened off the loop.
+    File(Key),
+}
+
+/// What an offloaded open brings back: the key, what it found and when.
+type Opened = (Key, Found, Instant);
+
 impl HttpConfig {
-    fn answer(&self, req: &Request) -> Response {
+    fn answer(&self, req: &Request) -> Answer {
         let path = match crate::files::route_path(req.path()) {
             Ok(path) => path,
-            Err(why) => return Response::text(Status::BAD_REQUEST, why).closing(),
+            Err(why) => return Answer::Now(Response::text(Status::BAD_REQUEST, why).closing()),
         };
         if let Some(route) = self.router.find(&path) {
-            return match panic::catch_unwind(AssertUnwindSafe(|| route(req))) {
+            return Answer::Now(match panic::catch_unwind(AssertUnwindSafe(|| route(req))) {
                 Ok(resp) => resp,
                 Err(_) => {
                     error!(path = %path, "route panicked: answered 500");
                     Response::text(Status::INTERNAL_SERVER_ERROR, "internal error\n").closing()
                 }
-            };
+            });
         }
         match &self.files {
-            Some(files) => files.serve(req),
-            None => Response::text(Status::NOT_FOUND, "not found\n"),
+            Some(files) => match files.lookup(req) {
+                Ok(key) => Answer::File(key),
+                Err(resp) => Answer::Now(resp),
+            },
+            None => Answer::Now(Response::text(Status::NOT_FOUND, "not found\n")),
         }
     }
 }
@@ -90,7 +113,7 @@ impl ProtocolFactory for Http {
             req: Request::default(),
             inbuf: Unconsumed::default(),
             out: Vec::new(),
-            timer: None,
+            opening: None,
             blocked: false,
             eof: false,
             done: false,
@@ -109,8 +132,9 @@ struct Session {
     inbuf: Unconsumed,
     /// Responses gathered during this read, written in one go.
     out: Vec<u8>,
-    /// The armed timer and the instant it fires.
-    timer: Option<(TimerId, Instant)>,
+    /// The open of the current request's file, out on the offload pool:
+    /// reading is paused and no request is taken until it is back.
+    opening: Option<JobId>,
     /// Output is at its cap: reading is paused.
     blocked: bool,
     /// The peer sent FIN.
@@ -127,18 +151,16 @@ impl Session {
         };
         let now = ctx.now();
         let mut pos = 0;
-        while !self.blocked && !self.done {
+        while !self.blocked && !self.done && self.opening.is_none() {
             let (n, step) = machine.handle_input(&input[pos..], now, &mut self.req);
             pos += n;
             match step {
                 Step::NeedMore => break,
                 Step::Continue => self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n"),
-                Step::Request => {
-                    let resp = self.config.answer(&self.req);
-                    let head_only = self.req.method() == "HEAD";
-                    let wall = ctx.wall_now();
-                    self.respond(ctx, conn, resp, head_only, wall);
-                }
+                Step::Request => match self.config.answer(&self.req) {
+                    Answer::Now(resp) => self.answer_now(ctx, conn, resp),
+                    Answer::File(key) => self.answer_file(ctx, conn, key),
+                },
                 Step::Error(e) => {
                     let wall = ctx.wall_now();
                     self.refuse(ctx, conn, e, wall);
@@ -148,6 +170,54 @@ impl Session {
         self.machine = Some(machine);
         self.flush(ctx, conn);
         pos
+    }
+
+    fn answer_now(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, resp: Response) {
+        let head_only = self.req.method() == "HEAD";
+        let wall = ctx.wall_now();
+        self.respond(ctx, conn, resp, head_only, wall);
+    }
+
+    /// The request names a file: answer from the open-file cache, or open
+    /// it off the loop and wait.
+    fn answer_file(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, key: Key) {
+        let Some(files) = self.config.files.as_ref() else {
+            return self.answer_now(ctx, conn, Response::text(Status::NOT_FOUND, "not found\n"));
+        };
+        if let Some(found) = cache::get(files.id(), &key, ctx.now()) {
+            let resp = files.answer(&self.req, &found);
+            return self.answer_now(ctx, conn, resp);
+        }
+        let config = self.config.clone();
+        let job = ctx.offload(move || -> Message {
+            let found = match config.files.as_ref() {
+                Some(files) => files.find(&key),
+                None => Found::Forbidden("forbidden\n"),
+            };
+            let opened: Opened = (key, found, Instant::now());
+            Box::new(opened)
+        });
+        match job {
+            Ok(job) => {
+                self.opening = Some(job);
+                ctx.pause_read(conn);
+            }
+            Err(_) => {
+                warn!("the offload pool is full: a file request answered 503");
+                let resp = Response::text(Status::SERVICE_UNAVAILABLE, "server busy\n")
+                    .header("Retry-After", "1");
+                self.answer_now(ctx, conn, resp);
+            }
+        }
+    }
+
+    /// Take the requests that wait in `inbuf` (after output drained or a
+    /// file was opened).
+    fn go_on(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
+        let mut inbuf = std::mem::take(&mut self.inbuf);
+        inbuf.feed(&[], |bytes| self.process(ctx, conn, bytes));
+        self.inbuf = inbuf;
+        self.finish_after_eof(ctx, conn);
     }
 
     fn refuse(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, e: HttpError, wall: SystemTime) {
@@ -243,29 +313,10 @@ impl Session {
         }
     }
 
-    /// Arm a loop timer for the machine's deadline when none is armed for
-    /// it or earlier. A timer that fires early re-arms for the rest, so a
-    /// keep-alive connection costs no timer work per request.
-    fn sync_timer(&mut self, ctx: &mut Ctx<'_>) {
-        let Some(deadline) = self.machine.as_ref().and_then(HttpConn::poll_timeout) else {
-            return;
-        };
-        match self.timer {
-            Some((_, at)) if at <= deadline => {}
-            armed => {
-                if let Some((id, _)) = armed {
-                    ctx.cancel_timer(id);
-                }
-                let after = deadline.saturating_duration_since(ctx.now());
-                self.timer = Some((ctx.set_timer(after), deadline));
-            }
-        }
-    }
-
     /// Give back the memory of a burst of pipelined requests once handled.
     /// Input and output are done with after FIN: close once answered.
     fn finish_after_eof(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
-        if self.eof && !self.blocked && !self.done {
+        if self.eof && !self.blocked && !self.done && self.opening.is_none() {
             if self.machine.as_ref().is_some_and(HttpConn::in_request) {
                 debug!(%conn, "client closed in the middle of a request");
             }
@@ -280,7 +331,6 @@ impl Protocol for Session {
         self.conn = Some(conn);
         self.req.peer = ctx.peer_addr(conn);
         self.machine = Some(HttpConn::new(self.config.limits, ctx.now()));
-        self.sync_timer(ctx);
     }
 
     fn on_data(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, data: &[u8]) -> usize {
@@ -290,7 +340,6 @@ impl Protocol for Session {
         let mut inbuf = std::mem::take(&mut self.inbuf);
         inbuf.feed(data, |bytes| self.process(ctx, conn, bytes));
         self.inbuf = inbuf;
-        self.sync_timer(ctx);
         data.len()
     }
 
@@ -299,12 +348,44 @@ impl Protocol for Session {
             return;
         }
         self.blocked = false;
-        ctx.resume_read(conn);
-        let mut inbuf = std::mem::take(&mut self.inbuf);
-        inbuf.feed(&[], |bytes| self.process(ctx, conn, bytes));
-        self.inbuf = inbuf;
-        self.sync_timer(ctx);
-        self.finish_after_eof(ctx, conn);
+        if self.opening.is_none() {
+            ctx.resume_read(conn);
+        }
+        self.go_on(ctx, conn);
+    }
+
+    fn on_done(&mut self, ctx: &mut Ctx<'_>, job: JobId, result: Result<Message, String>) {
+        if self.opening != Some(job) {
+            return;
+        }
+        self.opening = None;
+        let Some(conn) = self.conn else {
+            return;
+        };
+        if self.done {
+            return;
+        }
+        let opened = match result {
+            Ok(msg) => msg.downcast::<Opened>().map(|b| *b).ok(),
+            Err(panic) => {
+                error!("opening a file panicked: {panic}");
+                None
+            }
+        };
+        let resp = match (opened, self.config.files.as_ref()) {
+            (Some((key, found, at)), Some(files)) => {
+                let resp = files.answer(&self.req, &found);
+                cache::put(files.id(), files.cache_limits(), key, &found, at);
+                resp
+            }
+            _ => Response::text(Status::INTERNAL_SERVER_ERROR, "internal error\n").closing(),
+        };
+        self.answer_now(ctx, conn, resp);
+        self.flush(ctx, conn);
+        if !self.blocked && !self.done {
+            ctx.resume_read(conn);
+        }
+        self.go_on(ctx, conn);
     }
 
     fn on_read_closed(&mut self, ctx: &mut Ctx<'_>, conn: ConnId) {
@@ -312,16 +393,19 @@ impl Protocol for Session {
         self.finish_after_eof(ctx, conn);
     }
 
-    fn on_timer(&mut self, ctx: &mut Ctx<'_>, timer: TimerId) {
-        if self.done || self.timer.map(|(id, _)| id) != Some(timer) {
-            return;
+    fn poll_timeout(&self) -> Option<Instant> {
+        if self.done {
+            return None;
         }
-        self.timer = None;
+        self.machine.as_ref().and_then(HttpConn::poll_timeout)
+    }
+
+    fn on_timeout(&mut self, ctx: &mut Ctx<'_>) {
         let (Some(conn), Some(machine)) = (self.conn, self.machine.as_mut()) else {
             return;
         };
         match machine.handle_timeout(ctx.now()) {
-            None => self.sync_timer(ctx),
+            None => {}
             Some(Expired::Quiet) => {
                 debug!(%conn, "no request within head_timeout: closed");
                 self.done = true;

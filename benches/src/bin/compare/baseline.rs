@@ -83,7 +83,11 @@ pub fn report(md: &mut String, samples: &[Sample]) {
         .filter(|e| !paired(samples, e.key).is_empty())
         .collect();
     let forward = paired(samples, "f");
-    if echo.is_empty() && forward.is_empty() {
+    let http: Vec<&str> = ["i", "j", "m", "k"]
+        .into_iter()
+        .filter(|k| !paired(samples, k).is_empty())
+        .collect();
+    if echo.is_empty() && forward.is_empty() && http.is_empty() {
         return;
     }
     let ratio =
@@ -164,6 +168,40 @@ pub fn report(md: &mut String, samples: &[Sample]) {
                 fmt_num(m(&old, per_gib), 3),
                 ratio("f", &old, new, per_gib),
             );
+        }
+        md.push('\n');
+    }
+    if !http.is_empty() {
+        let _ = writeln!(
+            md,
+            "HTTP: (i), (j) hello and (m) a small file under wrk (req/s, CPU per request), (k) a large file with curl (Gbit/s, CPU per GiB).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| scenario | server | throughput | throughput{MARK} | new ÷ baseline | CPU | CPU{MARK} | efficiency (CPU) |"
+        );
+        let _ = writeln!(md, "|---|---|---:|---:|---|---:|---:|---|");
+        for k in http {
+            let (tput, cpu, unit): (Field, Field, &str) = if k == "k" {
+                (|s| s.gbit_s, |s| s.cpu_s_per_gib, "Gbit/s; s/GiB")
+            } else {
+                (|s| s.req_s, |s| s.cpu_us_per_req, "req/s; µs/req")
+            };
+            for new in paired(samples, k) {
+                let old = twin(&new);
+                let m = |name: &str, f: Field| median_of(samples, k, name, f);
+                let digits = if k == "k" { 2 } else { 0 };
+                let _ = writeln!(
+                    md,
+                    "| ({k}) {unit} | `{new}` | {} | {} | {} | {} | {} | {} |",
+                    fmt_num(m(&new, tput), digits),
+                    fmt_num(m(&old, tput), digits),
+                    ratio(k, &new, &old, tput),
+                    fmt_num(m(&new, cpu), 3),
+                    fmt_num(m(&old, cpu), 3),
+                    ratio(k, &old, &new, cpu),
+                );
+            }
         }
         md.push('\n');
     }

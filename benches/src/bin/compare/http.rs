@@ -1,7 +1,10 @@
 //! The HTTP scenarios: (i) and (j), `GET /hello` under wrk at 64 and 512
 //! connections, gaidaros `--handler http` against hyper-hello and nginx
 //! (`return 200`); (k), one large static file over loopback with curl,
-//! gaidaros against nginx with sendfile on.
+//! gaidaros against nginx with sendfile on; (m), one small static file
+//! (2 KiB) under wrk at 64 connections, gaidaros (its open-file cache on,
+//! the default) against nginx (`open_file_cache` off, nginx's default).
+//! With `--baseline`, every gaidaros server has its twin here too.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -21,11 +24,13 @@ use nix::unistd::Pid;
 use super::{fmt_num, fmt_ratios, free_port, running_as_root, wait_port, Ctx, Plan};
 use super::{NO_REP_MOVSB, WORKERS};
 
-/// A hello scenario.
+/// A wrk scenario: hello, or a small file.
 pub struct Hello {
     pub key: &'static str,
     pub title: &'static str,
     pub conns: usize,
+    /// What wrk asks for.
+    pub path: &'static str,
 }
 
 /// (i) and (j).
@@ -34,13 +39,26 @@ pub const HELLO: [Hello; 2] = [
         key: "i",
         title: "(i) HTTP hello, 64 conns",
         conns: 64,
+        path: "/hello",
     },
     Hello {
         key: "j",
         title: "(j) HTTP hello, 512 conns",
         conns: 512,
+        path: "/hello",
     },
 ];
+
+/// (m).
+pub const SMALL_FILE: Hello = Hello {
+    key: "m",
+    title: "(m) small static file, 64 conns",
+    conns: 64,
+    path: "/small.html",
+};
+
+/// The bytes of (m)'s file.
+const SMALL_LEN: usize = 2048;
 
 /// The HTTP servers compared, in run order.
 pub const HTTP_SERVERS: [&str; 3] = ["gaidaros", "hyper", "nginx"];
@@ -105,9 +123,15 @@ fn command(
     server: &str,
     root: Option<&Path>,
 ) -> Result<(Command, Option<SocketAddr>), String> {
+    let baseline = super::baseline::counterpart(server).and(ctx.baseline.as_ref());
+    let server = super::baseline::counterpart(server).unwrap_or(server);
     match server {
         "gaidaros" => {
-            let mut c = Command::new(ctx.bin.join("gaidaros"));
+            let mut c = Command::new(
+                baseline
+                    .cloned()
+                    .unwrap_or_else(|| ctx.bin.join("gaidaros")),
+            );
             c.args([
                 "--handler",
                 "http",
@@ -232,23 +256,24 @@ fn whole_seconds(s: f64) -> u64 {
     s.ceil().max(1.0) as u64
 }
 
-/// One timed hello run on a fresh server.
+/// One timed wrk run on a fresh server (serving `root` when given).
 pub fn hello_run(
     ctx: &Ctx,
     plan: &Plan,
     sc: &Hello,
     server: &str,
+    root: Option<&Path>,
     pair: usize,
 ) -> Result<Vec<Sample>, String> {
     let what = format!("({}) {server}", sc.key);
-    let running = start(ctx, server, None, None)?;
+    let running = start(ctx, server, root, None)?;
     // Warm-up: connections made, caches and allocators in their steady state.
-    let warm = wrk(running.addr(), "/hello", sc.conns, 1);
+    let warm = wrk(running.addr(), sc.path, sc.conns, 1);
     let cpu0 = tree_cpu_time(running.pid()).map_err(|e| format!("{what}: {e}"))?;
     let run = warm.and_then(|_| {
         wrk(
             running.addr(),
-            "/hello",
+            sc.path,
             sc.conns,
             whole_seconds(plan.duration),
         )
@@ -324,14 +349,20 @@ pub fn hello_instr(ctx: &Ctx, plan: &Plan, sc: &Hello, server: &str) -> Result<f
     Ok(loaded.saturating_sub(idle) as f64 / requests as f64)
 }
 
-/// The directory holding (k)'s file of `bytes` bytes (made once per run).
+/// The directory holding (k)'s file of `bytes` bytes and (m)'s small one
+/// (made once per run).
 pub fn file_root(ctx: &Ctx, bytes: u64) -> Result<PathBuf, String> {
     let root = ctx.work.join("www");
     let path = root.join(BIG_FILE);
+    fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
+    let small: String = (0..SMALL_LEN)
+        .map(|i| (b'a' + (i % 26) as u8) as char)
+        .collect();
+    let small_path = root.join(SMALL_FILE.path.trim_start_matches('/'));
+    fs::write(&small_path, small).map_err(|e| format!("{}: {e}", small_path.display()))?;
     if fs::metadata(&path).is_ok_and(|m| m.len() == bytes) {
         return Ok(root);
     }
-    fs::create_dir_all(&root).map_err(|e| format!("{}: {e}", root.display()))?;
     let mut f = fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut block = vec![0u8; 1 << 20];
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -565,5 +596,62 @@ pub fn report(
                 target: Some(1.0),
             });
         }
+    }
+    if ran("m") {
+        let k = SMALL_FILE.key;
+        let _ = writeln!(
+            md,
+            "### {}: gaidaros (open-file cache on, its default) vs nginx (`open_file_cache` off, its default)\n",
+            SMALL_FILE.title
+        );
+        let _ = writeln!(
+            md,
+            "wrk `-t{WRK_THREADS} --latency`, `GET {}` ({SMALL_LEN} bytes), a 1 s warm-up then the measured run, on a fresh server each time. \
+             gaidaros opens a file the first time on its offload pool and then serves it from each loop's cache (1 s validity); \
+             nginx opens and fstats the file for every request. Ratios are pair by pair (median); efficiency is nginx's CPU per request over gaidaros's.\n",
+            SMALL_FILE.path
+        );
+        let _ = writeln!(
+            md,
+            "| server | req/s | gaidaros ÷ server req/s | p50 µs | p99 µs | CPU µs/req | efficiency (CPU, server ÷ gaidaros) |"
+        );
+        let _ = writeln!(md, "|---|---:|---|---:|---:|---:|---:|");
+        let req: Field = |s| s.req_s;
+        let cpu: Field = |s| s.cpu_us_per_req;
+        for server in FILE_SERVERS {
+            if !samples
+                .iter()
+                .any(|s| s.scenario == k && s.server == server)
+            {
+                continue;
+            }
+            let m = |f: Field| median_of(samples, k, server, f);
+            let is_g = server == "gaidaros";
+            let _ = writeln!(
+                md,
+                "| {server} | {} | {} | {} | {} | {} | {} |",
+                fmt_num(m(req), 0),
+                if is_g {
+                    "1".into()
+                } else {
+                    fmt_ratios(&pair_ratios(samples, k, "gaidaros", server, req))
+                },
+                fmt_num(m(|s| s.p50_us), 0),
+                fmt_num(m(|s| s.p99_us), 0),
+                fmt_num(m(cpu), 2),
+                if is_g {
+                    "1".into()
+                } else {
+                    fmt_ratios(&pair_ratios(samples, k, server, "gaidaros", cpu))
+                },
+            );
+        }
+        md.push('\n');
+        let r = pair_ratios(samples, k, "gaidaros", "nginx", req).1;
+        targets.push((
+            format!("{}: requests/s ≥ nginx", SMALL_FILE.title),
+            r.map_or("–".into(), |r| format!("{r:.2}x")),
+            r.map(|r| r >= 1.0),
+        ));
     }
 }

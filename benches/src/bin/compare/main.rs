@@ -71,10 +71,11 @@ struct Args {
     /// measured seconds per echo run (default 5; 1 with --quick)
     #[argh(option)]
     duration: Option<f64>,
-    /// scenarios to run, letters from "abcdefghijkl" (g = the generator
+    /// scenarios to run, letters from "abcdefghijklm" (g = the generator
     /// check, h = the handler types, i and j = HTTP hello at 64 and 512
-    /// connections, k = a static file, l = timer lateness; default all)
-    #[argh(option, default = "String::from(\"abcdefghijkl\")")]
+    /// connections, k = a large static file, l = timer lateness, m = a
+    /// small static file under wrk; default all)
+    #[argh(option, default = "String::from(\"abcdefghijklm\")")]
     only: String,
     /// poll backends (-T) gaidaros runs scenarios a-d and f under,
     /// comma-separated from edge, level, completion (default all three);
@@ -272,8 +273,10 @@ fn main() -> ExitCode {
         eprintln!("compare: --duration must be a positive number of seconds");
         return ExitCode::from(2);
     }
-    if let Some(bad) = args.only.chars().find(|c| !"abcdefghijkl".contains(*c)) {
-        eprintln!("compare: --only: unknown scenario {bad:?} (expected letters from abcdefghijkl)");
+    if let Some(bad) = args.only.chars().find(|c| !"abcdefghijklm".contains(*c)) {
+        eprintln!(
+            "compare: --only: unknown scenario {bad:?} (expected letters from abcdefghijklm)"
+        );
         return ExitCode::from(2);
     }
     if let Err(e) = poll::parse(&args.backends) {
@@ -472,14 +475,14 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
     if let Some(path) = &args.baseline {
         // Checked in main; again for the absolute path.
         let path = baseline::check(path)?;
-        if ctx.backends.is_empty() {
+        if ctx.backends.is_empty() && !"ijkm".chars().any(|k| only(&k.to_string())) {
             ctx.notes.push(format!(
-                "`--baseline` runs in (a)-(d) and (f) only: `{}` did not run.",
+                "`--baseline` runs in (a)-(d), (f), (i)-(k) and (m) only: `{}` did not run.",
                 path.display()
             ));
         } else {
             ctx.notes.push(format!(
-                "The baseline (`--baseline`) is `{}`: each gaidaros server of (a)-(d) and (f) has a twin `NAME{}` running it with the same arguments.",
+                "The baseline (`--baseline`) is `{}`: each gaidaros server of (a)-(d), (f), (i)-(k) and (m) has a twin `NAME{}` running it with the same arguments.",
                 path.display(),
                 baseline::MARK
             ));
@@ -523,25 +526,36 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
         }
         let have_wrk = ctx.have["wrk"];
         for sc in http::HELLO.iter().filter(|h| only(h.key) && have_wrk) {
-            for server in http_servers(&ctx) {
+            let servers = http_servers(&ctx).into_iter().map(String::from).collect();
+            for server in ctx.with_twins(servers) {
                 eprintln!("== ({}) {server}, pair {}", sc.key, pair + 1);
-                let r = http::hello_run(&ctx, plan, sc, server, pair);
+                let r = http::hello_run(&ctx, plan, sc, &server, None, pair);
                 record(&mut ctx, &mut samples, r);
             }
         }
-        if only("k") && ctx.have["curl"] {
+        let file_servers: Vec<String> = http::FILE_SERVERS
+            .into_iter()
+            .filter(|s| *s != "nginx" || ctx.have["nginx-http"])
+            .map(String::from)
+            .collect();
+        let file_servers = ctx.with_twins(file_servers);
+        let (run_k, run_m) = (only("k") && ctx.have["curl"], only("m") && have_wrk);
+        if run_k || run_m {
             match http::file_root(&ctx, plan.stream_bytes) {
                 Ok(root) => {
-                    for server in http::FILE_SERVERS {
-                        if server == "nginx" && !ctx.have["nginx-http"] {
-                            continue;
-                        }
+                    for server in file_servers.iter().filter(|_| run_k) {
                         eprintln!("== (k) {server}, pair {}", pair + 1);
                         let r = http::file_run(&ctx, plan, &root, server, pair);
                         record(&mut ctx, &mut samples, r);
                     }
+                    for server in file_servers.iter().filter(|_| run_m) {
+                        let sc = &http::SMALL_FILE;
+                        eprintln!("== ({}) {server}, pair {}", sc.key, pair + 1);
+                        let r = http::hello_run(&ctx, plan, sc, server, Some(&root), pair);
+                        record(&mut ctx, &mut samples, r);
+                    }
                 }
-                Err(e) => ctx.failures.push(format!("(k): {e}")),
+                Err(e) => ctx.failures.push(format!("(k), (m): {e}")),
             }
         }
         if only("l") {
