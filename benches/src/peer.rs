@@ -103,6 +103,13 @@ impl StopSignals {
     }
 }
 
+/// Wait for SIGTERM or SIGINT (installed when this is called, so a signal
+/// after it returns its future is not missed once awaited).
+pub fn stop_signal() -> io::Result<impl Future<Output = ()>> {
+    let mut stop = StopSignals::install()?;
+    Ok(async move { stop.recv().await })
+}
+
 /// Bind `host:port`, announce `listening addr=HOST:PORT workers=N` on
 /// stderr (what `ServerProcess` waits for), and hand every accepted
 /// connection to `serve` (which spawns its task) until SIGTERM or SIGINT.

@@ -43,9 +43,14 @@ pub struct Args {
     #[argh(option)]
     pub host: Option<String>,
 
-    /// TCP port, 0 = any free port (default: 8080)
+    /// port, 0 = any free port (default: 8080)
     #[argh(option)]
     pub port: Option<u16>,
+
+    /// transport of the listener: tcp (connections) or udp (each datagram
+    /// one request of the handler, answered to its sender) (default: tcp)
+    #[argh(option, short = 'P')]
+    pub protocol: Option<String>,
 
     /// server type: blocking (one loop in the main thread), thread (-N
     /// loop threads), procpool (a master and -N worker processes, each
@@ -150,6 +155,7 @@ impl Args {
             (self.handler.is_some(), "--handler"),
             (self.host.is_some(), "--host"),
             (self.port.is_some(), "--port"),
+            (self.protocol.is_some(), "-P"),
             (!self.option.is_empty(), "-o"),
         ];
         if names.len() > 1 {
@@ -171,6 +177,9 @@ impl Args {
             }
             if let Some(p) = self.port {
                 layers.set(&section, "port", &p.to_string(), cli("--port"));
+            }
+            if let Some(p) = &self.protocol {
+                layers.set(&section, "protocol", p, cli("-P"));
             }
             if self.cork {
                 layers.set(&section, "cork", "true", cli("-k"));

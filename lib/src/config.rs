@@ -168,8 +168,9 @@ pub const SERVER_KEYS: &[KeySpec] = keys! {
 /// The framework keys of `[listener.NAME]` (handler options come on top).
 pub const LISTENER_KEYS: &[KeySpec] = keys! {
     "handler" = "echo" : "the handler serving this listener (see --list-handlers)";
+    "protocol" = "tcp" : "tcp (stream connections) | udp (each datagram one request, answered to its sender; a datagram protocol handler gets the socket)";
     "host" = "127.0.0.1" : "address to bind; default ::1 for ip_version 6 and :: for 0";
-    "port" = "8080" : "TCP port (0 = any free port)";
+    "port" = "8080" : "TCP or UDP port (0 = any free port)";
     "ip_version" = "4" : "4, 6, or 0 for dual stack (an IPv6 socket that accepts IPv4 too); an IPv6 host implies 6";
     "backlog" = "1024" : "listen(2) backlog";
     "recv_size" = "64KiB" : "bytes asked for per read(2)";
@@ -185,10 +186,12 @@ pub const LISTENER_KEYS: &[KeySpec] = keys! {
     "max_pipelined" = "64" : "requests of one connection running in a handler pool (-X) at once; reading pauses at the limit";
     "mailbox" = "1024" : "messages sent to one protocol session and not yet delivered; a send beyond it is refused";
     "max_sessions" = "10000" : "protocol sessions started by a handler (not by an accept) alive at once; a start beyond it is refused";
+    "udp_queue" = "1024" : "datagrams queued on one UDP socket and not yet sent; a send beyond it is refused to the handler";
+    "max_datagram" = "65535" : "longest datagram received (512-65535 bytes); a longer one is dropped and counted";
 };
 
 pub use crate::poll::PollType;
-pub use crate::settings::{ListenerSettings, ServerSettings, Settings};
+pub use crate::settings::{ListenerSettings, ServerSettings, Settings, Transport};
 
 /// A layered map of `section -> key -> (value, origin)`.
 #[derive(Debug, Default, Clone)]
@@ -537,6 +540,24 @@ impl Settings {
             };
             listeners.push(listener_settings(&name, &sec, registry)?);
         }
+        if let Some(l) = listeners.iter().find(|l| l.transport == Transport::Udp) {
+            let refuse = |why: String| {
+                Err(ConfError::Conflict(format!(
+                    "listener {}: protocol = udp (-P udp): {why}",
+                    l.name
+                )))
+            };
+            if matches!(server_type, ServerType::ProcPool | ServerType::Proc) {
+                return refuse(format!(
+                    "runs under server type blocking or thread; {server_type} (-S) is not supported there yet"
+                ));
+            }
+            if handler_type != ExecMode::Blocking {
+                return refuse(format!(
+                    "a service answers datagrams on its loop; handler_type {handler_type} (-X) is not supported there yet"
+                ));
+            }
+        }
         Ok(Settings {
             server: ServerSettings {
                 server_type,
@@ -612,6 +633,7 @@ fn listener_settings(
     };
     let size = "a size in bytes, optionally with K, KiB, M, MiB, G or GiB";
     let positive_size = |s: &str| parse_size(s).filter(|n| *n > 0);
+    let transport = sec.get("protocol", Transport::NAMES, |s| s.parse().ok())?;
     let duration = "a duration such as 60s, 1.5s or 500ms";
     let limits = Limits {
         max_request: sec.get("max_request", size, positive_size)?,
@@ -645,9 +667,18 @@ fn listener_settings(
         max_sessions: sec.get("max_sessions", "a whole number > 0", |s| {
             s.parse::<usize>().ok().filter(|n| *n > 0)
         })?,
+        udp_queue: sec.get("udp_queue", "a whole number 1-1048576", |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1 << 20).contains(n))
+        })?,
+        max_datagram: sec.get("max_datagram", "a size from 512 to 65535 bytes", |s| {
+            parse_size(s).filter(|n| (512..=65_535).contains(n))
+        })?,
     };
     Ok(ListenerSettings {
         name: name.to_string(),
+        transport,
         handler,
         host,
         port: sec.get("port", "a port number 0-65535", |s| s.parse().ok())?,

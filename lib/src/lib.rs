@@ -75,15 +75,15 @@ mod sys;
 
 pub use cli::{run, run_with_args};
 pub use event_loop::{
-    Ctx, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings, Message, SendError, SessionRef,
-    SpawnError, SpawnRefused, Spawner, Unconsumed,
+    Bound, Ctx, Limits, ListenerSetup, Loop, LoopHandle, LoopSettings, Message, SendError,
+    SessionRef, SpawnError, SpawnRefused, Spawner, Unconsumed,
 };
 pub use handler::{Handler, HandlerSpec, OptionError, OptionSpec, Options, Registry};
 pub use poll::PollType;
 pub use pools::{ExecMode, OffloadPool};
 pub use protocol::{
     CloseReason, ConnId, ConnectError, ConnectOptions, JobId, OffloadError, Protocol,
-    ProtocolFactory, Queued, TimerId, WriteError,
+    ProtocolFactory, Queued, SendToError, TimerId, UdpError, UdpId, WriteError,
 };
 pub use server::{ServeError, Server, ServerType, SignalWatch};
 pub use service::{line_end, Keep, Service, ServiceError};

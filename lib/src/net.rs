@@ -93,6 +93,31 @@ pub fn bind(spec: &BindSpec) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// A non-blocking UDP socket bound at `addr` (one per loop with
+/// `reuseport`, the kernel spreading senders over them); an IPv6 address
+/// takes IPv6 only.
+pub fn bind_udp(addr: SocketAddr, reuseport: bool) -> io::Result<std::net::UdpSocket> {
+    bind_udp_spec(addr, reuseport, IpVersion::V4)
+}
+
+/// [`bind_udp`] with the listener's `ip_version` (dual stack for `0`).
+pub fn bind_udp_spec(
+    addr: SocketAddr,
+    reuseport: bool,
+    version: IpVersion,
+) -> io::Result<std::net::UdpSocket> {
+    let domain = Domain::for_address(addr);
+    let socket = Socket::new(domain, Type::DGRAM.nonblocking(), Some(Protocol::UDP))?;
+    if reuseport {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(version != IpVersion::Dual)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// Options applied to every connection of a listener.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ConnOptions {

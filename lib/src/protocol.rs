@@ -43,6 +43,86 @@ impl fmt::Display for ConnId {
     }
 }
 
+/// A datagram socket owned by a loop ([`Ctx::bind_udp`], or a `-P udp`
+/// listener's). Ids are never reused while a session could still hold
+/// them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UdpId {
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+}
+
+impl fmt::Display for UdpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "udp#{}.{}", self.slot, self.generation)
+    }
+}
+
+/// Why [`Ctx::send_to`] did not queue a datagram. The datagram stays the
+/// caller's: nothing is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendToError {
+    /// The socket's queue holds the listener's `udp_queue` datagrams; try
+    /// again after [`Protocol::on_udp_writable`] (as quinn's
+    /// `SendDatagramError::Blocked`).
+    Blocked,
+    /// The socket is closed, or is not this session's.
+    NotOpen,
+    /// Longer than a UDP datagram can be (65507 bytes).
+    TooLarge,
+}
+
+impl fmt::Display for SendToError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SendToError::Blocked => "the socket's send queue is full",
+            SendToError::NotOpen => "datagram socket not open (or not this session's)",
+            SendToError::TooLarge => "longer than a UDP datagram can be",
+        })
+    }
+}
+
+impl std::error::Error for SendToError {}
+
+/// What went wrong on a datagram socket, as told to
+/// [`Protocol::on_udp_error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpError {
+    /// The kernel refused `datagrams` queued datagrams to `to` (too large
+    /// for the path, no route, a connected peer unreachable): they were
+    /// not sent.
+    Send {
+        /// Where they were for.
+        to: Option<std::net::SocketAddr>,
+        /// What the kernel said.
+        kind: io::ErrorKind,
+        /// How many datagrams were dropped.
+        datagrams: usize,
+    },
+    /// An error the kernel reported on receiving (an ICMP error on a
+    /// connected socket, `ECONNREFUSED`). The socket stays open.
+    Receive {
+        /// What the kernel said.
+        kind: io::ErrorKind,
+    },
+}
+
+impl fmt::Display for UdpError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UdpError::Send {
+                to,
+                kind,
+                datagrams,
+            } => match to {
+                Some(to) => write!(f, "{datagrams} datagram(s) to {to} not sent: {kind}"),
+                None => write!(f, "{datagrams} datagram(s) not sent: {kind}"),
+            },
+            UdpError::Receive { kind } => write!(f, "receive error: {kind}"),
+        }
+    }
+}
+
 /// A timer armed with [`Ctx::set_timer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TimerId(pub(crate) u64);
@@ -217,6 +297,14 @@ pub trait ProtocolFactory: Send + Sync + 'static {
     fn on_loop_start(&self, spawner: crate::Spawner) {
         let _ = spawner;
     }
+
+    /// Can its sessions serve a `-P udp` listener (they take
+    /// [`Protocol::on_udp_open`] and [`Protocol::on_datagram`])? The
+    /// default, false, is for stream protocols: the server refuses to
+    /// start such a handler over UDP.
+    fn datagrams(&self) -> bool {
+        false
+    }
 }
 
 /// An evented, per-connection handler. Every method has a default except
@@ -250,6 +338,38 @@ pub trait Protocol: Send {
     /// (`Ok`) or failed (`Err`; [`Protocol::on_close`] follows).
     fn on_connect(&mut self, ctx: &mut Ctx<'_>, conn: ConnId, result: io::Result<()>) {
         let _ = (ctx, conn, result);
+    }
+
+    /// A datagram arrived on `sock` from `from` (empty datagrams too). The
+    /// bytes are the loop's: copy what is kept.
+    fn on_datagram(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        sock: UdpId,
+        from: std::net::SocketAddr,
+        data: &[u8],
+    ) {
+        let _ = (ctx, sock, from, data);
+    }
+
+    /// The send queue of `sock` drained to half after [`Ctx::send_to`]
+    /// answered [`SendToError::Blocked`].
+    fn on_udp_writable(&mut self, ctx: &mut Ctx<'_>, sock: UdpId) {
+        let _ = (ctx, sock);
+    }
+
+    /// Something went wrong on `sock` (it stays open). The default logs it
+    /// at debug.
+    fn on_udp_error(&mut self, ctx: &mut Ctx<'_>, sock: UdpId, error: UdpError) {
+        let _ = ctx;
+        tracing::debug!(%sock, "{error}");
+    }
+
+    /// The loop's socket of a `-P udp` listener is this session's (one
+    /// session per loop, made by the factory when the loop is built, kept
+    /// until the server stops): its first callback.
+    fn on_udp_open(&mut self, ctx: &mut Ctx<'_>, sock: UdpId) {
+        let _ = (ctx, sock);
     }
 
     /// The name given to [`Ctx::connect_host`] (job `job`) resolved and

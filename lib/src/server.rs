@@ -20,13 +20,13 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing::{error, info, warn};
 
-use crate::event_loop::{ListenerSetup, Loop, LoopHandle, LoopSettings};
-use crate::handler::Registry;
+use crate::event_loop::{Bound, ListenerSetup, Loop, LoopHandle, LoopSettings};
+use crate::handler::{Handler, Registry};
 use crate::net::{self, BindSpec, ConnOptions};
 use crate::poll::{self, PollType};
 use crate::pools;
 pub use crate::settings::ServerType;
-use crate::settings::Settings;
+use crate::settings::{ListenerSettings, Settings, Transport};
 
 /// The process's offload pool (its threads start with the first job).
 fn offload_pool(settings: &Settings) -> Arc<pools::OffloadPool> {
@@ -68,6 +68,9 @@ fn setups(
                         listener: l.name.clone(),
                         message: e.to_string(),
                     })?;
+            if l.transport == Transport::Udp {
+                udp_fits(l, &handler)?;
+            }
             Ok(Arc::new(
                 ListenerSetup::new(
                     l.name.clone(),
@@ -83,6 +86,22 @@ fn setups(
             ))
         })
         .collect()
+}
+
+/// Can `handler` serve `-P udp` listener `l`? A service can; a protocol
+/// only if its factory says so. (The server and handler types were
+/// checked with the conf.)
+fn udp_fits(l: &ListenerSettings, handler: &Handler) -> Result<(), ServeError> {
+    match handler {
+        Handler::Protocol(f) if !f.datagrams() => Err(ServeError::Handler {
+            listener: l.name.clone(),
+            message: format!(
+                "{} is a stream protocol: it cannot serve protocol = udp (-P udp)",
+                l.handler
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Why the server could not start or failed while running.
@@ -203,7 +222,7 @@ impl Server {
             ServerType::Blocking | ServerType::ProcPool | ServerType::Proc => 1,
             ServerType::Thread => settings.server.loops.max(1),
         };
-        let mut per_loop: Vec<Vec<(std::net::TcpListener, Arc<ListenerSetup>)>> =
+        let mut per_loop: Vec<Vec<(Bound, Arc<ListenerSetup>)>> =
             (0..n_loops).map(|_| Vec::new()).collect();
         let setups = setups(settings, registry, worker)?;
         let mut addrs = Vec::new();
@@ -226,6 +245,29 @@ impl Server {
                 backlog: l.backlog,
                 reuseport,
             };
+            if l.transport == Transport::Udp {
+                let bind = |at: SocketAddr| net::bind_udp_spec(at, reuseport, l.ip_version);
+                let first = bind(addr).map_err(|e| bind_err(addr.to_string(), e))?;
+                let local = first
+                    .local_addr()
+                    .map_err(|e| bind_err(addr.to_string(), e))?;
+                let mut sockets = vec![first];
+                for _ in 1..n_loops {
+                    let sock = if reuseport {
+                        bind(local)
+                    } else {
+                        sockets[0].try_clone()
+                    }
+                    .map_err(|e| bind_err(local.to_string(), e))?;
+                    sockets.push(sock);
+                }
+                for (lp, sock) in per_loop.iter_mut().zip(sockets) {
+                    lp.push((Bound::Udp(sock), setup.clone()));
+                }
+                info!(listener = %l.name, addr = %local, handler = %l.handler, protocol = %l.transport, "listening");
+                addrs.push((l.name.clone(), local));
+                continue;
+            }
             let first = match given.as_mut() {
                 Some(socks) if !socks.is_empty() => socks.remove(0),
                 Some(_) => {
@@ -255,7 +297,7 @@ impl Server {
                 sockets.push(sock);
             }
             for (lp, sock) in per_loop.iter_mut().zip(sockets) {
-                lp.push((sock, setup.clone()));
+                lp.push((Bound::Tcp(sock), setup.clone()));
             }
             if given.is_none() {
                 info!(

@@ -69,11 +69,48 @@ pub struct ServerSettings {
     pub offload_queue: usize,
 }
 
+/// What a listener binds (`-P`, `[listener.NAME] protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// A TCP listening socket: connections.
+    #[default]
+    Tcp,
+    /// A UDP socket: datagrams.
+    Udp,
+}
+
+impl Transport {
+    /// The names `-P` takes.
+    pub const NAMES: &'static str = "tcp or udp";
+}
+
+impl std::str::FromStr for Transport {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "tcp" => Ok(Transport::Tcp),
+            "udp" => Ok(Transport::Udp),
+            _ => Err(()),
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        })
+    }
+}
+
 /// One listener.
 #[derive(Debug, Clone)]
 pub struct ListenerSettings {
     /// The section name (`[listener.NAME]`), `main` when implicit.
     pub name: String,
+    /// `-P`: TCP or UDP.
+    pub transport: Transport,
     /// Handler name.
     pub handler: String,
     /// Bind host.

@@ -318,6 +318,38 @@ impl Core {
 }
 
 impl Loop {
+    /// A poll of a datagram socket reported.
+    fn uring_udp_polled(&mut self, cqe: Cqe) {
+        use super::slots::Key;
+        let id = crate::protocol::UdpId::from_parts(cqe.slot as u32, cqe.generation);
+        if !self.core.udps.contains(id) || cqe.result == -libc::ECANCELED {
+            return;
+        }
+        match cqe.op {
+            Op::UdpPollOut => self.core.udp_writable(id),
+            _ => {
+                if !cqe.more() {
+                    // The kernel ended the multishot poll: arm another.
+                    if let Some(u) = self.core.udps.get_mut(id) {
+                        u.polling = false;
+                        let fd = std::os::fd::AsRawFd::as_raw_fd(&u.sock);
+                        if let Some(ring) = self.core.backend.ring() {
+                            match ring.poll_udp(fd, cqe.slot, cqe.generation, false) {
+                                Ok(_) => {
+                                    if let Some(u) = self.core.udps.get_mut(id) {
+                                        u.polling = true;
+                                    }
+                                }
+                                Err(e) => warn!(sock = %id, "cannot poll a datagram socket: {e}"),
+                            }
+                        }
+                    }
+                }
+                self.udp_read(id);
+            }
+        }
+    }
+
     /// Handle one completion.
     pub(super) fn on_cqe(&mut self, cqe: Cqe) {
         match cqe.op {
@@ -333,6 +365,7 @@ impl Loop {
                 }
             }
             Op::Cancel | Op::Poll | Op::PollOut => {}
+            Op::UdpPoll | Op::UdpPollOut => self.uring_udp_polled(cqe),
             Op::Recv | Op::Send | Op::FileIn | Op::Connect | Op::SpliceIn => {
                 if !self.core.conns.contains(cqe_conn(&cqe)) {
                     self.zombie_cqe(cqe);

@@ -284,6 +284,14 @@ pub(super) enum Deferred {
     /// A connection the session was never told of (a failed
     /// [`ProtoConn::attempt`]) has closed: it no longer counts as live.
     Forget(SessionKey),
+    /// A datagram socket's queue drained to half after a refused send.
+    UdpWritable(SessionKey, crate::protocol::UdpId),
+    /// Something went wrong on a datagram socket.
+    UdpError(
+        SessionKey,
+        crate::protocol::UdpId,
+        crate::protocol::UdpError,
+    ),
     /// What became of a [`super::Ctx::connect_host`] request.
     Resolved(
         SessionKey,

@@ -10,7 +10,8 @@ use super::mailbox::{Letter, Mailbox, Message};
 use super::{Conn, Core, Deferred, Limits, SessionKey, SessionRef, Spawner};
 use crate::pools::offload::Task;
 use crate::protocol::{
-    ConnId, ConnectError, ConnectOptions, JobId, OffloadError, Queued, TimerId, WriteError,
+    ConnId, ConnectError, ConnectOptions, JobId, OffloadError, Queued, SendToError, TimerId, UdpId,
+    WriteError,
 };
 use tracing::debug;
 
@@ -216,6 +217,50 @@ impl Ctx<'_> {
         match self.core.offload.submit(task) {
             Ok(()) => Ok(id),
             Err(_) => Err(ConnectError::ResolverBusy),
+        }
+    }
+
+    /// Bind a UDP socket at `addr` (port 0: any free one) for this session:
+    /// its datagrams arrive as [`crate::Protocol::on_datagram`]. It closes
+    /// with [`Ctx::close_udp`] or when the session ends.
+    pub fn bind_udp(&mut self, addr: SocketAddr) -> io::Result<UdpId> {
+        let session = self.session;
+        self.core.bind_udp(session, addr)
+    }
+
+    /// Queue `data` for `to` on `sock`, sent when this callback returns
+    /// (batched with the others). [`SendToError::Blocked`] when the queue
+    /// holds the listener's `udp_queue` datagrams: nothing is queued, and
+    /// [`crate::Protocol::on_udp_writable`] follows once it has drained to
+    /// half.
+    pub fn send_to(&mut self, sock: UdpId, to: SocketAddr, data: &[u8]) -> Result<(), SendToError> {
+        if !self.core.owns_udp(self.session, sock) {
+            return Err(SendToError::NotOpen);
+        }
+        self.core.send_to(sock, to, data)
+    }
+
+    /// Datagrams queued on `sock` and not yet sent (0 for one not open).
+    pub fn udp_queued(&self, sock: UdpId) -> usize {
+        if !self.core.owns_udp(self.session, sock) {
+            return 0;
+        }
+        self.core.udp_queued(sock)
+    }
+
+    /// The local address of `sock` (None for one not open or not this
+    /// session's).
+    pub fn udp_local_addr(&self, sock: UdpId) -> Option<SocketAddr> {
+        if !self.core.owns_udp(self.session, sock) {
+            return None;
+        }
+        self.core.udps.get(sock)?.sock.local_addr().ok()
+    }
+
+    /// Close `sock`; datagrams still queued are dropped.
+    pub fn close_udp(&mut self, sock: UdpId) {
+        if self.core.owns_udp(self.session, sock) {
+            self.core.close_udp(sock);
         }
     }
 

@@ -217,6 +217,77 @@ impl Core {
     }
 }
 
+impl Core {
+    /// Datagram socket `u` joins the loop as `id`: watched for reading.
+    pub(super) fn register_udp(
+        &mut self,
+        u: &mut super::datagram::UdpSock,
+        id: crate::protocol::UdpId,
+    ) -> io::Result<()> {
+        use super::slots::Key;
+        use std::os::fd::AsRawFd;
+        match &mut self.backend {
+            Backend::Readiness { poller, .. } => {
+                poller.set_interest(
+                    u.sock.as_fd(),
+                    super::datagram::udp_token(id),
+                    Interest::NONE,
+                    Interest::READ,
+                )?;
+                u.interest = Interest::READ;
+            }
+            Backend::Completion(ring) => {
+                if let Some(ring) = ring.as_deref_mut() {
+                    ring.poll_udp(
+                        u.sock.as_raw_fd(),
+                        id.slot() as usize,
+                        id.generation(),
+                        false,
+                    )?;
+                    u.polling = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Datagram socket `u`, just out of the table, closes: under
+    /// completion its polls are cancelled (what they still report finds
+    /// no socket under their generation).
+    pub(super) fn release_udp(&mut self, id: crate::protocol::UdpId, u: super::datagram::UdpSock) {
+        use super::slots::Key;
+        if let Some(ring) = self.backend.ring() {
+            let (slot, generation) = (id.slot() as usize, id.generation());
+            for (op, out) in [(Op::UdpPoll, u.polling), (Op::UdpPollOut, u.waits_writable)] {
+                if out {
+                    if let Err(e) = ring.cancel(user_data(op, slot, generation)) {
+                        debug!(sock = %id, "cannot cancel a datagram poll: {e}");
+                    }
+                }
+            }
+        }
+        drop(u);
+    }
+
+    /// `id`'s socket is full: be told when it can take datagrams again.
+    pub(super) fn watch_udp_writable(&mut self, id: crate::protocol::UdpId) {
+        use super::slots::Key;
+        use std::os::fd::AsRawFd;
+        if self.backend.is_completion() {
+            let Some(fd) = self.udps.get(id).map(|u| u.sock.as_raw_fd()) else {
+                return;
+            };
+            if let Some(ring) = self.backend.ring() {
+                if let Err(e) = ring.poll_udp(fd, id.slot() as usize, id.generation(), true) {
+                    warn!(sock = %id, "cannot watch a datagram socket: {e}");
+                }
+            }
+        } else {
+            self.update_udp_interest(id);
+        }
+    }
+}
+
 impl Loop {
     /// Read from `id`'s socket, which may read (nothing is held back).
     #[inline]

@@ -62,6 +62,7 @@ mod completion;
 mod conn;
 mod connect;
 mod ctx;
+mod datagram;
 mod input;
 mod io;
 mod jobs;
@@ -86,7 +87,7 @@ pub(crate) mod output;
 pub use ctx::Ctx;
 pub use input::Unconsumed;
 pub use mailbox::{Message, SendError, SessionRef, SpawnError, SpawnRefused, Spawner};
-pub use run::Loop;
+pub use run::{Bound, Loop};
 pub use settings::{Limits, ListenerSetup, LoopHandle, LoopSettings};
 
 use crate::protocol::ConnId;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
+use super::datagram::{token_udp, UDP_BASE};
 use super::io::Backend;
 use super::mailbox::{Post, Spawner};
 use super::output::BufPool;
@@ -26,6 +27,27 @@ use crate::poll::{self as backend, Cqe, Event, Interest, PollType, Ring, Waker};
 use crate::pools::{ExecMode, ReplyTo};
 use crate::protocol::ConnId;
 
+/// A socket a listener serves, as bound.
+#[derive(Debug)]
+pub enum Bound {
+    /// A listening TCP socket (`-P tcp`).
+    Tcp(std::net::TcpListener),
+    /// A UDP socket (`-P udp`).
+    Udp(std::net::UdpSocket),
+}
+
+impl From<std::net::TcpListener> for Bound {
+    fn from(l: std::net::TcpListener) -> Bound {
+        Bound::Tcp(l)
+    }
+}
+
+impl From<std::net::UdpSocket> for Bound {
+    fn from(u: std::net::UdpSocket) -> Bound {
+        Bound::Udp(u)
+    }
+}
+
 /// One event loop: a poll instance, its listeners and connections.
 pub struct Loop {
     pub(super) events: Vec<Event>,
@@ -34,19 +56,25 @@ pub struct Loop {
     pub(super) core: Core,
     pub(super) listeners: Vec<ListenerSlot>,
     pub(super) scratch: Vec<u8>,
+    /// Where a service's answer to a datagram is made.
+    pub(super) scratch_out: Vec<u8>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) settings: LoopSettings,
 }
 
 impl Loop {
-    /// A loop serving `listeners`, each a bound listening socket with its
-    /// setup. Returns the loop and the handle that stops it.
-    pub fn new(
-        listeners: Vec<(std::net::TcpListener, Arc<ListenerSetup>)>,
+    /// A loop serving `listeners`, each a bound socket (a TCP listener, or
+    /// a UDP socket for a `-P udp` listener) with its setup. Returns the
+    /// loop and the handle that stops it.
+    pub fn new<B: Into<Bound>>(
+        listeners: Vec<(B, Arc<ListenerSetup>)>,
         settings: LoopSettings,
     ) -> io::Result<(Loop, LoopHandle)> {
         Loop::build(
-            listeners.into_iter().map(|(l, s)| (Some(l), s)).collect(),
+            listeners
+                .into_iter()
+                .map(|(l, s)| (Some(l.into()), s))
+                .collect(),
             settings,
         )
     }
@@ -78,7 +106,7 @@ impl Loop {
     }
 
     pub(super) fn build(
-        listeners: Vec<(Option<std::net::TcpListener>, Arc<ListenerSetup>)>,
+        listeners: Vec<(Option<Bound>, Arc<ListenerSetup>)>,
         settings: LoopSettings,
     ) -> io::Result<(Loop, LoopHandle)> {
         let waker = Arc::new(Waker::new(settings.poll == PollType::Completion)?);
@@ -101,7 +129,17 @@ impl Loop {
         };
         let mut slots = Vec::new();
         let mut setups = Vec::new();
-        for (i, (std_listener, setup)) in listeners.into_iter().enumerate() {
+        let mut datagram_sockets = Vec::new();
+        for (i, (bound, setup)) in listeners.into_iter().enumerate() {
+            let std_listener = match bound {
+                Some(Bound::Tcp(l)) => Some(l),
+                Some(Bound::Udp(u)) => {
+                    u.set_nonblocking(true)?;
+                    datagram_sockets.push((i, u));
+                    None
+                }
+                None => None,
+            };
             let sock = match std_listener {
                 Some(l) => {
                     let ring = matches!(backend, Backend::Completion(_));
@@ -163,6 +201,10 @@ impl Loop {
         let core = Core {
             conns: Slots::default(),
             sessions: Slots::default(),
+            udps: Slots::default(),
+            udp_dirty: Vec::new(),
+            udp_ready: VecDeque::new(),
+            udp_bufs: Default::default(),
             setups,
             backend,
             zombies: HashMap::new(),
@@ -191,6 +233,7 @@ impl Loop {
             core,
             listeners: slots,
             scratch: vec![0; scratch_len],
+            scratch_out: Vec::new(),
             stop,
             settings,
         };
@@ -199,7 +242,40 @@ impl Loop {
                 lp.accept(li);
             }
         }
+        for (li, sock) in datagram_sockets {
+            lp.adopt_udp_listener(li, mio::net::UdpSocket::from_std(sock))?;
+        }
         Ok((lp, handle))
+    }
+
+    /// The datagram socket of `-P udp` listener `li` joins the loop: a
+    /// service's answers each datagram; a protocol's gets one session of
+    /// its own, kept until the loop stops.
+    fn adopt_udp_listener(&mut self, li: usize, sock: mio::net::UdpSocket) -> io::Result<()> {
+        use super::datagram::Owner;
+        let setup = self.core.setups[li].clone();
+        match &setup.handler {
+            Handler::Service(_) => {
+                self.core.add_udp(sock, Owner::Service, li)?;
+            }
+            Handler::Protocol(factory) => {
+                let key = self
+                    .core
+                    .add_session(factory.open(), li)
+                    .ok_or_else(|| io::Error::other("no room for a session"))?;
+                self.core.sessions[key].kept = true;
+                let id = match self.core.add_udp(sock, Owner::Session(key), li) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        self.core.sessions.remove(key);
+                        return Err(e);
+                    }
+                };
+                self.core.call(key, |p, ctx| p.on_udp_open(ctx, id));
+                self.settle();
+            }
+        }
+        Ok(())
     }
 
     /// Run until stopped through the [`LoopHandle`] and drained.
@@ -218,7 +294,7 @@ impl Loop {
     pub(super) fn run_until_done(&mut self) -> io::Result<()> {
         let mut drain_deadline: Option<Instant> = None;
         loop {
-            let timeout = if !self.core.ready.is_empty() {
+            let timeout = if !self.core.ready.is_empty() || !self.core.udp_ready.is_empty() {
                 Some(Duration::ZERO)
             } else {
                 let next = match (self.core.timers.next(), drain_deadline) {
@@ -246,6 +322,7 @@ impl Loop {
             self.core.wall.set(None);
             self.handle_events();
             self.run_ready();
+            self.run_udp_ready();
             self.run_timers();
             self.settle();
             if drain_deadline.is_none() && self.stop.load(Ordering::SeqCst) {
@@ -303,6 +380,16 @@ impl Loop {
                     self.core.take_letters();
                 }
                 t if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE),
+                t if t >= UDP_BASE => {
+                    let id = token_udp(t);
+                    if ev.writable || ev.error {
+                        self.core.udp_writable(id);
+                    }
+                    if ev.readable || ev.error {
+                        self.udp_read(id);
+                    }
+                    self.settle();
+                }
                 t => self.conn_event(token_conn(t), ev),
             }
         }

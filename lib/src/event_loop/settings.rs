@@ -40,6 +40,12 @@ pub struct Limits {
     /// on this listener across all loops of the process; a spawn beyond it
     /// is refused.
     pub max_sessions: usize,
+    /// Datagrams queued on one datagram socket and not yet sent; a
+    /// [`crate::Ctx::send_to`] beyond it is refused.
+    pub udp_queue: usize,
+    /// Longest datagram received, bytes: the receive buffer of each; a
+    /// longer one is dropped (and counted), never handed over cut short.
+    pub max_datagram: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +61,8 @@ impl Default for Limits {
             recv_size: 64 * 1024,
             mailbox: 1024,
             max_sessions: 10_000,
+            udp_queue: 1024,
+            max_datagram: 65_535,
         }
     }
 }

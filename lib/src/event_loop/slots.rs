@@ -13,7 +13,7 @@
 use std::marker::PhantomData;
 use std::ops::{Index, IndexMut};
 
-use crate::protocol::ConnId;
+use crate::protocol::{ConnId, UdpId};
 
 /// Slots per table: keys pack into 24 bits of slot.
 pub(crate) const MAX_SLOTS: usize = 1 << 24;
@@ -28,6 +28,18 @@ pub(crate) trait Key: Copy + Eq {
 impl Key for ConnId {
     fn from_parts(slot: u32, generation: u32) -> Self {
         ConnId { slot, generation }
+    }
+    fn slot(self) -> u32 {
+        self.slot
+    }
+    fn generation(self) -> u32 {
+        self.generation
+    }
+}
+
+impl Key for UdpId {
+    fn from_parts(slot: u32, generation: u32) -> Self {
+        UdpId { slot, generation }
     }
     fn slot(self) -> u32 {
         self.slot

@@ -14,6 +14,7 @@ use crossbeam_channel::Receiver;
 use mio::net::TcpStream;
 use tracing::{debug, error, warn};
 
+use super::datagram::{UdpBuffers, UdpSock};
 use super::io::Backend;
 use super::mailbox::{Letter, Mailbox, Post, SpawnSlot};
 use super::output::BufPool;
@@ -22,7 +23,7 @@ use super::timer::{Due, Timers};
 use super::{Conn, Ctx, Deferred, Expiry, Lifecycle, ListenerSetup, Session, SessionKey};
 use crate::poll::Interest;
 use crate::pools::{Done, OffloadPool, ReplyTo};
-use crate::protocol::{CloseReason, ConnId, Protocol};
+use crate::protocol::{CloseReason, ConnId, Protocol, UdpId};
 
 /// The loop's state that handler callbacks may touch through [`Ctx`].
 pub(crate) struct Core {
@@ -34,6 +35,13 @@ pub(crate) struct Core {
     /// connection the loop is working on stays while it calls one.
     pub(super) conns: Slots<ConnId, Conn>,
     pub(super) sessions: Slots<SessionKey, Session>,
+    /// Datagram sockets by id.
+    pub(super) udps: Slots<UdpId, UdpSock>,
+    /// Datagram sockets with datagrams queued since the last flush.
+    pub(super) udp_dirty: Vec<UdpId>,
+    /// Datagram sockets that yielded with datagrams left to read.
+    pub(super) udp_ready: VecDeque<UdpId>,
+    pub(super) udp_bufs: UdpBuffers,
     pub(super) setups: Vec<Arc<ListenerSetup>>,
     /// Closed connections whose submissions are still out (completion).
     pub(super) zombies: HashMap<ConnId, Conn>,
@@ -196,6 +204,7 @@ impl Core {
     fn remove_session(&mut self, key: SessionKey) {
         self.sessions.remove(key);
         self.timers.forget_deadline(key);
+        self.close_udps_of(key);
     }
 
     /// Session `key`'s [`Protocol::poll_timeout`] came due: tell it if the
@@ -349,6 +358,7 @@ impl Core {
                     self.flush(id);
                 }
             }
+            self.flush_udps();
             match self.deferred.pop_front() {
                 None => return,
                 Some(Deferred::Connected(key, id, result)) => {
@@ -363,6 +373,16 @@ impl Core {
                     }
                     self.call(key, |p, ctx| p.on_close(ctx, id, reason));
                     self.end_if_over(key);
+                }
+                Some(Deferred::UdpWritable(key, sock)) => {
+                    if self.takes_events(key) {
+                        self.call(key, |p, ctx| p.on_udp_writable(ctx, sock));
+                    }
+                }
+                Some(Deferred::UdpError(key, sock, error)) => {
+                    if self.takes_events(key) {
+                        self.call(key, |p, ctx| p.on_udp_error(ctx, sock, error));
+                    }
                 }
                 Some(Deferred::Forget(key)) => {
                     if let Some(s) = self.sessions.get_mut(key) {

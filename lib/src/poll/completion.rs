@@ -66,6 +66,11 @@ pub(crate) enum Op {
     /// A multishot readability poll of a listener shared with other
     /// processes (its results are poll masks, not descriptors).
     ListenerPoll,
+    /// A multishot readability poll of a datagram socket (the loop then
+    /// takes the datagrams with recvmmsg).
+    UdpPoll,
+    /// A writability poll of a datagram socket whose socket was full.
+    UdpPollOut,
 }
 
 impl Op {
@@ -82,6 +87,8 @@ impl Op {
             9 => Op::SpliceIn,
             10 => Op::PollOut,
             11 => Op::ListenerPoll,
+            12 => Op::UdpPoll,
+            13 => Op::UdpPollOut,
             _ => return None,
         })
     }
@@ -394,6 +401,30 @@ impl Ring {
             .user_data(user_data(Op::ListenerPoll, listener, generation));
         // SAFETY: no memory; as for accept_multi.
         unsafe { self.push(sqe) }
+    }
+
+    /// Report readability (`out`: writability, once) of the datagram
+    /// socket `fd`, known as `slot` and `generation`; `ud` is returned.
+    pub fn poll_udp(
+        &mut self,
+        fd: RawFd,
+        slot: usize,
+        generation: u32,
+        out: bool,
+    ) -> io::Result<u64> {
+        let (op, events, multi) = match out {
+            false => (Op::UdpPoll, libc::POLLIN, true),
+            true => (Op::UdpPollOut, libc::POLLOUT, false),
+        };
+        let ud = user_data(op, slot, generation);
+        let sqe = opcode::PollAdd::new(Fd(fd), events as u32)
+            .multi(multi)
+            .build()
+            .user_data(ud);
+        // SAFETY: no memory; the kernel holds its own reference to the file
+        // until the poll completes or is cancelled.
+        unsafe { self.push(sqe) }?;
+        Ok(ud)
     }
 
     /// Receive on `fd` into provided buffers until cancelled, out of

@@ -141,18 +141,55 @@ const EPOLL_BATCH: usize = 1024;
 /// reports in `raw` (cleared first). Through `epoll_pwait2` (rustix's
 /// `linux_5_11`), so a deadline keeps its nanoseconds: `epoll_wait` takes
 /// whole milliseconds, and a loop pacing datagrams 10 µs apart cannot wait
-/// a millisecond for each.
+/// a millisecond for each. Where the kernel (or a sandbox, or valgrind)
+/// does not know `epoll_pwait2`, the process falls back to `epoll_wait`
+/// for good, with timeouts rounded up to the millisecond, and says so once.
 fn epoll_wait(
     epoll: BorrowedFd<'_>,
     raw: &mut Vec<rustix::event::epoll::Event>,
     timeout: Option<Duration>,
 ) -> io::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static NO_PWAIT2: AtomicBool = AtomicBool::new(false);
     raw.clear();
-    let ts = timeout.map(|t| rustix::event::Timespec {
-        tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
-        tv_nsec: i64::from(t.subsec_nanos()),
+    if !NO_PWAIT2.load(Ordering::Relaxed) {
+        let ts = timeout.map(|t| rustix::event::Timespec {
+            tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
+            tv_nsec: i64::from(t.subsec_nanos()),
+        });
+        match rustix::event::epoll::wait(epoll, rustix::buffer::spare_capacity(raw), ts.as_ref()) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::NOSYS) => {
+                NO_PWAIT2.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    "epoll_pwait2 is not available here: timers are rounded up to whole milliseconds"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let ms = timeout.map_or(-1, |t| {
+        let ms = t.as_nanos().div_ceil(1_000_000);
+        i32::try_from(ms).unwrap_or(i32::MAX)
     });
-    rustix::event::epoll::wait(epoll, rustix::buffer::spare_capacity(raw), ts.as_ref())?;
+    let cap = i32::try_from(raw.capacity()).unwrap_or(i32::MAX);
+    // SAFETY: rustix's epoll `Event` has the layout of the kernel's struct
+    // epoll_event (repr(C), packed on x86_64 as the kernel's and libc's
+    // are); the kernel writes at most `cap` of them into the vector's
+    // spare capacity, and the length is set to what it reports.
+    let n = unsafe {
+        libc::epoll_wait(
+            std::os::fd::AsRawFd::as_raw_fd(&epoll),
+            raw.as_mut_ptr().cast::<libc::epoll_event>(),
+            cap,
+            ms,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel initialised the first `n` (at most `cap`) events.
+    unsafe { raw.set_len(n as usize) };
     Ok(())
 }
 

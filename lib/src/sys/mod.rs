@@ -9,6 +9,7 @@
 //! | `pipe.rs` | [`Pipe`]: kernel pipes and splice(2) between sockets (`Ctx::splice`), taking bytes back out |
 //! | `fdpass.rs` | [`send_fds`], [`recv_fds`], [`stdin_socket`]: descriptors between a procpool master and its workers |
 //! | `fs.rs` | [`open_beneath`]: a file opened beneath a root directory, never outside it (openat2) |
+//! | `udp.rs` | `RecvBatch`, `SendBatch`: recvmmsg(2) with UDP GRO, sendmmsg(2) with UDP GSO |
 //! | `limits.rs` | [`raise_nofile_limit`], [`ignore_file_size_signal`], [`set_timer_slack`] |
 //!
 //! Most calls go through `nix` or `rustix`; what `unsafe` remains takes
@@ -19,6 +20,7 @@ mod fs;
 mod limits;
 mod pipe;
 mod sendfile;
+pub(crate) mod udp;
 
 pub use fdpass::{recv_fds, send_fds, stdin_socket};
 pub use fs::open_beneath;

@@ -56,6 +56,7 @@ mod baseline;
 mod http;
 mod poll;
 mod timers;
+mod udp;
 
 #[derive(FromArgs)]
 /// Run gaidaros and its peers side by side (scenarios a-f) and write the
@@ -71,11 +72,11 @@ struct Args {
     /// measured seconds per echo run (default 5; 1 with --quick)
     #[argh(option)]
     duration: Option<f64>,
-    /// scenarios to run, letters from "abcdefghijklm" (g = the generator
+    /// scenarios to run, letters from "abcdefghijklmn" (g = the generator
     /// check, h = the handler types, i and j = HTTP hello at 64 and 512
     /// connections, k = a large static file, l = timer lateness, m = a
-    /// small static file under wrk; default all)
-    #[argh(option, default = "String::from(\"abcdefghijklm\")")]
+    /// small static file under wrk, n = UDP echo; default all)
+    #[argh(option, default = "String::from(\"abcdefghijklmn\")")]
     only: String,
     /// poll backends (-T) gaidaros runs scenarios a-d and f under,
     /// comma-separated from edge, level, completion (default all three);
@@ -273,9 +274,9 @@ fn main() -> ExitCode {
         eprintln!("compare: --duration must be a positive number of seconds");
         return ExitCode::from(2);
     }
-    if let Some(bad) = args.only.chars().find(|c| !"abcdefghijklm".contains(*c)) {
+    if let Some(bad) = args.only.chars().find(|c| !"abcdefghijklmn".contains(*c)) {
         eprintln!(
-            "compare: --only: unknown scenario {bad:?} (expected letters from abcdefghijklm)"
+            "compare: --only: unknown scenario {bad:?} (expected letters from abcdefghijklmn)"
         );
         return ExitCode::from(2);
     }
@@ -407,6 +408,8 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
         "hyper-hello",
         "sink",
         "blast",
+        "udpgen",
+        "tokio-udp-echo",
     ] {
         if !bin.join(b).exists() {
             return Err(format!(
@@ -556,6 +559,13 @@ fn measure_all(args: &Args, plan: &Plan, root: &Path) -> Result<(Ctx, Vec<Sample
                     }
                 }
                 Err(e) => ctx.failures.push(format!("(k), (m): {e}")),
+            }
+        }
+        if only("n") {
+            for server in udp::servers(&ctx) {
+                eprintln!("== (n) {server}, pair {}", pair + 1);
+                let r = udp::run(&ctx, plan, &server, pair);
+                record(&mut ctx, &mut samples, r);
             }
         }
         if only("l") {
@@ -1741,6 +1751,7 @@ fn report(
     baseline::report(&mut md, samples);
     http::report(&mut md, &mut targets, &mut bars, samples, plan);
     timers::report(&mut md, &mut targets, samples);
+    udp::report(&mut md, &mut targets, samples);
 
     if !targets.is_empty() {
         let _ = writeln!(md, "### Targets\n");
