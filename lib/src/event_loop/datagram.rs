@@ -486,7 +486,12 @@ impl Loop {
                     false
                 }
             };
-            self.core.udp_bufs.recv = Some(batch);
+            // A socket bound during the callbacks may have made a larger
+            // batch meanwhile: keep the larger.
+            match &self.core.udp_bufs.recv {
+                Some(b) if b.size() >= batch.size() => {}
+                _ => self.core.udp_bufs.recv = Some(batch),
+            }
             if done {
                 return true;
             }
@@ -512,11 +517,9 @@ impl Loop {
         }
         let owner = u.owner;
         let step = d.segment.unwrap_or(d.data.len()).max(1);
-        let mut chunks: Vec<&[u8]> = d.data.chunks(step).collect();
-        if d.data.is_empty() {
-            chunks.push(&[]);
-        }
-        for data in chunks {
+        // An empty datagram is one too (`chunks` yields nothing for it).
+        let empty: &[&[u8]] = if d.data.is_empty() { &[&[]] } else { &[] };
+        for data in d.data.chunks(step).chain(empty.iter().copied()) {
             match owner {
                 Owner::Session(key) => {
                     if !self.core.takes_events(key) {
